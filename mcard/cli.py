@@ -1,0 +1,138 @@
+"""The ``mcard`` command line: parses arguments, calls the library, prints.
+
+Exit codes: 0 ok, 1 the check failed, 2 unusable input or bad usage, 3 no GPU
+where one was required.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from . import __version__
+from .errors import EXIT_FAILED, EXIT_UNUSABLE, McardError, UnusableInput
+
+app = typer.Typer(
+    help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@contextlib.contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Turn a :class:`McardError` into one line on stderr and its exit code."""
+    try:
+        yield
+    except McardError as exc:
+        typer.echo(f"mcard: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+@app.command()
+def validate(
+    path: Path = typer.Argument(..., help="A variant folder or a single model file."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Check a variant from its headers and configs: tensors, quant config, sizes, runtimes."""
+    from . import _output
+    from .validate import inspect
+
+    with errors_to_exit():
+        report = inspect(path)
+    if json_out:
+        _output.print_json(report.to_dict())
+    else:
+        _output.print_report(report)
+    raise typer.Exit(0 if report.ok else EXIT_FAILED)
+
+
+@app.command()
+def size(
+    config: Path = typer.Argument(..., help="A model's config.json (or its folder)."),
+    fmt: str = typer.Option(..., "--format", "-f", help="gptq, awq, gguf, ggml, nf4, fp4, fp16, bf16, fp32"),
+    bits: Optional[int] = typer.Option(None, help="GPTQ/AWQ bits (2, 3, 4, 8)."),
+    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="GPTQ/AWQ group size (-1 for none)."),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="GPTQ desc_act."),
+    qtype: Optional[str] = typer.Option(None, "--type", "-t", help="GGUF/GGML type or mix: Q4_K_M, Q8_0, q4_0..."),
+    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bitsandbytes nested absmax."),
+    per_tensor: bool = typer.Option(False, "--per-tensor", help="List every tensor."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Predict a variant's exact size from config.json and quant parameters, without weights."""
+    from . import _output
+    from .size import predict_size
+
+    params = {
+        k: v
+        for k, v in {
+            "bits": bits, "group_size": group_size, "desc_act": act_order, "type": qtype, "double_quant": double_quant,
+        }.items()
+        if v is not None
+    }
+    with errors_to_exit():
+        try:
+            est = predict_size(config, fmt, **params)
+        except TypeError as exc:
+            raise UnusableInput(f"--format {fmt} does not take that option ({exc})") from None
+    if json_out:
+        _output.print_json(est.to_dict(per_tensor=per_tensor))
+    else:
+        _output.print_size(est, per_tensor=per_tensor)
+
+
+@app.command()
+def version() -> None:
+    """Print mcard's version."""
+    typer.echo(__version__)
+
+
+def _register_optional() -> None:
+    """Commands whose modules may pull heavier dependencies register themselves here."""
+    for module_name, commands in (
+        ("cli_hub", ("branches", "fetch")),
+        ("cli_card", ("card",)),
+        ("cli_smoke", ("smoke",)),
+        ("cli_sync", ("sync", "plan", "demo")),
+    ):
+        try:
+            module = __import__(f"mcard.{module_name}", fromlist=["*"])
+        except ModuleNotFoundError as exc:
+            if exc.name == f"mcard.{module_name}":
+                continue
+            raise
+        for name in commands:
+            obj = getattr(module, name, None)
+            if isinstance(obj, typer.Typer):
+                app.add_typer(obj, name=name)
+            elif obj is not None:
+                app.command(name)(obj)
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:
+        typer.echo("mcard: interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - never a traceback for users
+        if os.environ.get("MCARD_DEBUG"):
+            raise
+        typer.echo(f"mcard: internal error: {type(exc).__name__}: {exc} (set MCARD_DEBUG=1 for details)", err=True)
+        sys.exit(EXIT_UNUSABLE)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""One module per format, each holding all of that format's layout knowledge.
+
+Every format module defines:
+
+``NAME``
+    The format's name as reported by ``validate`` (``gptq``, ``gguf``...).
+``detect(variant) -> bool``
+    Whether a :class:`~mcard.variant.Variant` is in this format (cheap: configs,
+    tensor names, magics).
+``check(variant, report) -> None``
+    Fill ``report.format``, ``params``, ``config_source``, ``runtimes`` and
+    ``predicted_bytes`` and add findings. Reads headers and small tensors only.
+
+and, where the format has them:
+
+``predict_size(shape, **params) -> SizeEstimate``
+    Exact size from a :class:`~mcard.arch.ModelShape` and quant parameters.
+``dequantize(variant, name) -> numpy.ndarray``
+    float32, in ``nn.Linear.weight`` orientation ([out, in]) for safetensors
+    formats, gguf's ``[rows, cols]`` for GGUF tensor names.
+
+Builders that write format-exact files (``write_variant``/``pack``) live in the
+same module: the tests, the smoke test and the demo all use them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ..variant import Variant
+
+# Detection order matters: the first module whose detect() says yes owns the variant.
+DETECT_ORDER = ("gguf", "ggml", "lora", "gptq", "awq", "bnb", "hf", "pickle")
+
+# `mcard size --format X` -> (module name, parameters implied by the name).
+SIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
+    "gptq": ("gptq", {}),
+    "awq": ("awq", {}),
+    "gguf": ("gguf", {}),
+    "ggml": ("ggml", {}),
+    "nf4": ("bnb", {"quant_type": "nf4"}),
+    "fp4": ("bnb", {"quant_type": "fp4"}),
+    "fp16": ("hf", {"dtype": "F16"}),
+    "bf16": ("hf", {"dtype": "BF16"}),
+    "fp32": ("hf", {"dtype": "F32"}),
+}
+
+
+def get(name: str) -> ModuleType:
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def available() -> list[ModuleType]:
+    mods = []
+    for name in DETECT_ORDER:
+        try:
+            mods.append(get(name))
+        except ModuleNotFoundError as exc:  # a format module not written yet
+            if exc.name != f"{__name__}.{name}":
+                raise
+    return mods
+
+
+def detect(variant: Variant) -> ModuleType | None:
+    for module in available():
+        if module.detect(variant):
+            return module
+    return None
+
+
+def for_size(fmt: str) -> tuple[ModuleType, dict[str, str]] | None:
+    """The module that predicts sizes for ``fmt`` and the parameters its name implies."""
+    entry = SIZE_FORMATS.get(fmt.lower())
+    if entry is None:
+        return None
+    try:
+        module = get(entry[0])
+    except ModuleNotFoundError:
+        return None
+    if not hasattr(module, "predict_size"):
+        return None
+    return module, dict(entry[1])

@@ -1,0 +1,113 @@
+"""Helpers shared by the safetensors-based format modules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..arch import ModelShape
+from ..errors import UnusableInput
+from ..report import Report
+from ..safetensors_io import predict_file_size
+from ..variant import Variant
+
+# name -> (allowed dtypes, shape)
+Expected = dict[str, tuple[tuple[str, ...], tuple[int, ...]]]
+
+FLOAT_DTYPES = ("F16", "BF16", "F32")
+
+
+def check_tensor_set(
+    variant: Variant,
+    report: Report,
+    expected: Expected,
+    optional: Iterable[str] = (),
+    ignore: Callable[[str], bool] = lambda name: False,
+) -> None:
+    """Compare the variant's tensors with ``expected``; ``optional`` names may be absent."""
+    optional = set(optional)
+    for name, (dtypes, shape) in expected.items():
+        found = variant.tensors.get(name)
+        if found is None:
+            if name not in optional:
+                report.error("missing-tensor", _guess_file(variant), name, f"expected {dtypes[0]}{list(shape)} is missing")
+            continue
+        rel, info = found
+        if info.dtype not in dtypes:
+            report.error("wrong-dtype", rel, name, f"dtype {info.dtype}, expected {' or '.join(dtypes)}")
+        if info.shape != shape:
+            report.error("wrong-shape", rel, name, f"shape {list(info.shape)}, expected {list(shape)}")
+    for name, (rel, _info) in variant.tensors.items():
+        if name not in expected and not ignore(name):
+            report.error("unexpected-tensor", rel, name, "tensor not expected for this model and format")
+
+
+def _guess_file(variant: Variant) -> str:
+    files = variant.files_of("safetensors")
+    return files[0] if len(files) == 1 else ""
+
+
+def model_shape(variant: Variant, report: Report | None = None) -> ModelShape | None:
+    """The variant's architecture from its config.json, or None (with an info finding)."""
+    cfg = variant.config("config.json")
+    if cfg is None:
+        if report is not None:
+            report.info("no-config", "config.json", "", "no config.json: tensor shapes checked for consistency only")
+        return None
+    return ModelShape.from_config(cfg, variant.abspath("config.json"))
+
+
+def fp_tensors(shape: ModelShape, dtype: str) -> Expected:
+    """Embeddings, norms and lm_head, kept in floating point by every safetensors format."""
+    return {name: ((dtype,) if dtype else FLOAT_DTYPES, dims) for name, dims in shape.other_tensors().items()}
+
+
+def predicted_file_bytes(entries: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None) -> int:
+    return predict_file_size([(n, d, s) for n, (d, s) in entries.items()], metadata)
+
+
+def check_predicted_size(report: Report, variant: Variant, predicted: int) -> None:
+    """Compare the measured safetensors bytes with the prediction."""
+    actual = sum(variant.size(rel) for rel in variant.files_of("safetensors"))
+    report.predicted_bytes = predicted
+    if actual == predicted:
+        report.info("size", "", "", f"size {actual} bytes equals the predicted size exactly")
+        return
+    delta = actual - predicted
+    rel = abs(delta) / predicted if predicted else 1.0
+    sev = report.warning if rel > 0.01 else report.info
+    sev("size", "", "", f"size {actual} bytes vs predicted {predicted} ({delta:+d} bytes, {rel:.2%})")
+
+
+def linear_weight_dtype(cfg: dict[str, Any] | None) -> str:
+    """The checkpoint dtype config.json declares (torch_dtype / dtype), as a safetensors dtype."""
+    name = str((cfg or {}).get("torch_dtype") or (cfg or {}).get("dtype") or "float16")
+    return {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}.get(name, "F16")
+
+
+def linear_name(name: str, suffixes: Iterable[str]) -> str:
+    """Strip a known tensor suffix (``.qweight``) from a name to get the module name."""
+    for suffix in suffixes:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def require(variant: Variant, name: str) -> np.ndarray:
+    if not variant.has(name):
+        raise UnusableInput(f"no tensor {name!r} in this variant", variant.path)
+    return variant.read(name)
+
+
+def rng_normal(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 0.02) -> np.ndarray:
+    return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def write_config(folder: Path, name: str, doc: dict[str, Any]) -> None:
+    import json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

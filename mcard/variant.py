@@ -1,0 +1,146 @@
+"""A variant on disk: its files, configs and safetensors headers, read lazily once.
+
+Every format module inspects a :class:`Variant`; nothing here knows about a
+particular quantization format beyond recognising file kinds by their magic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from .errors import UnusableInput
+from .jsonio import load_json_object
+from .safetensors_io import SafetensorsHeader, TensorInfo, read_header
+
+# Magic bytes at the start of a file -> kind. GGML legacy magics are uint32
+# little-endian 'ggml' / 'ggmf' / 'ggjt', so they read reversed on disk.
+_MAGICS: list[tuple[bytes, str]] = [
+    (b"GGUF", "gguf"),
+    (b"tjgg", "ggml"),
+    (b"fmgg", "ggml"),
+    (b"lmgg", "ggml"),
+    (b"PK\x03\x04", "pickle"),  # torch.save zip archive (holds a pickle)
+]
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+_SKIP_DIRS = {".git", ".cache", "__pycache__"}
+
+CONFIG_NAMES = (
+    "config.json",
+    "quantize_config.json",
+    "quant_config.json",
+    "adapter_config.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+)
+
+
+def sniff(path: Path) -> str:
+    """The kind of a file: safetensors, gguf, ggml, pickle, json or other."""
+    name = path.name
+    if name.endswith(".safetensors"):
+        return "safetensors"
+    if name.endswith(".json"):
+        return "json"
+    try:
+        with path.open("rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return "other"
+    for magic, kind in _MAGICS:
+        if head == magic:
+            return kind
+    if head[:1] == b"\x80" and path.suffix in _PICKLE_SUFFIXES:
+        return "pickle"  # legacy torch.save / raw pickle, protocol 2+
+    if path.suffix in _PICKLE_SUFFIXES and head:
+        return "pickle"
+    return "other"
+
+
+@dataclass
+class Variant:
+    """A variant folder (or a single file inside one) as found on disk."""
+
+    path: Path  # what the user named
+    root: Path  # the folder
+    files: list[str]  # relative paths (posix), sorted
+    single_file: str | None = None
+    _configs: dict[str, dict[str, Any] | None] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | Path) -> "Variant":
+        path = Path(path)
+        if not path.exists():
+            raise UnusableInput("no such file or folder", path)
+        if path.is_file():
+            return cls(path, path.parent, [path.name], single_file=path.name)
+        files = sorted(
+            p.relative_to(path).as_posix()
+            for p in path.rglob("*")
+            if p.is_file() and not any(part in _SKIP_DIRS for part in p.relative_to(path).parts)
+        )
+        return cls(path, path, files)
+
+    # -- files ----------------------------------------------------------------
+    def abspath(self, rel: str) -> Path:
+        return self.root / rel
+
+    def size(self, rel: str) -> int:
+        return self.abspath(rel).stat().st_size
+
+    @cached_property
+    def kinds(self) -> dict[str, str]:
+        return {rel: sniff(self.abspath(rel)) for rel in self.files}
+
+    def files_of(self, kind: str) -> list[str]:
+        return [rel for rel, k in self.kinds.items() if k == kind]
+
+    # -- configs ----------------------------------------------------------------
+    def config(self, name: str) -> dict[str, Any] | None:
+        """A JSON config next to the variant (also for a single-file variant), or None."""
+        if name not in self._configs:
+            p = self.root / name
+            self._configs[name] = load_json_object(p) if p.is_file() else None
+        return self._configs[name]
+
+    # -- safetensors ------------------------------------------------------------
+    @cached_property
+    def headers(self) -> dict[str, SafetensorsHeader]:
+        return {rel: read_header(self.abspath(rel)) for rel in self.files_of("safetensors")}
+
+    @cached_property
+    def tensors(self) -> dict[str, tuple[str, TensorInfo]]:
+        """Every tensor name -> (file, info), over all shards. Duplicates: see :attr:`duplicates`."""
+        out: dict[str, tuple[str, TensorInfo]] = {}
+        for rel, header in self.headers.items():
+            for name, info in header.tensors.items():
+                out.setdefault(name, (rel, info))
+        return out
+
+    @cached_property
+    def duplicates(self) -> list[tuple[str, str, str]]:
+        """(tensor, first file, second file) for tensors stored in more than one shard."""
+        seen: dict[str, str] = {}
+        dups = []
+        for rel, header in self.headers.items():
+            for name in header.tensors:
+                if name in seen:
+                    dups.append((name, seen[name], rel))
+                else:
+                    seen[name] = rel
+        return dups
+
+    def read(self, name: str):
+        """Read one tensor's data as numpy (only that tensor's bytes)."""
+        from .safetensors_io import read_tensor
+
+        try:
+            rel, _info = self.tensors[name]
+        except KeyError:
+            raise UnusableInput(f"no tensor named {name!r}", self.path) from None
+        return read_tensor(self.headers[rel], name)
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
