@@ -1,0 +1,125 @@
+"""GPTQ quantization configs: where they live, how they are spelled, what values are valid.
+
+Sources, in the order a loader prefers them: ``quantize_config.json``
+(AutoGPTQ), ``config.json`` ``quantization_config`` (transformers
+``GPTQConfig``), ``quant_config.json`` (older: ``w_bit``, ``q_group_size``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import UnusableInput
+from ..report import Finding, Report
+from ..variant import Variant
+
+V1, V2 = "gptq", "gptq_v2"
+CHECKPOINT_FORMATS = (V1, V2)
+VALID_BITS = (2, 3, 4, 8)
+SOURCES = ("quantize_config.json", "config.json", "quant_config.json")
+# Older spellings -> canonical keys.
+ALIASES = {"w_bit": "bits", "q_group_size": "group_size"}
+# Keys whose disagreement between two sources changes how the tensors are read.
+COMPARED = ("bits", "group_size", "desc_act", "sym", "checkpoint_format")
+DEFAULTS: dict[str, Any] = {"group_size": -1, "desc_act": False, "sym": True, "checkpoint_format": V1}
+
+
+def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
+    out = {ALIASES.get(k, k): v for k, v in raw.items()}
+    if out.get("is_marlin_format") and "checkpoint_format" not in out:
+        out["checkpoint_format"] = "marlin"
+    if isinstance(out.get("checkpoint_format"), str):
+        out["checkpoint_format"] = out["checkpoint_format"].lower()
+    return out
+
+
+def _raw_sources(variant: Variant, report: Report) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for name in SOURCES:
+        try:
+            doc = variant.config(name)
+        except UnusableInput as exc:
+            report.error("bad-config", name, "", f"cannot parse: {exc.message}")
+            continue
+        if doc is None:
+            continue
+        if name == "config.json":
+            doc = doc.get("quantization_config")
+            if not isinstance(doc, dict):
+                continue
+            if str(doc.get("quant_method", "gptq")).lower() != "gptq":
+                continue
+        elif name == "quant_config.json" and str(doc.get("quant_method", "")).lower() == "awq":
+            continue
+        found[name] = _normalize(doc)
+    return found
+
+
+def _where(name: str) -> str:
+    return "config.json quantization_config" if name == "config.json" else name
+
+
+def _validate(params: dict[str, Any], source: str, report: Report) -> None:
+    bits, gs, damp = params.get("bits"), params.get("group_size"), params.get("damp_percent")
+    if "bits" not in params:
+        report.error("bad-config", source, "bits", "no bits given")
+    elif isinstance(bits, bool) or bits not in VALID_BITS:
+        report.error("bad-config", source, "bits", f"bits {bits!r} is not one of {VALID_BITS}")
+    if isinstance(gs, bool) or not isinstance(gs, int) or (gs != -1 and gs <= 0):
+        report.error("bad-config", source, "group_size", f"group_size {gs!r} must be -1 or a positive integer")
+    if damp is not None and (isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1):
+        report.error("bad-config", source, "damp_percent", f"damp_percent {damp!r} must lie strictly between 0 and 1")
+    for key in ("desc_act", "sym"):
+        if not isinstance(params.get(key), bool):
+            report.error("bad-config", source, key, f"{key} {params.get(key)!r} is not true/false")
+    if params.get("checkpoint_format") not in CHECKPOINT_FORMATS:
+        report.error("bad-config", source, "checkpoint_format",
+                     f"checkpoint_format {params.get('checkpoint_format')!r} is not one of {CHECKPOINT_FORMATS}")
+
+
+def read_quant_config(variant: Variant) -> tuple[dict[str, Any], str | None, list[Finding]]:
+    """The GPTQ parameters, the source they came from, and findings about the configs.
+
+    The first present source (in :data:`SOURCES` order) wins; defaults fill
+    keys it does not give. Two sources disagreeing on a :data:`COMPARED` key
+    is a ``config-conflict`` error; invalid values are ``bad-config`` errors.
+    """
+    scratch = Report(path="")
+    found = _raw_sources(variant, scratch)
+    if not found:
+        return {}, None, scratch.findings
+    names = list(found)
+    primary = names[0]
+    params = {**DEFAULTS, **found[primary]}
+    for other in names[1:]:
+        for key in COMPARED:
+            if key in found[primary] and key in found[other] and found[primary][key] != found[other][key]:
+                scratch.error(
+                    "config-conflict", other, key,
+                    f"{_where(other)} says {key} {found[other][key]!r} but {_where(primary)} "
+                    f"(which loaders read first) says {found[primary][key]!r}",
+                )
+    _validate(params, primary, scratch)
+    return params, _where(primary), scratch.findings
+
+
+def params_ok(params: dict[str, Any]) -> bool:
+    """Whether ``params`` can drive the tensor checks (bits and group size usable)."""
+    bits, gs = params.get("bits"), params.get("group_size")
+    return (not isinstance(bits, bool) and bits in VALID_BITS and isinstance(gs, int)
+            and not isinstance(gs, bool) and (gs == -1 or gs > 0))
+
+
+def make_config(bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str,
+                config_file: str) -> dict[str, Any]:
+    """The quant config AutoGPTQ / transformers / old GPTQ tools write, for ``config_file``."""
+    if config_file == "quant_config.json":
+        return {"w_bit": bits, "q_group_size": group_size, "desc_act": desc_act, "sym": sym}
+    doc: dict[str, Any] = {
+        "bits": bits, "group_size": group_size, "damp_percent": 0.01, "desc_act": desc_act, "sym": sym,
+        "true_sequential": True, "quant_method": "gptq", "checkpoint_format": checkpoint_format,
+    }
+    if config_file == "quantize_config.json":
+        doc.update(static_groups=False, model_name_or_path=None,
+                   model_file_base_name=f"gptq_model-{bits}bit-{group_size}g")
+    return doc
