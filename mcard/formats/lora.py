@@ -1,0 +1,380 @@
+"""PEFT LoRA adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
+
+Layout facts (PEFT ``utils/save_and_load.py`` ``get_peft_model_state_dict``,
+``tuners/lora/config.py``, docs ``developer_guides/checkpoint.md``):
+
+* Keys are the module names under ``base_model.model.`` with the adapter name
+  stripped: ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``
+  [r, in] and ``...q_proj.lora_B.weight`` [out, r]. Embedding targets use
+  ``lora_embedding_A`` [r, vocab] / ``lora_embedding_B`` [hidden, r]; DoRA adds
+  ``lora_magnitude_vector``. ``modules_to_save`` are stored whole as
+  ``base_model.model.<module>.weight``.
+* The safetensors file carries ``{"format": "pt"}`` metadata.
+* The delta weight is ``scaling * B @ A`` with ``scaling = lora_alpha / r``
+  (``lora_alpha / sqrt(r)`` with ``use_rslora``); ``rank_pattern`` and
+  ``alpha_pattern`` override r and alpha per module (key matched as a suffix
+  regex ``(.*\\.)?key$``); ``fan_in_fan_out`` transposes it.
+* ``target_modules``: a list of module-name suffixes, a regex string matched
+  against the full module name, or ``"all-linear"``.
+
+Shapes are checked against the base model when its config is next to the
+adapter (``config.json``, else ``base_config.json``); otherwise only against
+each other and ``r``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..arch import ModelShape
+from ..errors import UnusableInput
+from ..report import Report, Runtime
+from ..size import SizeEstimate
+from ..variant import Variant
+from . import _common
+
+NAME = "lora"
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+PICKLE_WEIGHTS_NAME = "adapter_model.bin"
+BASE_CONFIG_NAMES = ("config.json", "base_config.json")
+PREFIX = "base_model.model."
+A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
+EMB_A_SUFFIX, EMB_B_SUFFIX = ".lora_embedding_A", ".lora_embedding_B"
+EXTRA_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+# QLoRA / Guanaco: every linear of the decoder layers.
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+SAFETENSORS_METADATA = {"format": "pt"}
+_BYTES = {"F16": 2, "BF16": 2, "F32": 4}
+
+
+# -- config ------------------------------------------------------------------------
+def _adapter_config(variant: Variant) -> dict[str, Any] | None:
+    return variant.config(CONFIG_NAME)
+
+
+def detect(variant: Variant) -> bool:
+    if CONFIG_NAME in variant.files or (variant.single_file and (variant.root / CONFIG_NAME).is_file()):
+        return True
+    return any(n.endswith((A_SUFFIX, B_SUFFIX)) for n in variant.tensors)
+
+
+def targets(target_modules: Any, module: str) -> bool:
+    """PEFT's ``check_target_module_exists`` for one module name."""
+    if target_modules is None:
+        return False
+    if isinstance(target_modules, str):
+        if target_modules == "all-linear":
+            return not module.endswith("lm_head")
+        return re.fullmatch(target_modules, module) is not None
+    return any(module == t or module.endswith("." + t) for t in target_modules)
+
+
+def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?{key}$", module):
+            return value
+    return default
+
+
+def rank_of(cfg: dict[str, Any], module: str) -> int:
+    return int(_pattern_value(cfg.get("rank_pattern") or {}, module, cfg.get("r", 8)))
+
+
+def scaling_of(cfg: dict[str, Any], module: str) -> float:
+    r = rank_of(cfg, module)
+    alpha = float(_pattern_value(cfg.get("alpha_pattern") or {}, module, cfg.get("lora_alpha", 8)))
+    return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
+
+
+def _check_config(cfg: dict[str, Any], report: Report) -> bool:
+    """Field checks; returns False when the rest cannot be checked."""
+    def bad(where: str, message: str) -> None:
+        report.error("bad-adapter-config", CONFIG_NAME, where, message)
+
+    ok = True
+    if str(cfg.get("peft_type", "")).upper() != "LORA":
+        bad("peft_type", f"peft_type {cfg.get('peft_type')!r}: only LORA adapters are checked")
+        return False
+    r = cfg.get("r", 8)
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        bad("r", f"r {r!r} is not a positive integer")
+        ok = False
+    alpha = cfg.get("lora_alpha", 8)
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        bad("lora_alpha", f"lora_alpha {alpha!r} is not a positive number")
+        ok = False
+    tm = cfg.get("target_modules")
+    if isinstance(tm, str):
+        try:
+            re.compile(tm)
+        except re.error as exc:
+            bad("target_modules", f"target_modules regex does not compile: {exc}")
+            ok = False
+    elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
+        bad("target_modules", f"target_modules {tm!r} is neither a list of names nor a regex string")
+        ok = False
+    for key in ("rank_pattern", "alpha_pattern"):
+        pat = cfg.get(key) or {}
+        if not isinstance(pat, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in pat.values()):
+            bad(key, f"{key} must map module patterns to positive numbers")
+            ok = False
+    mts = cfg.get("modules_to_save")
+    if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str) for m in mts)):
+        bad("modules_to_save", "modules_to_save must be a list of module names")
+    if not isinstance(cfg.get("base_model_name_or_path"), str) or not cfg.get("base_model_name_or_path"):
+        report.warning("no-base-model", CONFIG_NAME, "base_model_name_or_path", "no base model named: users cannot tell what to load it on")
+    return ok
+
+
+# -- reading ---------------------------------------------------------------------------
+def adapted_modules(variant: Variant) -> list[str]:
+    """Base-model module names (``model.layers.0.self_attn.q_proj``) carrying lora_A/lora_B."""
+    out = set()
+    for name in variant.tensors:
+        for suffix in (A_SUFFIX, B_SUFFIX, EMB_A_SUFFIX, EMB_B_SUFFIX):
+            if name.endswith(suffix):
+                out.add(_strip_prefix(name[: -len(suffix)]))
+    return sorted(out)
+
+
+def _strip_prefix(name: str) -> str:
+    return name[len(PREFIX):] if name.startswith(PREFIX) else name
+
+
+def _module_name(name: str) -> str:
+    name = _strip_prefix(name)
+    for suffix in (A_SUFFIX, B_SUFFIX, ".weight"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def dequantize(variant: Variant, name: str) -> np.ndarray:
+    """The float32 delta weight ``scaling * B @ A`` [out, in] of one adapted module."""
+    cfg = _adapter_config(variant) or {}
+    module = _module_name(name)
+    a_name, b_name = PREFIX + module + A_SUFFIX, PREFIX + module + B_SUFFIX
+    if not variant.has(a_name):  # embedding LoRA: delta of [vocab, hidden] = (B @ A).T
+        a_name, b_name = PREFIX + module + EMB_A_SUFFIX, PREFIX + module + EMB_B_SUFFIX
+        if not variant.has(a_name):
+            raise UnusableInput(f"no LoRA weights for module {module!r}", variant.path)
+        delta = (variant.read(b_name).astype(np.float32) @ variant.read(a_name).astype(np.float32)).T
+        return (np.float32(scaling_of(cfg, module)) * delta).astype(np.float32)
+    a = _common.require(variant, a_name).astype(np.float32)
+    b = _common.require(variant, b_name).astype(np.float32)
+    delta = np.float32(scaling_of(cfg, module)) * (b @ a)
+    return (delta.T if cfg.get("fan_in_fan_out") else delta).astype(np.float32)
+
+
+def _base_shape(variant: Variant, report: Report) -> tuple[ModelShape | None, str | None]:
+    for name in BASE_CONFIG_NAMES:
+        cfg = variant.config(name)
+        if cfg is not None and "hidden_size" in cfg:
+            return ModelShape.from_config(cfg, variant.abspath(name)), name
+    report.info("no-base-config", CONFIG_NAME, "", "no base config.json next to the adapter: "
+                "LoRA shapes checked against each other and r only")
+    return None, None
+
+
+# -- validate ------------------------------------------------------------------------------
+def check(variant: Variant, report: Report) -> None:
+    report.format = NAME
+    cfg = _adapter_config(variant)
+    report.runtimes = runtimes()
+    if cfg is None:
+        report.error("bad-adapter-config", CONFIG_NAME, "", "adapter_config.json is missing: PEFT cannot load the adapter")
+        return
+    report.config_source = CONFIG_NAME
+    report.params = {k: cfg.get(k) for k in ("peft_type", "r", "lora_alpha", "target_modules", "base_model_name_or_path",
+                                             "use_rslora", "use_dora", "modules_to_save") if k in cfg}
+    if not _check_config(cfg, report):
+        return
+    if not variant.headers:
+        _check_pickle_only(variant, report)
+        return
+    shape, base_name = _base_shape(variant, report)
+    dtype = next((info.dtype for name, (_r, info) in variant.tensors.items() if name.endswith(A_SUFFIX)), "F32")
+    expected: _common.Expected = {}
+    tm = cfg.get("target_modules")
+    layers = cfg.get("layers_to_transform")
+    layers = [layers] if isinstance(layers, int) else layers
+    if shape is not None:
+        dims = {lin.name: (lin.in_features, lin.out_features, lin.layer) for lin in shape.linears()}
+        for module, (k, n, layer) in dims.items():
+            if targets(tm, module) and (not layers or layer in layers):
+                r = rank_of(cfg, module)
+                expected[PREFIX + module + A_SUFFIX] = ((dtype,), (r, k))
+                expected[PREFIX + module + B_SUFFIX] = ((dtype,), (n, r))
+        for module in cfg.get("modules_to_save") or []:
+            for name, dims2 in shape.other_tensors().items():
+                if name.endswith(f"{module}.weight"):
+                    expected[PREFIX + name] = (_common.FLOAT_DTYPES, dims2)
+        for module in adapted_modules(variant):
+            if module not in dims:  # embeddings or other modules: consistency only
+                _check_pair(variant, report, cfg, module, expected)
+        extra = lambda n: n.endswith(EXTRA_SUFFIXES) or n.endswith((EMB_A_SUFFIX, EMB_B_SUFFIX))  # noqa: E731
+        _common.check_tensor_set(variant, report, expected, ignore=extra)
+        _rank_findings(variant, report, cfg)
+    else:
+        for module in adapted_modules(variant):
+            _check_pair(variant, report, cfg, module, expected)
+        _check_layer_coverage(variant, report)
+    _check_modules_to_save_present(variant, report, cfg)
+    if len(variant.headers) == 1 and expected:
+        _common.check_predicted_size(
+            report, variant,
+            _common.predicted_file_bytes({n: (d[0], s) for n, (d, s) in expected.items()}, SAFETENSORS_METADATA),
+        )
+    report.params["base_config"] = base_name
+
+
+def _rank_findings(variant: Variant, report: Report, cfg: dict[str, Any]) -> None:
+    """Name rank problems explicitly (check_tensor_set reports them as wrong-shape too)."""
+    for module in adapted_modules(variant):
+        a = variant.tensors.get(PREFIX + module + A_SUFFIX)
+        if a is not None and a[1].shape and a[1].shape[0] != rank_of(cfg, module):
+            report.error("wrong-rank", a[0], a[1].name, f"rank {a[1].shape[0]}, config says r={rank_of(cfg, module)}")
+
+
+def _check_pair(variant: Variant, report: Report, cfg: dict[str, Any], module: str, expected: _common.Expected) -> None:
+    """lora_A/lora_B present, 2-D, rank r, and agreeing with each other."""
+    emb = variant.has(PREFIX + module + EMB_A_SUFFIX) or variant.has(PREFIX + module + EMB_B_SUFFIX)
+    a_name = PREFIX + module + (EMB_A_SUFFIX if emb else A_SUFFIX)
+    b_name = PREFIX + module + (EMB_B_SUFFIX if emb else B_SUFFIX)
+    found = [variant.tensors.get(a_name), variant.tensors.get(b_name)]
+    for name, got in zip((a_name, b_name), found):
+        if got is None:
+            report.error("missing-tensor", "", name, "the other half of this LoRA pair is present, this one is missing")
+    if None in found:
+        return
+    (rel_a, a), (rel_b, b) = found  # type: ignore[misc]
+    r = rank_of(cfg, module)
+    if len(a.shape) != 2 or len(b.shape) != 2:
+        report.error("wrong-shape", rel_a, a_name, f"LoRA factors must be 2-D, got {list(a.shape)} and {list(b.shape)}")
+        return
+    if a.shape[0] != r:
+        report.error("wrong-rank", rel_a, a_name, f"rank {a.shape[0]}, config says r={r}")
+    if b.shape[1] != a.shape[0]:
+        report.error("wrong-shape", rel_b, b_name, f"lora_B {list(b.shape)} does not match lora_A's rank {a.shape[0]}")
+    if a.dtype != b.dtype:
+        report.warning("wrong-dtype", rel_b, b_name, f"lora_A is {a.dtype}, lora_B is {b.dtype}")
+    if a.dtype not in _common.FLOAT_DTYPES:
+        report.error("wrong-dtype", rel_a, a_name, f"dtype {a.dtype}, expected a float type")
+    expected[a_name] = ((a.dtype,), a.shape)
+    expected[b_name] = ((b.dtype,), b.shape)
+
+
+def _check_layer_coverage(variant: Variant, report: Report) -> None:
+    """Without a base config: every layer should adapt the same module kinds."""
+    per_layer: dict[int, set[str]] = {}
+    for module in adapted_modules(variant):
+        m = re.search(r"\.layers\.(\d+)\.(.+)$", module)
+        if m:
+            per_layer.setdefault(int(m.group(1)), set()).add(m.group(2))
+    if not per_layer:
+        return
+    union = set().union(*per_layer.values())
+    for layer in range(max(per_layer) + 1):
+        missing = sorted(union - per_layer.get(layer, set()))
+        if missing:
+            report.error("missing-tensor", "", f"layer {layer}", f"no LoRA weights for {', '.join(missing)} (other layers have them)")
+
+
+def _check_modules_to_save_present(variant: Variant, report: Report, cfg: dict[str, Any]) -> None:
+    for module in cfg.get("modules_to_save") or []:
+        if not any(n.startswith(PREFIX) and n.endswith(f"{module}.weight") and ".lora_" not in n for n in variant.tensors):
+            report.error("missing-tensor", "", f"modules_to_save: {module}", f"{module} is listed in modules_to_save but not saved")
+
+
+def _check_pickle_only(variant: Variant, report: Report) -> None:
+    from . import pickle as pickle_fmt
+
+    pickles = variant.files_of("pickle")
+    if not pickles:
+        report.error("missing-tensor", "", WEIGHTS_NAME, "no adapter weights (adapter_model.safetensors or .bin)")
+        return
+    for rel in pickles:
+        container, imports, _n = pickle_fmt.scan(variant.abspath(rel))
+        report.warning("adapter-pickle", rel, "", f"adapter weights only as a {container}: shapes not checked "
+                       "(mcard never unpickles); re-save with safe_serialization=True")
+        unsafe = [g for g in imports if g not in pickle_fmt.SAFE_GLOBALS]
+        if unsafe:
+            report.error("pickle-unsafe-import", rel, "", f"pickle imports {', '.join(unsafe)}: loading it runs that code")
+
+
+def runtimes() -> list[Runtime]:
+    return [
+        Runtime("transformers+peft", True, "PeftModel.from_pretrained on the base model"),
+        Runtime("vLLM", True, "enable_lora=True; max_lora_rank must be >= r"),
+        Runtime("llama.cpp", False, "convert with convert_lora_to_gguf.py first"),
+    ]
+
+
+# -- size and builder ------------------------------------------------------------------------
+def _targeted(shape: ModelShape, target_modules: Any) -> list:
+    tm = list(ALL_LINEAR) if target_modules is None else target_modules
+    return [lin for lin in shape.linears() if targets(tm, lin.name)]
+
+
+def predict_size(shape: ModelShape, r: int = 64, target_modules: Any = None, dtype: str = "F32", **_: Any) -> SizeEstimate:
+    """Exact ``adapter_model.safetensors`` size. ``target_modules=None``: all linears (QLoRA).
+
+    QLoRA's Guanaco adapters were saved in float32 (hence the F32 default).
+    """
+    dtype = dtype.upper()
+    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
+    for lin in _targeted(shape, target_modules):
+        entries[PREFIX + lin.name + A_SUFFIX] = (dtype, (r, lin.in_features))
+        entries[PREFIX + lin.name + B_SUFFIX] = (dtype, (lin.out_features, r))
+    per = _BYTES[dtype]
+    parts = {"lora_A": 0, "lora_B": 0}
+    tensors = []
+    for name, (dt, dims) in entries.items():
+        nbytes = per * math.prod(dims)
+        parts["lora_A" if name.endswith(A_SUFFIX) else "lora_B"] += nbytes
+        tensors.append((name, dt, nbytes))
+    total = _common.predicted_file_bytes(entries, SAFETENSORS_METADATA)
+    parts["header"] = total - sum(parts.values())
+    return SizeEstimate(NAME, {"r": r, "target_modules": target_modules or list(ALL_LINEAR), "dtype": dtype}, total, parts, tensors)
+
+
+def write_variant(folder: str | Path, config: dict[str, Any], r: int = 64, lora_alpha: int = 16,
+                  target_modules: Any = None, base_model: str = "huggyllama/llama-7b", seed: int = 0,
+                  dtype: str = "F32", base_config: bool = False) -> dict[str, np.ndarray]:
+    """Write a PEFT LoRA adapter for ``config`` (random, nonzero A and B); returns the tensors as float32.
+
+    ``base_config=True`` also writes the base model's ``config.json`` next to it.
+    """
+    folder = Path(folder)
+    shape = ModelShape.from_config(config)
+    tm = list(ALL_LINEAR) if target_modules is None else target_modules
+    rng = np.random.default_rng(seed)
+    np_dtype = {"F16": np.float16, "F32": np.float32}[dtype.upper()]
+    tensors: dict[str, np.ndarray] = {}
+    for lin in _targeted(shape, tm):
+        tensors[PREFIX + lin.name + A_SUFFIX] = _common.rng_normal(rng, (r, lin.in_features)).astype(np_dtype)
+        tensors[PREFIX + lin.name + B_SUFFIX] = _common.rng_normal(rng, (lin.out_features, r)).astype(np_dtype)
+    adapter_cfg = {
+        "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": base_model, "bias": "none",
+        "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "layers_pattern": None,
+        "layers_to_transform": None, "lora_alpha": lora_alpha, "lora_dropout": 0.05, "modules_to_save": None,
+        "peft_type": "LORA", "r": r, "rank_pattern": {}, "revision": None, "target_modules": tm,
+        "task_type": "CAUSAL_LM", "use_dora": False, "use_rslora": False,
+    }
+    _common.write_config(folder, CONFIG_NAME, adapter_cfg)
+    if base_config:
+        _common.write_config(folder, "config.json", config)
+    from ..safetensors_io import write
+
+    write(folder / WEIGHTS_NAME, tensors, SAFETENSORS_METADATA)
+    return {k: v.astype(np.float32) for k, v in tensors.items()}
+
+
+__all__ = ["NAME", "detect", "check", "adapted_modules", "dequantize", "predict_size", "write_variant",
+           "targets", "rank_of", "scaling_of", "runtimes"]
