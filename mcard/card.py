@@ -1,0 +1,625 @@
+"""``mcard card``: render a model card from a registry entry, and check a card against it.
+
+Rendering: front matter from ``huggingface_hub.ModelCardData`` (evaluations
+become ``model-index``), body from the Jinja2 templates in ``templates/``, run
+in a sandbox with ``StrictUndefined``. Registry text is only ever passed to the
+templates as values: it is never compiled as a template.
+
+Sizes come from, in order: the variant measured on disk (``--variants DIR``),
+the size recorded in the registry (as published), a prediction by
+:func:`mcard.size.predict_size` (marked ``*`` with a footnote).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UnusableInput
+from .evals import EvalEntry, format_value
+from .registry import Entry, RegistryVariant, load_entry
+from .report import FileEntry, Report, Runtime
+
+GB = 1e9
+WEIGHT_KINDS = ("safetensors", "gguf", "ggml", "pickle")
+FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "gguf": "gguf.md.j2", "lora": "lora.md.j2", "base": "base.md.j2"}
+FAMILY_TAGS = {"gptq": ["gptq"], "gguf": [], "lora": ["lora", "peft"], "base": []}
+
+# The provided-files table of each family: its columns, in order.
+TABLE_COLUMNS = {
+    "gptq": ["Branch", "Bits", "Group Size", "Act Order", "File Size", "ExLlama Compatible", "Made With", "Description"],
+    "gguf": ["Name", "Quant method", "Bits", "Size", "Max RAM required", "Use case"],
+    "lora": ["Branch", "Rank (r)", "Alpha", "Dropout", "Target modules", "Size", "Dataset", "Description"],
+    "base": ["Branch", "Format", "Size", "Description"],
+}
+SIZE_COLUMN = {"gptq": "File Size", "gguf": "Size", "lora": "Size", "base": "Size"}
+
+
+def templates_dir() -> Path:
+    """The canonical templates: ``templates/`` of a checkout, else ``mcard/templates`` (package data)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "templates", here / "templates"):
+        if (candidate / "_header.md.j2").is_file():
+            return candidate
+    raise UnusableInput("card templates not found (expected templates/ next to the mcard package)")
+
+
+# -- sizes and compatibility ------------------------------------------------------
+
+
+@dataclass
+class Row:
+    """One provided-files row: a variant with its size, where the size came from, and runtimes."""
+
+    variant: RegistryVariant
+    size: int | None = None
+    size_source: str = "unknown"  # measured, published, predicted, unknown
+    ram: int | None = None
+    runtimes: list[Runtime] | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def predicted(self) -> bool:
+        return self.size_source == "predicted"
+
+
+def gb_text(n: int | None, predicted: bool = False) -> str:
+    if n is None:
+        return "-"
+    return f"{n / GB:.2f} GB" + ("*" if predicted else "")
+
+
+def _format_module(fmt: str) -> Any | None:
+    from . import formats
+
+    try:
+        return formats.get(fmt)
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.endswith(f"formats.{fmt}"):
+            return None
+        raise
+
+
+def rule_runtimes(v: RegistryVariant) -> list[Runtime] | None:
+    """Compatibility from the format module's published rules (None when it has no rules)."""
+    if v.format != "gptq":
+        return None
+    module = _format_module("gptq")
+    if module is None or not hasattr(module, "runtimes"):
+        return None
+    return list(module.runtimes(
+        bits=v.bits, group_size=v.group_size, sym=v.sym, desc_act=v.desc_act, checkpoint_format=v.checkpoint_format
+    ))
+
+
+def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
+    """Predicted (size, ram) bytes, or (None, None) when no architecture or no predictor."""
+    from . import formats
+    from .size import RAM_OVERHEAD_BYTES, predict_size
+
+    if entry.architecture is None or v.format == "lora" or formats.for_size(v.format) is None:
+        return None, None
+    est = predict_size(entry.architecture, v.format, **v.size_params())
+    ram = est.ram_bytes
+    if ram is None and v.family == "gguf":
+        ram = est.total_bytes + RAM_OVERHEAD_BYTES
+    return est.total_bytes, ram
+
+
+def expected_size(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None, str]:
+    """What the registry says a variant's (size, ram) is: recorded, else predicted."""
+    from .size import RAM_OVERHEAD_BYTES
+
+    if v.size is not None:
+        ram = v.ram if v.ram is not None else (v.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
+        return v.size, ram, "published"
+    size, ram = predict(entry, v)
+    if size is None:
+        return None, None, "unknown"
+    if v.ram is not None:
+        ram = v.ram
+    return size, ram, "predicted"
+
+
+def measure(path: Path) -> tuple[int, list[Runtime]]:
+    from .validate import inspect
+
+    report = inspect(path)
+    size = sum(f.size for f in report.files if f.kind in WEIGHT_KINDS)
+    runtimes = list(report.runtimes)
+    for part in report.parts:
+        runtimes.extend(part.runtimes)
+    return size, runtimes
+
+
+def build_rows(entry: Entry, variants_dir: Path | None) -> list[Row]:
+    from .size import RAM_OVERHEAD_BYTES
+
+    rows = []
+    for v in entry.variants:
+        row = Row(v)
+        if variants_dir is not None:
+            path = variants_dir / v.key
+            if not path.exists():
+                raise UnusableInput(f"no {v.key!r} in it for variant {v.key!r} of {entry.path.name}", variants_dir)
+            row.size, measured_runtimes = measure(path)
+            row.size_source = "measured"
+            row.ram = v.ram if v.ram is not None else (row.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
+            row.runtimes = measured_runtimes or rule_runtimes(v)
+        else:
+            row.size, row.ram, row.size_source = expected_size(entry, v)
+            row.runtimes = rule_runtimes(v)
+        rows.append(row)
+    if entry.family == "gguf":  # sorted by size, unknown sizes last, then by name
+        rows.sort(key=lambda r: (r.size is None, r.size or 0, r.variant.key))
+    return rows
+
+
+def exllama_cell(runtimes: list[Runtime] | None) -> str:
+    """``True``/``False`` from the runtimes named like ExLlama; which ones when they disagree."""
+    if runtimes is None:
+        return "?"
+    ex = [r for r in runtimes if "exllama" in r.name.lower()]
+    if not ex:
+        return "?"
+    if all(r.compatible for r in ex):
+        return "True"
+    if not any(r.compatible for r in ex):
+        return "False"
+    return ", ".join(r.name for r in ex if r.compatible) + " only"
+
+
+# -- chat template from a tokenizer_config.json ----------------------------------------
+
+
+def find_chat_template(entry: Entry, variants_dir: Path | None) -> str | None:
+    if variants_dir is None:
+        return None
+    from .jsonio import load_json_object
+
+    candidates = [variants_dir / v.key / "tokenizer_config.json" for v in entry.variants if v.family != "gguf"]
+    candidates.append(variants_dir / "tokenizer_config.json")
+    for path in candidates:
+        if not path.is_file():
+            continue
+        value = load_json_object(path).get("chat_template")
+        if isinstance(value, list):  # named templates: [{"name": "default", "template": "..."}]
+            named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+            value = named.get("default") or next((t for t in named.values() if isinstance(t, str)), None)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None
+
+
+# -- front matter -------------------------------------------------------------------
+
+
+def eval_result(e: EvalEntry) -> Any:
+    from huggingface_hub import EvalResult
+
+    metric_name = e.display_metric + (f" ({e.variant})" if e.variant else "")
+    return EvalResult(
+        task_type=e.task_type,
+        dataset_type=e.dataset_type,
+        dataset_name=e.dataset_name,
+        metric_type=e.metric_type,
+        metric_value=e.value,
+        dataset_config=e.dataset_config,
+        dataset_split=e.dataset_split,
+        dataset_args={"num_few_shot": e.shots} if e.shots is not None else None,
+        metric_name=metric_name if metric_name != e.metric_type else None,
+        # huggingface_hub wants a source_url with a source_name; without one the name stays in the body only
+        source_name=e.source_name if e.source_url else None,
+        source_url=e.source_url if e.source_name else None,
+    )
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for item in items:
+        seen.setdefault(item, None)
+    return list(seen)
+
+
+def card_data(entry: Entry, prompt_text: str | None) -> Any:
+    from huggingface_hub import ModelCardData
+
+    m = entry.model
+    formats_tags = _dedupe([v.format for v in entry.variants] + FAMILY_TAGS[entry.family])
+    bits = sorted({v.bits for v in entry.variants if v.bits is not None and entry.family in ("gptq", "gguf")})
+    tags = _dedupe(m.tags + formats_tags + [f"{b}-bit" for b in bits])
+    extra: dict[str, Any] = {}
+    model_type = (entry.architecture or {}).get("model_type")
+    for key, value in (
+        ("inference", m.inference),
+        ("model_creator", m.creator),
+        ("model_type", model_type),
+        ("prompt_template", prompt_text),
+        ("quantized_by", m.quantized_by),
+    ):
+        if value is not None:
+            extra[key] = value
+    return ModelCardData(
+        base_model=m.base_model,
+        language=m.language or None,
+        license=m.license,
+        model_name=m.name,
+        pipeline_tag=m.pipeline_tag,
+        tags=tags,
+        eval_results=[eval_result(e) for e in entry.evaluations] or None,
+        **extra,
+    )
+
+
+# -- rendering ---------------------------------------------------------------------
+
+
+def _md_cell(value: Any) -> str:
+    """Table-cell-safe text: pipes escaped, newlines folded. Data only; never evaluated."""
+    text = "" if value is None else str(value)
+    return " ".join(text.replace("|", "\\|").split())
+
+
+def environment(extra_dir: Path | None = None) -> Any:
+    from jinja2 import ChoiceLoader, FileSystemLoader, StrictUndefined
+    from jinja2.sandbox import SandboxedEnvironment
+
+    loaders = [FileSystemLoader(str(extra_dir))] if extra_dir is not None else []
+    loaders.append(FileSystemLoader(str(templates_dir())))
+    env = SandboxedEnvironment(
+        loader=ChoiceLoader(loaders),
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["cell"] = _md_cell
+    env.filters["gb"] = gb_text
+    env.filters["value"] = format_value
+    return env
+
+
+def _strip_front_matter(text: str) -> str:
+    if text.startswith("---\n"):
+        end = text.find("\n---", 4)
+        if end != -1:
+            nl = text.find("\n", end + 4)
+            return text[nl + 1:] if nl != -1 else ""
+    return text
+
+
+def _prompt(entry: Entry) -> tuple[str | None, str | None]:
+    from . import prompts
+
+    p = entry.model.prompt
+    if p is None:
+        return None, None
+    tpl = prompts.get(p, entry.path) if isinstance(p, str) else prompts.custom(p["text"], p["name"])
+    return tpl.title, tpl.filled(entry.model.system_message)
+
+
+def _lora_modules(v: RegistryVariant) -> str:
+    return ", ".join(v.target_modules) if v.target_modules else "all linear layers"
+
+
+def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
+    """The provided-files table as text cells, in the family's column order."""
+    out = []
+    for r in rows:
+        v = r.variant
+        size = gb_text(r.size, r.predicted)
+        if entry.family == "gptq":
+            cells = [v.branch, v.bits, v.group_size, v.desc_act, size, exllama_cell(r.runtimes),
+                     v.made_with or "-", v.description]
+        elif entry.family == "gguf":
+            cells = [v.file, v.type, v.bits if v.bits is not None else "-", size, gb_text(r.ram, r.predicted),
+                     v.description]
+        elif entry.family == "lora":
+            cells = [v.branch, v.r if v.r is not None else "-", format_value(v.alpha) if v.alpha is not None else "-",
+                     format_value(v.dropout) if v.dropout is not None else "-", _lora_modules(v), size,
+                     v.dataset or "-", v.description]
+        else:
+            cells = [v.branch, v.format, size, v.description]
+        out.append([_md_cell(c) for c in cells])
+    return out
+
+
+def context(entry: Entry, variants_dir: Path | None = None) -> dict[str, Any]:
+    rows = build_rows(entry, variants_dir)
+    prompt_title, prompt_text = _prompt(entry)
+    original = None
+    if entry.model.original_card is not None:
+        original = _strip_front_matter(entry.model.original_card.read_text(encoding="utf-8")).strip("\n")
+    variants = []
+    for r in rows:
+        v = r.variant
+        variants.append({
+            "key": v.key, "branch": v.branch, "file": v.file, "format": v.format, "bits": v.bits,
+            "group_size": v.group_size, "desc_act": v.desc_act, "sym": v.sym, "type": v.type,
+            "made_with": v.made_with, "description": v.description, "dataset": v.dataset,
+            "seq_len": v.seq_len, "damp_percent": v.damp_percent, "r": v.r, "alpha": v.alpha,
+            "dropout": v.dropout, "target_modules": _lora_modules(v),
+            "size": gb_text(r.size, r.predicted), "size_source": r.size_source,
+            "runtimes": [{"name": rt.name, "compatible": rt.compatible, "reason": rt.reason} for rt in r.runtimes or []],
+        })
+    m = entry.model
+    evals = [{
+        "variant": e.variant or "", "dataset": e.dataset_name, "config": e.dataset_config or "",
+        "split": e.dataset_split or "", "metric": e.display_metric, "value": format_value(e.value),
+        "stderr": format_value(e.stderr) if e.stderr is not None else "", "shots": "" if e.shots is None else e.shots,
+        "source": e.source_name or "", "source_url": e.source_url or "",
+    } for e in entry.evaluations]
+    return {
+        "model": {
+            "repo": m.repo, "name": m.name, "license": m.license, "creator": m.creator or "",
+            "base_model": m.base_model or "", "base_model_name": m.base_model_name or m.base_model or "",
+            "description": m.description or "", "quantized_by": m.quantized_by or "",
+            "notes": list(m.notes), "links": list(m.links),
+        },
+        "family": entry.family,
+        "columns": TABLE_COLUMNS[entry.family],
+        "rows": table_rows(entry, rows),
+        "variants": variants,
+        "first": variants[0],
+        "any_predicted": any(r.predicted for r in rows),
+        "any_measured": any(r.size_source == "measured" for r in rows),
+        "prompt_title": prompt_title or "",
+        "prompt_text": prompt_text or "",
+        "chat_template": find_chat_template(entry, variants_dir) or "",
+        "evals": evals,
+        "tables": [{"title": t.title, "columns": [_md_cell(c) for c in t.columns],
+                    "rows": [[_md_cell(c) for c in row] for row in t.rows], "caption": t.caption or ""}
+                   for t in entry.tables],
+        "original_card": original or "",
+    }
+
+
+def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, template: str | Path | None = None) -> str:
+    """Render the model card (front matter + Markdown) of a registry entry. Deterministic."""
+    from jinja2 import TemplateError, TemplateNotFound
+    from jinja2.exceptions import SecurityError
+
+    entry = load_entry(entry_path)
+    vdir = Path(variants_dir) if variants_dir is not None else None
+    if vdir is not None and not vdir.is_dir():
+        raise UnusableInput("--variants: not a folder", vdir)
+    ctx = context(entry, vdir)
+
+    extra_dir, name = None, FAMILY_TEMPLATES[entry.family]
+    if template is not None:
+        t = Path(template)
+        if t.is_file():
+            extra_dir, name = t.resolve().parent, t.name
+        elif (templates_dir() / str(template)).is_file():
+            name = str(template)
+        else:
+            raise UnusableInput("--template: no such template file", template)
+    env = environment(extra_dir)
+    try:
+        body = env.get_template(name).render(**ctx)
+    except TemplateNotFound as exc:
+        raise UnusableInput(f"template {name}: includes a missing template {exc.name!r}") from None
+    except SecurityError as exc:
+        raise UnusableInput(f"template {name}: unsafe operation refused by the sandbox: {exc}") from None
+    except TemplateError as exc:
+        raise UnusableInput(f"template {name}: {type(exc).__name__}: {exc}") from None
+
+    front = card_data(entry, ctx["prompt_text"] or None).to_yaml()
+    body = re.sub(r"\n{3,}", "\n\n", body).strip("\n")
+    return f"---\n{front}\n---\n\n{body}\n"
+
+
+# -- checking ------------------------------------------------------------------------
+
+
+def _split_row(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|") and not line.endswith("\\|"):
+        line = line[:-1]
+    cells = re.split(r"(?<!\\)\|", line)
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+
+
+def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every pipe table in Markdown text: (header, rows). Code blocks are skipped."""
+    lines = text.splitlines()
+    tables, i, fence = [], 0, False
+    while i < len(lines):
+        line = lines[i]
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            i += 1
+            continue
+        if not fence and "|" in line and i + 1 < len(lines) and _SEP.match(lines[i + 1]):
+            header = _split_row(line)
+            rows = []
+            i += 2
+            while i < len(lines) and "|" in lines[i] and lines[i].strip():
+                rows.append(_split_row(lines[i]))
+                i += 1
+            tables.append((header, rows))
+            continue
+        i += 1
+    return tables
+
+
+def _clean_key(cell: str) -> str:
+    cell = cell.strip().strip("`*")
+    link = re.match(r"^\[([^\]]+)\]\([^)]*\)$", cell)
+    return link.group(1).strip("`") if link else cell
+
+
+def parse_gb(cell: str) -> float | None:
+    found = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GB\*?\s*$", cell)
+    return float(found.group(1)) if found else None
+
+
+def _front_matter(text: str) -> dict[str, Any] | None:
+    import yaml
+
+    if not text.startswith("---"):
+        return None
+    found = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+    if not found:
+        return None
+    data = yaml.safe_load(found.group(1))
+    return data if isinstance(data, dict) else None
+
+
+def _norm_index(value: Any) -> Any:
+    """model-index with the results list made order-insensitive."""
+    import json
+
+    if not isinstance(value, list):
+        return value
+    out = []
+    for model in value:
+        if isinstance(model, dict) and isinstance(model.get("results"), list):
+            model = {**model, "results": sorted((json.dumps(r, sort_keys=True) for r in model["results"]))}
+        out.append(model)
+    return out
+
+
+def _eval_keys(results: list[Any]) -> set[tuple[str, str, str, str]]:
+    return {(r.dataset_type, r.dataset_config or "", r.metric_type, format_value(r.metric_value)) for r in results}
+
+
+def check_card(card_path: str | Path, registry_path: str | Path | None = None) -> Report:
+    """Check a rendered (or hand-edited) card: metadata, model-index round trip, and with an
+    entry, every variant's row and size. Returns a :class:`Report` with format ``card``."""
+    import yaml
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    path = Path(card_path)
+    if not path.is_file():
+        raise UnusableInput("no such card file", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnusableInput(f"not UTF-8 text (byte {exc.start})", path) from None
+    entry = load_entry(registry_path) if registry_path is not None else None
+
+    report = Report(path=str(path), format="card")
+    report.files.append(FileEntry(path.name, path.stat().st_size, "other"))
+    name = path.name
+    try:
+        meta = _front_matter(text)
+    except yaml.YAMLError as exc:
+        report.error("bad-metadata", name, "front matter", f"YAML does not parse: {' '.join(str(exc).split())}")
+        meta = {}
+    if meta is None:
+        report.error("no-metadata", name, "front matter", "card has no YAML front matter (--- ... ---)")
+        meta = {}
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+        body = card.text
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises plain ValueError/YAML errors
+        report.error("bad-metadata", name, "front matter", f"huggingface_hub cannot parse the card: {exc}")
+        body = text
+    report.params = {k: meta[k] for k in ("license", "base_model", "model_type", "pipeline_tag") if k in meta}
+
+    # model-index round trip
+    card_results: list[Any] | None = None
+    model_name: str | None = None
+    index = meta.get("model-index")
+    if index is not None:
+        try:
+            model_name, card_results = model_index_to_eval_results(index)
+            back = eval_results_to_model_index(model_name, card_results)
+        except Exception as exc:  # noqa: BLE001 - malformed model-index raises KeyError/TypeError/ValueError
+            report.error("model-index", name, "model-index", f"does not parse: {type(exc).__name__}: {exc}")
+            card_results = None
+        else:
+            if not model_name:
+                report.error("model-index", name, "model-index[0].name", "model-index has no model name")
+            if _norm_index(back) != _norm_index(index):
+                report.error("model-index", name, "model-index",
+                             "does not round-trip through huggingface_hub's EvalResult (unknown or malformed fields)")
+        report.params["model_name"] = model_name
+
+    # required metadata
+    if not meta.get("license"):
+        report.error("missing-metadata", name, "license", "no license in the front matter")
+    if not meta.get("pipeline_tag"):
+        report.warning("missing-metadata", name, "pipeline_tag", "no pipeline_tag: the Hub will not show a widget")
+    tags = [str(t).lower() for t in meta.get("tags") or []]
+    is_quant = entry.family != "base" if entry is not None else (
+        bool(meta.get("quantized_by")) or any(t in ("gptq", "gguf", "ggml", "awq", "lora", "peft") for t in tags)
+    )
+    if is_quant and not meta.get("base_model"):
+        report.error("missing-metadata", name, "base_model", "a quantized or adapter repo needs base_model")
+
+    if entry is not None:
+        _check_against_entry(report, entry, meta, body, model_name, card_results)
+    return report
+
+
+def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], body: str,
+                         model_name: str | None, card_results: list[Any] | None) -> None:
+    name = Path(report.path).name
+    m = entry.model
+    for key, want in (("license", m.license), ("base_model", m.base_model)):
+        if want is not None and meta.get(key) != want:
+            report.error("metadata-mismatch", name, key, f"card says {meta.get(key)!r}, registry says {want!r}")
+    if entry.evaluations:
+        if model_name is not None and model_name != m.name:
+            report.error("metadata-mismatch", name, "model-index[0].name",
+                         f"card says {model_name!r}, registry says {m.name!r}")
+        if card_results is not None:
+            want_keys = _eval_keys([eval_result(e) for e in entry.evaluations])
+            have_keys = _eval_keys(card_results)
+            for key in sorted(want_keys - have_keys):
+                report.error("eval-mismatch", name, "model-index", f"registry result {key[0]} {key[2]}={key[3]} is not in the card")
+            for key in sorted(have_keys - want_keys):
+                report.error("eval-mismatch", name, "model-index", f"card result {key[0]} {key[2]}={key[3]} is not in the registry")
+        elif "model-index" not in meta:
+            report.error("eval-mismatch", name, "model-index", "registry has evaluations but the card has no model-index")
+
+    columns = TABLE_COLUMNS[entry.family]
+    table = next((t for t in markdown_tables(body) if t[0] and t[0][0] == columns[0] and len(t[0]) > 2), None)
+    if table is None:
+        report.error("missing-table", name, "provided files", f"no provided-files table (header starting {columns[0]!r})")
+        return
+    header, rows = table
+    if header != columns:
+        report.error("table-columns", name, "provided files", f"columns {header} differ from {columns}")
+    col = {c: i for i, c in enumerate(header)}
+    by_key: dict[str, list[str]] = {}
+    for row in rows:
+        if row:
+            by_key[_clean_key(row[0])] = row
+    variants = {v.key: v for v in entry.variants}
+    for key in sorted(set(by_key) - set(variants)):
+        report.error("unknown-row", name, f"provided files/{key}", "row for a variant the registry does not have")
+    for key, v in variants.items():
+        where = f"provided files/{key}"
+        row = by_key.get(key)
+        if row is None:
+            report.error("missing-row", name, where, "no row for this variant")
+            continue
+        size, ram, source = expected_size(entry, v)
+        for column, want in ((SIZE_COLUMN[entry.family], size), ("Max RAM required", ram)):
+            if column not in col or want is None:
+                continue
+            cell = row[col[column]] if col[column] < len(row) else ""
+            have = parse_gb(cell)
+            if have is None:
+                report.error("size-mismatch", name, f"{where}/{column}", f"{cell!r} is not a size in GB")
+            elif abs(have - round(want / GB, 2)) > 0.01 + 1e-9:
+                report.error("size-mismatch", name, f"{where}/{column}",
+                             f"card says {have:.2f} GB, registry ({source}) says {want / GB:.2f} GB")
+        if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
+            report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
+        if "Group Size" in col and v.group_size is not None and col["Group Size"] < len(row) \
+                and row[col["Group Size"]] != str(v.group_size):
+            report.error("param-mismatch", name, f"{where}/Group Size",
+                         f"card says {row[col['Group Size']]!r}, registry says {v.group_size}")

@@ -1,0 +1,72 @@
+"""``mcard card render`` and ``mcard card check``: parse, call :mod:`mcard.card`, print."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import EXIT_FAILED, McardError
+
+card = typer.Typer(
+    help="Model cards from the registry: render them, check them.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(exc: McardError) -> typer.Exit:
+    typer.echo(f"mcard: {exc}", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+@card.command("render")
+def render(
+    entry: Path = typer.Argument(..., help="A registry entry, registry/NAME.toml."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the card here (default: stdout)."),
+    variants: Optional[Path] = typer.Option(
+        None, "--variants", help="Folder with one subfolder per branch (or the GGUF/GGML files): sizes are measured."
+    ),
+    template: Optional[str] = typer.Option(None, "--template", help="A template file (or a name in templates/)."),
+) -> None:
+    """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
+    from .card import render_card
+
+    try:
+        text = render_card(entry, variants_dir=variants, template=template)
+    except McardError as exc:
+        raise _fail(exc) from None
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        output.write_text(text, encoding="utf-8", newline="\n")
+    except OSError as exc:
+        from .errors import UnusableInput
+
+        raise _fail(UnusableInput(f"cannot write: {exc.strerror or exc}", output)) from None
+    typer.echo(f"wrote {output}", err=True)
+
+
+@card.command("check")
+def check(
+    card_path: Path = typer.Argument(..., metavar="README.md", help="A model card (README.md)."),
+    registry: Optional[Path] = typer.Option(None, "--registry", help="Its registry entry: rows and sizes must agree."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Check a card: metadata, model-index round trip and, with --registry, its provided-files table."""
+    from . import _output
+    from .card import check_card
+
+    try:
+        report = check_card(card_path, registry_path=registry)
+    except McardError as exc:
+        raise _fail(exc) from None
+    if json_out:
+        _output.print_json(report.to_dict())
+    else:
+        _output.print_report(report)
+    raise typer.Exit(0 if report.ok else EXIT_FAILED)
