@@ -1,0 +1,161 @@
+"""Time the int4 kernels on a GPU and write ``benchmarks/RESULTS.md`` (not a test).
+
+For each shape (K inputs x N outputs) and batch, every kernel is timed with CUDA
+events: warm-up launches, then the median of many launches, each on the next of
+several copies of the weights so that the 50 MB-class L2 cache cannot serve them
+(at batch 1 the point is DRAM bandwidth). Reports the time, the effective GB/s
+(bytes the kernel must read and write / time) next to a measured device-to-device
+copy bandwidth, and the speedup over torch's fp16 matmul on the dense weight.
+
+Usage: ``python benchmarks/bench_kernels.py [--runs 50] [--quick]``; needs CuPy,
+a CUDA device and (for the fp16 baseline) torch with CUDA.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (8192, 28672)]  # (K, N)
+BATCHES = [1, 4, 16, 32]
+L2_FLUSH_BYTES = 3 * 64 * 1024 * 1024  # rotate through at least 3x a large L2
+
+
+def timed(fn: Callable[[int], Any], copies: int, runs: int, warmup: int = 5) -> float:
+    """Median microseconds of ``fn(i)`` over ``runs`` launches, rotating i over the copies."""
+    import cupy
+
+    for i in range(warmup):
+        fn(i % copies)
+    cupy.cuda.Device().synchronize()
+    times = []
+    for i in range(runs):
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        fn(i % copies)
+        stop.record()
+        stop.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, stop) * 1e3)
+    return statistics.median(times)
+
+
+def copy_bandwidth(nbytes: int = 1 << 30) -> float:
+    """Device-to-device copy GB/s (read + write counted)."""
+    import cupy
+
+    a = cupy.empty(nbytes, dtype=cupy.uint8)
+    b = cupy.empty_like(a)
+    t = timed(lambda _i: b.__setitem__(Ellipsis, a), 1, 20)
+    return 2 * nbytes / (t * 1e-6) / 1e9
+
+
+def make_formats(k: int, n: int, rng: np.random.Generator) -> dict[str, tuple[dict[str, np.ndarray], Callable]]:
+    """Random packed tensors per kernel and a launcher taking (x, tensors, out)."""
+    import cupy_kernels as ck
+
+    def w32(*shape: int) -> np.ndarray:
+        return rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(np.int32)
+
+    def f16(*shape: int) -> np.ndarray:
+        return (rng.random(shape) * 0.01).astype(np.float16)
+
+    def gguf_raw(type_name: str) -> np.ndarray:
+        per, nbytes = ck.launch.GGUF_KERNELS[type_name][1:]
+        raw = rng.integers(0, 256, size=(n, k // per, nbytes), dtype=np.uint8)
+        raw[..., 0:4] = np.frombuffer(np.full(2, 0.01, "<f2").tobytes(), np.uint8)
+        return raw.reshape(n, -1)
+
+    g = 128
+    out: dict[str, tuple[dict[str, np.ndarray], Callable]] = {
+        "gptq g128": ({"q": w32(k // 8, n), "z": w32(k // g, n // 8), "s": f16(k // g, n),
+                       "g": (np.arange(k) // g).astype(np.int32)},
+                      lambda x, t, o: ck.gptq_matmul(x, t["q"], t["z"], t["s"], t["g"], g, "gptq", None, o)),
+        "gptq g128 act-order": ({"q": w32(k // 8, n), "z": w32(k // g, n // 8), "s": f16(k // g, n),
+                                 "g": (np.argsort(rng.permutation(k)) // g).astype(np.int32)},
+                                lambda x, t, o: ck.gptq_matmul(x, t["q"], t["z"], t["s"], t["g"], g, "gptq", None, o)),
+        "awq g128": ({"q": w32(k, n // 8), "z": w32(k // g, n // 8), "s": f16(k // g, n)},
+                     lambda x, t, o: ck.awq_matmul(x, t["q"], t["z"], t["s"], g, None, o)),
+        "nf4 double-quant": ({"w": rng.integers(0, 256, size=(n * k // 2, 1), dtype=np.uint8),
+                              "qm": np.linspace(-1, 1, 16, dtype=np.float32),
+                              "a": rng.integers(0, 256, size=n * k // 64, dtype=np.uint8),
+                              "na": np.ones(-(-n * k // 64 // 256), np.float32),
+                              "nq": np.linspace(0, 0.1, 256, dtype=np.float32)},
+                             lambda x, t, o: ck.bnb_matmul(x, t["w"], t["qm"], t["a"], (n, k), 64, t["na"], t["nq"],
+                                                           0.01, 256, None, o)),
+    }
+    for tname in ("Q4_0", "Q4_1", "Q4_K"):
+        out[f"gguf {tname}"] = ({"raw": gguf_raw(tname)},
+                                lambda x, t, o, tn=tname: ck.gguf_matmul(x, t["raw"], tn, (n, k), None, o))
+    return out
+
+
+def main() -> None:
+    import cupy
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--quick", action="store_true", help="first shape, batches 1 and 16 only")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    args = ap.parse_args()
+    try:
+        import torch
+
+        has_torch = torch.cuda.is_available()
+    except ImportError:
+        has_torch = False
+
+    props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+    device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    copy_bw = copy_bandwidth()
+    rows = []
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    batches = [1, 16] if args.quick else BATCHES
+    rng = np.random.default_rng(0)
+    for k, n in shapes:
+        formats = make_formats(k, n, rng)
+        dense_bytes = 2 * k * n
+        dense_copies = max(2, -(-L2_FLUSH_BYTES // dense_bytes))
+        dense = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(dense_copies)] if has_torch else []
+        for m in batches:
+            x = cupy.asarray(rng.standard_normal((m, k)).astype(np.float16))
+            base_us = None
+            if has_torch:
+                xt = torch.as_tensor(x, device="cuda")
+                base_us = timed(lambda i: torch.matmul(xt, dense[i].T), dense_copies, args.runs)
+            for name, (host, launch) in formats.items():
+                nbytes = sum(a.nbytes for a in host.values())
+                copies = max(2, -(-L2_FLUSH_BYTES // nbytes))
+                dev = [{key: cupy.asarray(a) for key, a in host.items()} for _ in range(copies)]
+                out = cupy.empty((m, n), dtype=cupy.float16)
+                t_us = timed(lambda i: launch(x, dev[i], out), copies, args.runs)
+                moved = nbytes + x.nbytes + out.nbytes
+                gbps = moved / (t_us * 1e-6) / 1e9
+                rows.append((f"{k}x{n}", m, name, t_us, gbps, gbps / copy_bw,
+                             None if base_us is None else base_us / t_us))
+                print(f"{k}x{n} M={m:<2} {name:22s} {t_us:9.1f} us {gbps:7.0f} GB/s", flush=True)
+                del dev
+    lines = [
+        "# Kernel benchmark", "",
+        f"Device: **{device}**. Device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write).",
+        f"Median of {args.runs} launches with CUDA events after warm-up; weights rotated over copies totalling "
+        f">= {L2_FLUSH_BYTES >> 20} MiB so L2 does not serve them. Shapes are K (in) x N (out).", "",
+        "| shape | batch | kernel | time (us) | GB/s | of copy BW | vs torch fp16 |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for shape, m, name, t_us, gbps, frac, speed in rows:
+        lines.append(f"| {shape} | {m} | {name} | {t_us:.1f} | {gbps:.0f} | {frac:.0%} | "
+                     f"{'-' if speed is None else f'{speed:.2f}x'} |")
+    args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

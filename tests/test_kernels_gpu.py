@@ -1,0 +1,146 @@
+"""Every CUDA kernel against the float32 torch reference on random packed data (needs a GPU).
+
+Outputs are poisoned with NaN before each launch so an element the kernel never
+writes fails. Shapes include partial tiles (N not a multiple of the block's
+columns/rows), K not a multiple of 128 or of a kernel step, every group size,
+act-order on and off, v1 and v2 zeros, sym and asym, batches 1..32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.gpu
+
+torch = pytest.importorskip("torch")
+cupy = pytest.importorskip("cupy")
+
+import cupy_kernels  # noqa: E402
+from mcard import reference as ref  # noqa: E402
+
+TOL = 2e-3  # mcard.smoke.KERNEL_REL_TOL: fp16 rounding of an fp32 accumulation, 4x margin
+BATCHES = [1, 2, 7, 8, 9, 16, 31, 32]
+AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
+NF4 = np.array([-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0, 0.0796, 0.1609, 0.2461, 0.3379,
+                0.4407, 0.5626, 0.7230, 1.0], dtype=np.float32)
+
+
+def rng(seed: int) -> np.random.Generator:
+    return np.random.default_rng(seed)
+
+
+def words(r: np.random.Generator, *shape: int) -> np.ndarray:
+    return r.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(np.int32)
+
+
+def scales(r: np.random.Generator, *shape: int) -> np.ndarray:
+    return (r.random(shape) * 0.02 + 0.002).astype(np.float16)
+
+
+def activations(r: np.random.Generator, m: int, k: int) -> np.ndarray:
+    return r.standard_normal((m, k)).astype(np.float16)
+
+
+def check(run, x16: np.ndarray, w_ref: torch.Tensor, n: int, bias: np.ndarray | None = None) -> None:
+    out = cupy.full((x16.shape[0], n), cupy.nan, dtype=cupy.float16)
+    got = run(cupy.asarray(x16), out)
+    assert got is out
+    cupy.cuda.Device().synchronize()
+    y = cupy.asnumpy(out).astype(np.float64)
+    assert np.isfinite(y).all(), f"{int((~np.isfinite(y)).sum())} elements unwritten or non-finite"
+    want = ref.linear(torch.from_numpy(x16), w_ref, bias).double().numpy()
+    err = np.linalg.norm(y - want) / np.linalg.norm(want)
+    assert err < TOL, f"relative error {err:.2e}"
+
+
+# -- GPTQ ----------------------------------------------------------------------------
+@pytest.mark.parametrize("k,n", [(1120, 136), (640, 64), (4096, 256)])
+@pytest.mark.parametrize("group", [32, 64, 128, -1])
+@pytest.mark.parametrize("act", [False, True])
+@pytest.mark.parametrize("fmt,sym", [("gptq", True), ("gptq", False), ("gptq_v2", False)])
+def test_gptq(k: int, n: int, group: int, act: bool, fmt: str, sym: bool) -> None:
+    if group != -1 and k % group:
+        pytest.skip("GPTQ groups must tile K")
+    r = rng(k + n + group)
+    g = k if group == -1 else group
+    ng = k // g
+    qweight = words(r, k // 8, n)
+    qzeros = (np.full((ng, n // 8), 0x77777777, np.int64).astype(np.int32) if sym and fmt == "gptq"
+              else words(r, ng, n // 8))
+    sc = scales(r, ng, n)
+    perm = r.permutation(k) if act else np.arange(k)
+    g_idx = (np.argsort(perm) // g).astype(np.int32)
+    bias = (r.standard_normal(n) * 0.1).astype(np.float16)
+    w = ref.gptq_dequantize(qweight, qzeros, sc, g_idx, 4, fmt)
+    d = [cupy.asarray(a) for a in (qweight, qzeros, sc, g_idx, bias)]
+    for m in BATCHES:
+        check(lambda x, out: cupy_kernels.gptq_matmul(x, *d[:4], group, fmt, d[4], out), activations(r, m, k), w, n, bias)
+
+
+# -- AWQ -----------------------------------------------------------------------------
+@pytest.mark.parametrize("k,n", [(160, 144), (1152, 64), (4096, 512)])
+@pytest.mark.parametrize("group", [32, 64, 128, -1])
+def test_awq(k: int, n: int, group: int) -> None:
+    if group != -1 and k % group:
+        pytest.skip("AWQ groups must tile K")
+    r = rng(k * 3 + n + group)
+    ng = 1 if group == -1 else k // group
+    qweight, qzeros, sc = words(r, k, n // 8), words(r, ng, n // 8), scales(r, ng, n)
+    w = ref.awq_dequantize(qweight, qzeros, sc, group, order=AWQ_ORDER)
+    d = [cupy.asarray(a) for a in (qweight, qzeros, sc)]
+    for m in BATCHES:
+        check(lambda x, out: cupy_kernels.awq_matmul(x, *d, group, None, out), activations(r, m, k), w, n)
+
+
+# -- GGUF ----------------------------------------------------------------------------
+def gguf_raw(r: np.random.Generator, type_name: str, rows: int, cols: int) -> np.ndarray:
+    per, nbytes = ref.GGUF_BLOCKS[type_name]
+    halves = 1 if type_name == "Q4_0" else 2
+    raw = r.integers(0, 256, size=(rows, cols // per, nbytes), dtype=np.uint8)
+    hv = (r.standard_normal((rows, cols // per, halves)) * 0.01).astype("<f2")
+    raw[..., : 2 * halves] = hv.view(np.uint8).reshape(rows, cols // per, 2 * halves)
+    return raw.reshape(rows, -1)
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K"])
+@pytest.mark.parametrize("n,k", [(37, 1280), (8, 256), (256, 4096), (64, 3072)])
+def test_gguf(type_name: str, n: int, k: int) -> None:
+    r = rng(n * k)
+    raw = gguf_raw(r, type_name, n, k)
+    w = ref.gguf_dequantize(raw, type_name, (n, k))
+    d_raw = cupy.asarray(raw)
+    for m in BATCHES:
+        check(lambda x, out: cupy_kernels.gguf_matmul(x, d_raw, type_name, (n, k), None, out), activations(r, m, k), w, n)
+
+
+# -- bitsandbytes --------------------------------------------------------------------
+@pytest.mark.parametrize("n,k", [(37, 1120), (16, 64), (512, 4096)])
+@pytest.mark.parametrize("nested", [False, True])
+def test_bnb(n: int, k: int, nested: bool) -> None:
+    r = rng(n + k + nested)
+    nblocks = -(-n * k // 64)
+    packed = r.integers(0, 256, size=(n * k // 2, 1), dtype=np.uint8)
+    if nested:
+        absmax = r.integers(0, 256, size=nblocks, dtype=np.uint8)
+        ncode = np.sort(r.standard_normal(256)).astype(np.float32) * 0.01
+        nabs = (r.random(-(-nblocks // 256)) + 0.5).astype(np.float32)
+        am = ref.bnb_absmax(absmax, nabs, ncode, 0.02)
+        extra = (cupy.asarray(nabs), cupy.asarray(ncode), 0.02)
+    else:
+        absmax = (r.random(nblocks) * 0.05 + 0.01).astype(np.float32)
+        am = ref.bnb_absmax(absmax)
+        extra = (None, None, 0.0)
+    w = ref.bnb_dequantize(packed, am, NF4, (n, k), 64)
+    d = [cupy.asarray(a) for a in (packed, NF4, absmax)]
+    for m in BATCHES:
+        check(lambda x, out: cupy_kernels.bnb_matmul(x, *d, (n, k), 64, *extra, 256, None, out),
+              activations(r, m, k), w, n)
+
+
+def test_modules_compile_once() -> None:
+    from cupy_kernels import launch
+
+    a = launch.kernel("gguf", "gguf_q4_0_gemv")
+    b = launch.kernel("gguf", "gguf_q4_0_gemv")
+    assert a is b or launch._module.cache_info().hits > 0

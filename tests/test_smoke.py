@@ -1,0 +1,172 @@
+"""``mcard smoke`` without a GPU: reference-only path, its message and exit codes, layer picking."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("torch")
+
+from mcard import smoke  # noqa: E402
+from mcard.arch import tiny_config  # noqa: E402
+from mcard.errors import EXIT_FAILED, EXIT_NO_GPU, EXIT_OK, EXIT_UNUSABLE  # noqa: E402
+
+NO_GPU = not smoke.gpu_status()[0]
+needs_no_gpu = pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU path")
+
+
+def _builder(fmt: str):
+    return pytest.importorskip(f"mcard.formats.{fmt}")
+
+
+@pytest.fixture(scope="module")
+def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One small variant per format, from the format modules' own builders."""
+    root = tmp_path_factory.mktemp("smoke")
+    cfg = tiny_config()
+    out: dict[str, Path] = {}
+    builders = {
+        "gptq-act-asym": lambda m, p: m.write_variant(p, cfg, bits=4, group_size=64, desc_act=True, sym=False),
+        "gptq-v2-sym": lambda m, p: m.write_variant(p, cfg, bits=4, group_size=128, checkpoint_format="gptq_v2"),
+        "gptq-3bit": lambda m, p: m.write_variant(p, cfg, bits=3, group_size=128),
+        "awq": lambda m, p: m.write_variant(p, cfg, group_size=64),
+        "bnb": lambda m, p: m.write_variant(p, cfg, quant_type="nf4", double_quant=True),
+        "bnb-plain": lambda m, p: m.write_variant(p, cfg, quant_type="nf4", double_quant=False),
+        "gguf-q4km": lambda m, p: m.write_variant(p, cfg, "Q4_K_M"),
+        "gguf-q4_1": lambda m, p: m.write_variant(p, cfg, "Q4_1"),
+    }
+    for label, build in builders.items():
+        fmt = label.split("-")[0]
+        try:
+            mod = __import__(f"mcard.formats.{fmt}", fromlist=["*"])
+        except ModuleNotFoundError:
+            continue
+        build(mod, root / label)
+        out[label] = root / label
+    return out
+
+
+@pytest.mark.parametrize(
+    "label", ["gptq-act-asym", "gptq-v2-sym", "gptq-3bit", "awq", "bnb", "bnb-plain", "gguf-q4km", "gguf-q4_1"]
+)
+def test_reference_path_passes_on_builder_variants(variants: dict[str, Path], label: str) -> None:
+    if label not in variants:
+        pytest.skip(f"format module for {label} not available")
+    result = smoke.run(variants[label], device="cpu", layers="3", batches="1,4", seed=1)
+    assert result.ok, [r.to_dict() for r in result.layers if not r.ok]
+    assert not result.kernels_run and "no kernel was exercised" in result.message
+    assert {r.engine for r in result.layers} == {"reference"}
+    assert len(result.layers) == 6 and all(r.rel_error is not None and r.rel_error < 1e-5 for r in result.layers)
+
+
+def test_layout_error_is_caught_without_gpu(variants: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reference that reads the nibbles in the wrong order must fail the CPU path."""
+    if "awq" not in variants:
+        pytest.skip("awq module not available")
+    from mcard import reference
+
+    monkeypatch.setattr(reference, "awq_order", lambda: (0, 1, 2, 3, 4, 5, 6, 7))
+    result = smoke.run(variants["awq"], device="cpu", layers="1", batches="1")
+    assert not result.ok
+    assert result.layers[0].rel_error > 1e-2
+
+
+def test_spread_picks_first_and_last() -> None:
+    names = [f"l{i}" for i in range(10)]
+    assert smoke.spread(names, 3) == ["l0", "l4", "l9"] or smoke.spread(names, 3) == ["l0", "l5", "l9"]
+    assert smoke.spread(names, None) == names
+    assert smoke.spread(names, 50) == names
+    assert len(smoke.spread(names, 4)) == 4
+
+
+def test_by_depth_orders_layers_numerically() -> None:
+    from mcard.smoke_layers import by_depth
+
+    names = ["model.layers.10.mlp.up_proj", "model.layers.2.mlp.up_proj", "model.layers.2.self_attn.q_proj"]
+    assert by_depth(names) == [names[1], names[2], names[0]]
+
+
+@pytest.mark.parametrize("bad", ["0", "33", "a", ""])
+def test_bad_batches_are_unusable(bad: str) -> None:
+    with pytest.raises(smoke.UnusableInput):
+        smoke.parse_batches(bad)
+
+
+def test_layers_option() -> None:
+    assert smoke.parse_layers("all") is None
+    assert smoke.parse_layers("2") == 2
+    with pytest.raises(smoke.UnusableInput):
+        smoke.parse_layers("0")
+
+
+# -- the real CLI, in a subprocess (no GPU here) ---------------------------------------
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, COLUMNS="200")
+    return subprocess.run([sys.executable, "-m", "mcard.cli", "smoke", *args], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+@needs_no_gpu
+def test_cli_without_gpu_exits_0_and_says_so(variants: dict[str, Path]) -> None:
+    label = next(iter(variants))
+    proc = _cli(str(variants[label]), "--layers", "2", "--batch", "1")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    assert "no kernel was exercised" in proc.stdout
+    assert "OK" in proc.stdout
+
+
+@needs_no_gpu
+def test_cli_require_gpu_exits_3(variants: dict[str, Path]) -> None:
+    label = next(iter(variants))
+    proc = _cli(str(variants[label]), "--require-gpu")
+    assert proc.returncode == EXIT_NO_GPU
+    assert proc.stdout == ""
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mcard: ") and "no usable GPU" in lines[0]
+
+
+@needs_no_gpu
+def test_cli_json_table(variants: dict[str, Path]) -> None:
+    if "gguf-q4km" not in variants:
+        pytest.skip("gguf module not available")
+    proc = _cli(str(variants["gguf-q4km"]), "--json", "--layers", "all", "--batch", "1", "--seed", "3")
+    assert proc.returncode == EXIT_OK, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is True and doc["kernels_run"] is False and doc["format"] == "gguf"
+    assert doc["layers"] and {row["engine"] for row in doc["layers"]} == {"reference"}
+    assert {"name", "kind", "shape", "batch", "rel_error", "threshold", "finite", "ok"} <= set(doc["layers"][0])
+    assert "Q6_K" in doc["message"]  # tensors without a kernel are named, not silently dropped
+
+
+def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Exit 1 on a failing layer, 2 on unusable input (typer's runner: no torch re-import)."""
+    from typer.testing import CliRunner
+
+    from mcard.cli import app
+
+    runner = CliRunner()
+    missing = runner.invoke(app, ["smoke", str(tmp_path / "nope")])
+    assert missing.exit_code == EXIT_UNUSABLE
+    (tmp_path / "notes.txt").write_text("hello")
+    assert runner.invoke(app, ["smoke", str(tmp_path)]).exit_code == EXIT_UNUSABLE
+    if "bnb" in variants:
+        from mcard import smoke_layers
+
+        real = smoke_layers._bnb_layer
+
+        def broken(mod, variant, name):  # noqa: ANN001 - a layer whose format reading is off by a factor
+            layer = real(mod, variant, name)
+            good = layer.numpy_weight
+            layer.numpy_weight = lambda: good() * np.float32(1.1)
+            return layer
+
+        monkeypatch.setattr(smoke_layers, "_bnb_layer", broken)
+        res = runner.invoke(app, ["smoke", str(variants["bnb"]), "--device", "cpu", "--layers", "1", "--batch", "1"])
+        assert res.exit_code == EXIT_FAILED, res.output
+        assert "FAIL" in res.output
