@@ -38,9 +38,11 @@ SIZE_COLUMN = {"gptq": "File Size", "gguf": "Size", "lora": "Size", "base": "Siz
 
 
 def templates_dir() -> Path:
-    """The canonical templates: ``templates/`` of a checkout, else ``mcard/templates`` (package data)."""
+    """The canonical templates: ``templates/`` of a checkout, else ``<prefix>/share/mcard/templates`` (wheel data files)."""
+    import sys
+
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "templates", here / "templates"):
+    for candidate in (here.parent / "templates", Path(sys.prefix) / "share" / "mcard" / "templates"):
         if (candidate / "_header.md.j2").is_file():
             return candidate
     raise UnusableInput("card templates not found (expected templates/ next to the mcard package)")

@@ -27,14 +27,22 @@ def inspect(path: str | Path) -> Report:
         report.files.append(FileEntry(rel, variant.size(rel), variant.kinds[rel]))
 
     module = formats.detect(variant)
-    if module is None:
+    if module is None and not variant.headers:
         raise UnusableInput(
             "no model in it (no safetensors, GGUF, GGML or adapter files found)", variant.path
         )
     if variant.headers:  # safetensors-based: shared structural checks first
         _check_safetensors_layout(variant, report)
         _check_shard_index(variant, report)
-    module.check(variant, report)
+    if module is None:
+        report.format = "safetensors"
+        report.warning(
+            "unknown-layout", "", "",
+            "safetensors tensors match no known model layout (no .weight, .qweight or adapter tensors); "
+            "only the file structure was checked",
+        )
+    else:
+        module.check(variant, report)
     _check_pickles(variant, report)
     return report
 

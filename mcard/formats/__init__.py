@@ -44,6 +44,7 @@ SIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
     "fp16": ("hf", {"dtype": "F16"}),
     "bf16": ("hf", {"dtype": "BF16"}),
     "fp32": ("hf", {"dtype": "F32"}),
+    "lora": ("lora", {}),
 }
 
 
