@@ -5,9 +5,10 @@ become ``model-index``), body from the Jinja2 templates in ``templates/``, run
 in a sandbox with ``StrictUndefined``. Registry text is only ever passed to the
 templates as values: it is never compiled as a template.
 
-Sizes come from, in order: the variant measured on disk (``--variants DIR``),
-the size recorded in the registry (as published), a prediction by
-:func:`mcard.size.predict_size` (marked ``*`` with a footnote).
+Sizes come from, in order: the variant measured on disk (``--variants DIR``, or
+``variant_paths`` for some variants only), the size recorded in the registry (as
+published), a prediction by :func:`mcard.size.predict_size` (marked ``*`` with a
+footnote).
 """
 
 from __future__ import annotations
@@ -24,17 +25,23 @@ from .report import FileEntry, Report, Runtime
 
 GB = 1e9
 WEIGHT_KINDS = ("safetensors", "gguf", "ggml", "pickle")
-FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "gguf": "gguf.md.j2", "lora": "lora.md.j2", "base": "base.md.j2"}
-FAMILY_TAGS = {"gptq": ["gptq"], "gguf": [], "lora": ["lora", "peft"], "base": []}
+FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "awq": "awq.md.j2", "bnb": "bnb.md.j2", "gguf": "gguf.md.j2",
+                    "lora": "lora.md.j2", "base": "base.md.j2"}
+FAMILY_TAGS = {"gptq": ["gptq"], "awq": ["awq"], "bnb": ["bitsandbytes", "4-bit"], "gguf": [],
+               "lora": ["lora", "peft"], "base": []}
+BITS_TAG_FAMILIES = ("gptq", "awq", "gguf")  # families whose variants' bits become N-bit tags
 
 # The provided-files table of each family: its columns, in order.
 TABLE_COLUMNS = {
     "gptq": ["Branch", "Bits", "Group Size", "Act Order", "File Size", "ExLlama Compatible", "Made With", "Description"],
+    "awq": ["Branch", "Bits", "Group Size", "Version", "AWQ Dataset", "Seq Len", "Size", "Compatible runtimes",
+            "Made With", "Description"],
+    "bnb": ["Branch", "Quant type", "Double quant", "Size", "Compatible runtimes", "Description"],
     "gguf": ["Name", "Quant method", "Bits", "Size", "Max RAM required", "Use case"],
     "lora": ["Branch", "Rank (r)", "Alpha", "Dropout", "Target modules", "Size", "Dataset", "Description"],
     "base": ["Branch", "Format", "Size", "Description"],
 }
-SIZE_COLUMN = {"gptq": "File Size", "gguf": "Size", "lora": "Size", "base": "Size"}
+SIZE_COLUMN = {"gptq": "File Size", "awq": "Size", "bnb": "Size", "gguf": "Size", "lora": "Size", "base": "Size"}
 
 
 def templates_dir() -> Path:
@@ -86,14 +93,18 @@ def _format_module(fmt: str) -> Any | None:
 
 def rule_runtimes(v: RegistryVariant) -> list[Runtime] | None:
     """Compatibility from the format module's published rules (None when it has no rules)."""
-    if v.format != "gptq":
-        return None
-    module = _format_module("gptq")
+    name = {"gptq": "gptq", "awq": "awq", "nf4": "bnb", "fp4": "bnb"}.get(v.format)
+    module = _format_module(name) if name else None
     if module is None or not hasattr(module, "runtimes"):
         return None
-    return list(module.runtimes(
-        bits=v.bits, group_size=v.group_size, sym=v.sym, desc_act=v.desc_act, checkpoint_format=v.checkpoint_format
-    ))
+    if name == "gptq":
+        return list(module.runtimes(
+            bits=v.bits, group_size=v.group_size, sym=v.sym, desc_act=v.desc_act, checkpoint_format=v.checkpoint_format
+        ))
+    if name == "awq":
+        return list(module.runtimes(bits=v.bits, group_size=v.group_size, version=v.version or module.GEMM,
+                                    zero_point=v.zero_point))
+    return list(module.runtimes(quant_type=v.format, double_quant=v.double_quant))
 
 
 def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
@@ -101,7 +112,9 @@ def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
     from . import formats
     from .size import RAM_OVERHEAD_BYTES, predict_size
 
-    if entry.architecture is None or v.format == "lora" or formats.for_size(v.format) is None:
+    if entry.architecture is None or formats.for_size(v.format) is None:
+        return None, None
+    if v.format == "lora" and v.r is None:  # no rank, no size
         return None, None
     est = predict_size(entry.architecture, v.format, **v.size_params())
     ram = est.ram_bytes
@@ -136,16 +149,43 @@ def measure(path: Path) -> tuple[int, list[Runtime]]:
     return size, runtimes
 
 
-def build_rows(entry: Entry, variants_dir: Path | None) -> list[Row]:
+def _check_variant_paths(entry: Entry, variant_paths: dict[str, Path] | None) -> dict[str, Path]:
+    """``variant_paths`` as Paths; every key must name a variant and every path exist."""
+    if not variant_paths:
+        return {}
+    keys = [v.key for v in entry.variants]
+    out = {}
+    for key, value in variant_paths.items():
+        if key not in keys:
+            import difflib
+
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f" (variants: {', '.join(keys)})"
+            raise UnusableInput(f"variant_paths: no variant {key!r} in {entry.path.name}{hint}")
+        path = Path(value)
+        if not path.exists():
+            raise UnusableInput(f"no such file or folder for variant {key!r} of {entry.path.name}", path)
+        out[key] = path
+    return out
+
+
+def build_rows(entry: Entry, variants_dir: Path | None = None,
+               variant_paths: dict[str, Path] | None = None) -> list[Row]:
+    """One row per variant. A variant is measured from ``variant_paths[key]`` when given, else from
+    ``variants_dir/key`` when ``variants_dir`` is given (then every other variant must be there),
+    else sized as recorded or predicted."""
     from .size import RAM_OVERHEAD_BYTES
 
+    paths = _check_variant_paths(entry, variant_paths)
     rows = []
     for v in entry.variants:
         row = Row(v)
-        if variants_dir is not None:
+        path = paths.get(v.key)
+        if path is None and variants_dir is not None:
             path = variants_dir / v.key
             if not path.exists():
                 raise UnusableInput(f"no {v.key!r} in it for variant {v.key!r} of {entry.path.name}", variants_dir)
+        if path is not None:
             row.size, measured_runtimes = measure(path)
             row.size_source = "measured"
             row.ram = v.ram if v.ram is not None else (row.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
@@ -176,13 +216,22 @@ def exllama_cell(runtimes: list[Runtime] | None) -> str:
 # -- chat template from a tokenizer_config.json ----------------------------------------
 
 
-def find_chat_template(entry: Entry, variants_dir: Path | None) -> str | None:
-    if variants_dir is None:
+def find_chat_template(entry: Entry, variants_dir: Path | None,
+                       variant_paths: dict[str, Path] | None = None) -> str | None:
+    if variants_dir is None and not variant_paths:
         return None
     from .jsonio import load_json_object
 
-    candidates = [variants_dir / v.key / "tokenizer_config.json" for v in entry.variants if v.family != "gguf"]
-    candidates.append(variants_dir / "tokenizer_config.json")
+    candidates = []
+    for v in entry.variants:
+        if v.family == "gguf":
+            continue
+        if variant_paths and v.key in variant_paths:
+            candidates.append(Path(variant_paths[v.key]) / "tokenizer_config.json")
+        elif variants_dir is not None:
+            candidates.append(variants_dir / v.key / "tokenizer_config.json")
+    if variants_dir is not None:
+        candidates.append(variants_dir / "tokenizer_config.json")
     for path in candidates:
         if not path.is_file():
             continue
@@ -230,7 +279,7 @@ def card_data(entry: Entry, prompt_text: str | None) -> Any:
 
     m = entry.model
     formats_tags = _dedupe([v.format for v in entry.variants] + FAMILY_TAGS[entry.family])
-    bits = sorted({v.bits for v in entry.variants if v.bits is not None and entry.family in ("gptq", "gguf")})
+    bits = sorted({v.bits for v in entry.variants if v.bits is not None and entry.family in BITS_TAG_FAMILIES})
     tags = _dedupe(m.tags + formats_tags + [f"{b}-bit" for b in bits])
     extra: dict[str, Any] = {}
     model_type = (entry.architecture or {}).get("model_type")
@@ -307,6 +356,13 @@ def _lora_modules(v: RegistryVariant) -> str:
     return ", ".join(v.target_modules) if v.target_modules else "all linear layers"
 
 
+def runtimes_cell(runtimes: list[Runtime] | None) -> str:
+    """The names of the compatible runtimes, comma-separated; ``?`` without rules, ``-`` when none."""
+    if runtimes is None:
+        return "?"
+    return ", ".join(r.name for r in runtimes if r.compatible) or "-"
+
+
 def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
     """The provided-files table as text cells, in the family's column order."""
     out = []
@@ -316,6 +372,12 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
         if entry.family == "gptq":
             cells = [v.branch, v.bits, v.group_size, v.desc_act, size, exllama_cell(r.runtimes),
                      v.made_with or "-", v.description]
+        elif entry.family == "awq":
+            cells = [v.branch, v.bits, v.group_size, (v.version or "gemm").upper(), v.dataset or "-",
+                     v.seq_len if v.seq_len is not None else "-", size, runtimes_cell(r.runtimes),
+                     v.made_with or "-", v.description]
+        elif entry.family == "bnb":
+            cells = [v.branch, v.format, v.double_quant, size, runtimes_cell(r.runtimes), v.description]
         elif entry.family == "gguf":
             cells = [v.file, v.type, v.bits if v.bits is not None else "-", size, gb_text(r.ram, r.predicted),
                      v.description]
@@ -329,8 +391,9 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
     return out
 
 
-def context(entry: Entry, variants_dir: Path | None = None) -> dict[str, Any]:
-    rows = build_rows(entry, variants_dir)
+def context(entry: Entry, variants_dir: Path | None = None,
+            variant_paths: dict[str, Path] | None = None) -> dict[str, Any]:
+    rows = build_rows(entry, variants_dir, variant_paths)
     prompt_title, prompt_text = _prompt(entry)
     original = None
     if entry.model.original_card is not None:
@@ -341,11 +404,13 @@ def context(entry: Entry, variants_dir: Path | None = None) -> dict[str, Any]:
         variants.append({
             "key": v.key, "branch": v.branch, "file": v.file, "format": v.format, "bits": v.bits,
             "group_size": v.group_size, "desc_act": v.desc_act, "sym": v.sym, "type": v.type,
+            "version": v.version, "zero_point": v.zero_point, "double_quant": v.double_quant,
             "made_with": v.made_with, "description": v.description, "dataset": v.dataset,
             "seq_len": v.seq_len, "damp_percent": v.damp_percent, "r": v.r, "alpha": v.alpha,
             "dropout": v.dropout, "target_modules": _lora_modules(v),
             "size": gb_text(r.size, r.predicted), "size_source": r.size_source,
             "runtimes": [{"name": rt.name, "compatible": rt.compatible, "reason": rt.reason} for rt in r.runtimes or []],
+            "compatible_runtimes": runtimes_cell(r.runtimes),
         })
     m = entry.model
     evals = [{
@@ -370,7 +435,7 @@ def context(entry: Entry, variants_dir: Path | None = None) -> dict[str, Any]:
         "any_measured": any(r.size_source == "measured" for r in rows),
         "prompt_title": prompt_title or "",
         "prompt_text": prompt_text or "",
-        "chat_template": find_chat_template(entry, variants_dir) or "",
+        "chat_template": find_chat_template(entry, variants_dir, variant_paths) or "",
         "evals": evals,
         "tables": [{"title": t.title, "columns": [_md_cell(c) for c in t.columns],
                     "rows": [[_md_cell(c) for c in row] for row in t.rows], "caption": t.caption or ""}
@@ -379,8 +444,14 @@ def context(entry: Entry, variants_dir: Path | None = None) -> dict[str, Any]:
     }
 
 
-def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, template: str | Path | None = None) -> str:
-    """Render the model card (front matter + Markdown) of a registry entry. Deterministic."""
+def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, template: str | Path | None = None,
+                variant_paths: dict[str, Path] | None = None) -> str:
+    """Render the model card (front matter + Markdown) of a registry entry. Deterministic.
+
+    ``variants_dir``: one subfolder per branch (or the GGUF/GGML files); every variant is
+    measured and must be there. ``variant_paths``: {variant key: file or folder} for the
+    variants to measure; the others keep their recorded or predicted sizes.
+    """
     from jinja2 import TemplateError, TemplateNotFound
     from jinja2.exceptions import SecurityError
 
@@ -388,7 +459,7 @@ def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, 
     vdir = Path(variants_dir) if variants_dir is not None else None
     if vdir is not None and not vdir.is_dir():
         raise UnusableInput("--variants: not a folder", vdir)
-    ctx = context(entry, vdir)
+    ctx = context(entry, vdir, variant_paths)
 
     extra_dir, name = None, FAMILY_TEMPLATES[entry.family]
     if template is not None:
@@ -555,7 +626,7 @@ def check_card(card_path: str | Path, registry_path: str | Path | None = None) -
         report.warning("missing-metadata", name, "pipeline_tag", "no pipeline_tag: the Hub will not show a widget")
     tags = [str(t).lower() for t in meta.get("tags") or []]
     is_quant = entry.family != "base" if entry is not None else (
-        bool(meta.get("quantized_by")) or any(t in ("gptq", "gguf", "ggml", "awq", "lora", "peft") for t in tags)
+        bool(meta.get("quantized_by")) or any(t in ("gptq", "gguf", "ggml", "awq", "bitsandbytes", "nf4", "fp4", "lora", "peft") for t in tags)
     )
     if is_quant and not meta.get("base_model"):
         report.error("missing-metadata", name, "base_model", "a quantized or adapter repo needs base_model")
@@ -621,6 +692,10 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
                              f"card says {have:.2f} GB, registry ({source}) says {want / GB:.2f} GB")
         if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
             report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
+        if "Quant type" in col and v.family == "bnb" and col["Quant type"] < len(row) \
+                and row[col["Quant type"]] != v.format:
+            report.error("param-mismatch", name, f"{where}/Quant type",
+                         f"card says {row[col['Quant type']]!r}, registry says {v.format!r}")
         if "Group Size" in col and v.group_size is not None and col["Group Size"] < len(row) \
                 and row[col["Group Size"]] != str(v.group_size):
             report.error("param-mismatch", name, f"{where}/Group Size",

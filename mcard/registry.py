@@ -1,6 +1,7 @@
 """The registry: one TOML file per published repo, the source of truth for its card.
 
-Schema (see ``registry/EXAMPLE.toml`` for a commented example)::
+Schema (see ``registry/examples/EXAMPLE.toml`` and ``registry/examples/awq-example.toml``
+for commented examples)::
 
     [model]          repo, name, license (required); creator, base_model,
                      base_model_name, description, prompt, system_message,
@@ -8,9 +9,9 @@ Schema (see ``registry/EXAMPLE.toml`` for a commented example)::
                      language, notes, links
     [architecture]   config = "path/to/config.json", or config.json keys inline
     [[variants]]     format (required); branch / file; bits, group_size, desc_act,
-                     sym, checkpoint_format, type, r, alpha, dropout,
-                     target_modules, made_with, description, size, ram, dataset,
-                     seq_len, damp_percent
+                     sym, checkpoint_format, version, zero_point, double_quant,
+                     type, r, alpha, dropout, target_modules, made_with,
+                     description, size, ram, dataset, seq_len, damp_percent
     [[evaluations]]  dataset, metric, value (inline) or path (lm-eval JSON)
     [[tables]]       title, columns, rows, caption
 
@@ -32,6 +33,9 @@ from .jsonio import load_json_object, load_toml
 # format -> family (one template per family)
 FAMILIES: dict[str, str] = {
     "gptq": "gptq",
+    "awq": "awq",
+    "nf4": "bnb",
+    "fp4": "bnb",
     "gguf": "gguf",
     "ggml": "gguf",
     "lora": "lora",
@@ -39,7 +43,22 @@ FAMILIES: dict[str, str] = {
     "bf16": "base",
     "fp32": "base",
 }
-BRANCH_FAMILIES = ("gptq", "lora", "base")  # a variant is a branch; gguf/ggml: a file
+BRANCH_FAMILIES = ("gptq", "awq", "bnb", "lora", "base")  # a variant is a branch; gguf/ggml: a file
+
+# Keys that only some formats take (others refuse them), and the keys each format requires.
+FORMAT_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    "version": ("awq",),
+    "zero_point": ("awq",),
+    "double_quant": ("nf4", "fp4"),
+}
+REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
+    "gptq": ("bits", "group_size"),
+    "awq": ("bits", "group_size"),
+    "gguf": ("file", "type"),
+    "ggml": ("file", "type"),
+}
+AWQ_VERSIONS = ("gemm", "gemv")  # as mcard.formats.awq.VERSIONS
+AWQ_BITS = 4  # AutoAWQ, vLLM and transformers load 4-bit AWQ only
 
 _STR, _INT, _FLOAT, _BOOL, _LIST, _TABLE = "a string", "an integer", "a number", "a boolean", "an array", "a table"
 
@@ -98,6 +117,9 @@ VARIANT_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
     "desc_act": ((_BOOL,), False),
     "sym": ((_BOOL,), False),
     "checkpoint_format": ((_STR,), False),
+    "version": ((_STR,), False),
+    "zero_point": ((_BOOL,), False),
+    "double_quant": ((_BOOL,), False),
     "type": ((_STR,), False),
     "r": ((_INT,), False),
     "alpha": ((_INT, _FLOAT), False),
@@ -230,6 +252,9 @@ class RegistryVariant:
     desc_act: bool = False
     sym: bool = True
     checkpoint_format: str = "gptq"
+    version: str | None = None  # AWQ: gemm (default) or gemv
+    zero_point: bool = True  # AWQ
+    double_quant: bool = True  # bitsandbytes nf4/fp4
     type: str | None = None
     r: int | None = None
     alpha: float | None = None
@@ -252,6 +277,12 @@ class RegistryVariant:
         """Keyword arguments for :func:`mcard.size.predict_size`."""
         if self.format == "gptq":
             return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act}
+        if self.format == "awq":
+            return {"bits": self.bits, "group_size": self.group_size, "version": self.version or AWQ_VERSIONS[0]}
+        if self.format in ("nf4", "fp4"):  # the quant type is implied by the format name
+            return {"double_quant": self.double_quant}
+        if self.format == "lora":  # lora_alpha and dropout do not change the file
+            return {"r": self.r, "target_modules": list(self.target_modules) or None}
         if self.format in ("gguf", "ggml"):
             return {"type": self.type}
         return {}
@@ -397,10 +428,22 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnusableInput(f"{where}.format: unknown format {v['format']!r}{hint}; known: {', '.join(FAMILIES)}", path)
     family = FAMILIES[fmt]
-    need = {"gptq": ("bits", "group_size"), "gguf": ("file", "type"), "ggml": ("file", "type")}.get(fmt, ())
-    for key in need:
+    for key in REQUIRED_KEYS.get(fmt, ()):
         if key not in v:
             raise UnusableInput(f"{where}: missing required key {key!r} for format {fmt}", path)
+    for key, fmts in FORMAT_ONLY_KEYS.items():
+        if key in v and fmt not in fmts:
+            raise UnusableInput(f"{where}.{key}: only for format {' or '.join(fmts)}, not {fmt}", path)
+    version = None
+    if fmt == "awq":
+        version = str(v.get("version", AWQ_VERSIONS[0])).lower()
+        if version not in AWQ_VERSIONS:
+            close = difflib.get_close_matches(version, list(AWQ_VERSIONS), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise UnusableInput(
+                f"{where}.version: unknown AWQ version {v['version']!r}{hint}; known: {', '.join(AWQ_VERSIONS)}", path)
+        if v["bits"] != AWQ_BITS:
+            raise UnusableInput(f"{where}.bits: AWQ is {AWQ_BITS}-bit only, found {v['bits']}", path)
     out = RegistryVariant(
         format=fmt,
         family=family,
@@ -411,6 +454,9 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         desc_act=v.get("desc_act", False),
         sym=v.get("sym", True),
         checkpoint_format=v.get("checkpoint_format", "gptq"),
+        version=version,
+        zero_point=v.get("zero_point", True),
+        double_quant=v.get("double_quant", True),
         type=v.get("type"),
         r=v.get("r"),
         alpha=v.get("alpha"),
@@ -427,6 +473,8 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
     if out.bits is None and out.type:
         found = re.search(r"(\d+)", out.type)
         out.bits = int(found.group(1)) if found else None
+    if out.r is not None and out.r < 1:
+        raise UnusableInput(f"{where}.r: the LoRA rank must be at least 1, found {out.r}", path)
     if out.damp_percent is not None and not 0 < out.damp_percent < 1:
         raise UnusableInput(f"{where}.damp_percent: must be between 0 and 1, found {out.damp_percent}", path)
     return out

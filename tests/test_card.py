@@ -22,7 +22,8 @@ from mcard.errors import UnusableInput
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / "registry"
 GOLDEN = Path(__file__).resolve().parent / "golden"
-ENTRIES = sorted(REGISTRY.glob("*.toml"))
+EXAMPLES = REGISTRY / "examples"  # commented examples: rendered and checked, never planned or published
+ENTRIES = sorted(REGISTRY.glob("*.toml")) + sorted(EXAMPLES.glob("*.toml"))
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -368,3 +369,243 @@ def test_check_exit_codes(tmp_path: Path, rendered: dict[str, str]) -> None:
     bad_entry.write_text("[model\n")
     bad = run("card", "check", str(card), "--registry", str(bad_entry))
     assert bad.exit_code == 2 and re.search(r"bad\.toml:1:\d+: TOML syntax error", bad.stderr)
+
+
+# -- AWQ, bitsandbytes 4-bit and LoRA entries ---------------------------------------------------
+
+AWQ_VARIANTS = """
+[[variants]]
+branch = "main"
+format = "awq"
+bits = 4
+group_size = 128
+made_with = "AutoAWQ"
+dataset = "pileval"
+seq_len = 512
+description = "GEMM"
+
+[[variants]]
+branch = "awq-4bit-64g-gemv"
+format = "awq"
+bits = 4
+group_size = 64
+version = "GEMV"
+
+[[variants]]
+branch = "awq-4bit-256g-nozp"
+format = "awq"
+bits = 4
+group_size = 256
+zero_point = false
+"""
+
+
+def _entry_rows(path: Path, **kwargs):
+    from mcard.card import build_rows
+    from mcard.registry import load_entry
+
+    entry = load_entry(path)
+    return entry, {r.variant.key: r for r in build_rows(entry, **kwargs)}
+
+
+def test_awq_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
+    awq = needs("awq", "runtimes")
+    from mcard.card import TABLE_COLUMNS
+    from mcard.size import predict_size
+
+    entry = tiny_entry(tmp_path, AWQ_VARIANTS)
+    e, rows = _entry_rows(entry)
+    assert e.family == "awq"
+    params = {"main": (128, "gemm", True), "awq-4bit-64g-gemv": (64, "gemv", True),
+              "awq-4bit-256g-nozp": (256, "gemm", False)}
+    for key, (gs, version, zp) in params.items():
+        want = predict_size(tiny_config(), "awq", bits=4, group_size=gs, version=version).total_bytes
+        assert (rows[key].size, rows[key].size_source) == (want, "predicted"), key
+        assert [(r.name, r.compatible) for r in rows[key].runtimes] == [
+            (r.name, r.compatible) for r in awq.runtimes(bits=4, group_size=gs, version=version, zero_point=zp)]
+    text = render_card(entry)
+    header, table = files_table(text, "Branch")
+    assert header == TABLE_COLUMNS["awq"]
+    by = {r["Branch"]: r for r in table}
+    assert [by[k]["Version"] for k in params] == ["GEMM", "GEMV", "GEMM"]
+    assert (by["main"]["AWQ Dataset"], by["main"]["Seq Len"], by["main"]["Made With"]) == ("pileval", "512", "AutoAWQ")
+    assert by["awq-4bit-64g-gemv"]["AWQ Dataset"] == "-"
+    assert all(r["Size"].endswith(" GB*") for r in table)
+    assert by["main"]["Compatible runtimes"] == "vLLM AWQ, Marlin, transformers"
+    assert by["awq-4bit-64g-gemv"]["Compatible runtimes"] == "transformers"  # GEMV: no vLLM, no Marlin
+    assert by["awq-4bit-256g-nozp"]["Compatible runtimes"] == "vLLM AWQ, transformers"  # Marlin: group size, zero point
+    assert "* `awq-4bit-256g-nozp`" in text  # listed as quantized without zero points
+    from huggingface_hub import ModelCard
+
+    tags = ModelCard(text).data.tags
+    assert "awq" in tags and "4-bit" in tags
+    card = tmp_path / "README.md"
+    card.write_text(text, encoding="utf-8")
+    assert check_card(card, entry).ok
+    card.write_text(text.replace("| main | 4 | 128 |", "| main | 4 | 64 |"), encoding="utf-8")
+    assert [f.code for f in check_card(card, entry).findings] == ["param-mismatch"]
+
+
+BNB_VARIANTS = """
+[[variants]]
+branch = "main"
+format = "nf4"
+description = "NF4, double quant"
+
+[[variants]]
+branch = "fp4"
+format = "fp4"
+double_quant = false
+"""
+
+
+def test_bnb_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
+    bnb = needs("bnb", "runtimes")
+    from mcard.card import TABLE_COLUMNS
+    from mcard.size import predict_size
+
+    entry = tiny_entry(tmp_path, BNB_VARIANTS)
+    e, rows = _entry_rows(entry)
+    assert e.family == "bnb" and [v.double_quant for v in e.variants] == [True, False]
+    assert rows["main"].size == predict_size(tiny_config(), "nf4", double_quant=True).total_bytes
+    assert rows["fp4"].size == predict_size(tiny_config(), "fp4", double_quant=False).total_bytes
+    assert rows["main"].size != predict_size(tiny_config(), "nf4", double_quant=False).total_bytes
+    text = render_card(entry)
+    header, table = files_table(text, "Branch")
+    assert header == TABLE_COLUMNS["bnb"] == ["Branch", "Quant type", "Double quant", "Size", "Compatible runtimes",
+                                              "Description"]
+    assert [(r["Branch"], r["Quant type"], r["Double quant"]) for r in table] == [
+        ("main", "nf4", "True"), ("fp4", "fp4", "False")]
+    compatible = ", ".join(r.name for r in bnb.runtimes("nf4", True) if r.compatible)
+    assert table[0]["Compatible runtimes"] == compatible and "llama.cpp" not in compatible
+    assert all(r["Size"].endswith(" GB*") for r in table)
+    assert "bitsandbytes" in text
+    card = tmp_path / "README.md"
+    card.write_text(text, encoding="utf-8")
+    assert check_card(card, entry).ok
+    card.write_text(text.replace("| fp4 | fp4 |", "| fp4 | nf4 |"), encoding="utf-8")
+    assert [(f.code, f.where) for f in check_card(card, entry).findings] == [
+        ("param-mismatch", "provided files/fp4/Quant type")]
+
+
+LORA_VARIANTS = """
+[[variants]]
+branch = "main"
+format = "lora"
+r = 8
+alpha = 16
+target_modules = ["q_proj", "v_proj"]
+
+[[variants]]
+branch = "all-linear"
+format = "lora"
+r = 16
+alpha = 32
+
+[[variants]]
+branch = "no-rank"
+format = "lora"
+"""
+
+
+def test_lora_sizes_predicted_from_rank_and_targets(tmp_path: Path) -> None:
+    needs("lora", "predict_size")
+    from mcard.size import predict_size
+
+    entry = tiny_entry(tmp_path, LORA_VARIANTS)
+    _, rows = _entry_rows(entry)
+    assert rows["main"].size == predict_size(tiny_config(), "lora", r=8, target_modules=["q_proj", "v_proj"]).total_bytes
+    assert rows["all-linear"].size == predict_size(tiny_config(), "lora", r=16).total_bytes
+    assert rows["main"].size_source == rows["all-linear"].size_source == "predicted"
+    assert rows["main"].size < rows["all-linear"].size
+    assert (rows["no-rank"].size, rows["no-rank"].size_source) == (None, "unknown")  # no r: no prediction
+    _, table = files_table(render_card(entry), "Branch")
+    assert [r["Size"].endswith(" GB*") for r in table] == [True, True, False]
+    # without an architecture nothing is predicted
+    _, rows = _entry_rows(tiny_entry(tmp_path, LORA_VARIANTS, arch=False))
+    assert all(r.size is None for r in rows.values())
+
+
+def test_lora_prediction_equals_the_written_adapter(tmp_path: Path) -> None:
+    lora = needs("lora", "write_variant")
+    entry = tiny_entry(tmp_path, LORA_VARIANTS)
+    lora.write_variant(tmp_path / "main", tiny_config(), r=8, target_modules=["q_proj", "v_proj"])
+    _, predicted = _entry_rows(entry)
+    _, measured = _entry_rows(entry, variant_paths={"main": tmp_path / "main"})
+    assert measured["main"].size_source == "measured"
+    assert measured["main"].size == predicted["main"].size
+
+
+# -- variant_paths: measure some variants, keep the others' recorded or predicted sizes -----------
+
+
+def test_variant_paths_measure_only_the_given_variants(tmp_path: Path) -> None:
+    gptq = needs("gptq", "write_variant")
+    entry = tiny_entry(tmp_path, GPTQ_VARIANTS)
+    gptq.write_variant(tmp_path / "built-main", tiny_config(), bits=4, group_size=128)
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (tmp_path / "built-main" / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
+    weights = sum(p.stat().st_size for p in (tmp_path / "built-main").glob("*.safetensors"))
+    _, rows = _entry_rows(entry, variant_paths={"main": tmp_path / "built-main"})
+    assert (rows["main"].size, rows["main"].size_source) == (weights, "measured")
+    assert rows["gptq-8bit-128g"].size_source == "predicted"
+    text = render_card(entry, variant_paths={"main": tmp_path / "built-main"})
+    _, table = files_table(text, "Branch")
+    assert table[0]["File Size"] == f"{weights / 1e9:.2f} GB"  # measured: no star
+    assert table[1]["File Size"].endswith(" GB*")
+    assert "Sizes measured from the files" in text and "\\* Predicted by `mcard size`" in text
+    assert template in text  # the measured folder's tokenizer_config.json
+    # the same bytes as measuring every variant would give for that variant
+    gptq.write_variant(tmp_path / "all" / "main", tiny_config(), bits=4, group_size=128)
+    gptq.write_variant(tmp_path / "all" / "gptq-8bit-128g", tiny_config(), bits=8, group_size=128)
+    _, full = _entry_rows(entry, variants_dir=tmp_path / "all")
+    assert full["main"].size == rows["main"].size
+    # variant_paths wins over variants_dir for its keys; variants_dir still needs the others
+    _, both = _entry_rows(entry, variants_dir=tmp_path / "all", variant_paths={"main": tmp_path / "built-main"})
+    assert both["gptq-8bit-128g"].size == full["gptq-8bit-128g"].size
+    assert render_card(entry, variant_paths={}) == render_card(entry)  # empty: as without --variants
+
+
+def test_variant_paths_measure_awq_and_bnb_exactly(tmp_path: Path) -> None:
+    awq = needs("awq", "write_variant")
+    bnb = needs("bnb", "write_variant")
+    entry = tiny_entry(tmp_path, AWQ_VARIANTS)
+    awq.write_variant(tmp_path / "awq-main", tiny_config(), group_size=128, version="gemm")
+    awq.write_variant(tmp_path / "awq-gemv", tiny_config(), group_size=64, version="gemv")
+    _, predicted = _entry_rows(entry)
+    _, rows = _entry_rows(entry, variant_paths={"main": tmp_path / "awq-main",
+                                                "awq-4bit-64g-gemv": tmp_path / "awq-gemv"})
+    for key in ("main", "awq-4bit-64g-gemv"):
+        assert rows[key].size_source == "measured" and rows[key].size == predicted[key].size, key
+    assert rows["awq-4bit-256g-nozp"].size_source == "predicted"
+    compatible = {r.name for r in rows["main"].runtimes if r.compatible}
+    assert {"vLLM AWQ", "transformers"} <= compatible
+    entry = tiny_entry(tmp_path, BNB_VARIANTS)
+    bnb.write_variant(tmp_path / "bnb-fp4", tiny_config(), quant_type="fp4", double_quant=False)
+    _, predicted = _entry_rows(entry)
+    _, rows = _entry_rows(entry, variant_paths={"fp4": tmp_path / "bnb-fp4"})
+    assert rows["fp4"].size_source == "measured" and rows["main"].size_source == "predicted"
+    assert abs(rows["fp4"].size - predicted["fp4"].size) < 1000  # exact but for nested_offset digits
+
+
+def test_variant_paths_accept_a_file(tmp_path: Path) -> None:
+    ggml = needs("ggml", "write_variant")
+    variants = "".join(
+        f'\n[[variants]]\nfile = "tiny.{t}.bin"\nformat = "ggml"\ntype = "{t}"\n' for t in ("q8_0", "q4_0"))
+    cfg = tiny_config(num_key_value_heads=4, intermediate_size=768)
+    entry = tiny_entry(tmp_path, variants, cfg=cfg)
+    built = tmp_path / "out" / "anything.bin"
+    built.parent.mkdir()
+    ggml.write_variant(built, cfg, ftype="q4_0")
+    _, rows = _entry_rows(entry, variant_paths={"tiny.q4_0.bin": built})
+    assert (rows["tiny.q4_0.bin"].size, rows["tiny.q4_0.bin"].size_source) == (built.stat().st_size, "measured")
+    assert rows["tiny.q4_0.bin"].ram == built.stat().st_size + 2_500_000_000
+    assert rows["tiny.q8_0.bin"].size_source == "predicted"
+
+
+def test_variant_paths_errors(tmp_path: Path) -> None:
+    entry = tiny_entry(tmp_path, GPTQ_VARIANTS)
+    with pytest.raises(UnusableInput, match=r"no variant 'mian' in tiny.toml \(did you mean 'main'\?\)"):
+        render_card(entry, variant_paths={"mian": tmp_path})
+    with pytest.raises(UnusableInput, match="no such file or folder for variant 'main'"):
+        render_card(entry, variant_paths={"main": tmp_path / "nope"})

@@ -54,7 +54,8 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
 # -- shipped entries -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", sorted(REGISTRY.glob("*.toml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(REGISTRY.glob("*.toml")) + sorted((REGISTRY / "examples").glob("*.toml")),
+                         ids=lambda p: p.name)
 def test_shipped_entries_load(path: Path) -> None:
     entry = load_entry(path)
     assert entry.variants and entry.model.license
@@ -239,3 +240,70 @@ def test_prompt_library() -> None:
     assert filled.endswith("<</SYS>>\n{prompt} [/INST]")
     assert prompts.get("guanaco").text == "### Human: {prompt} ### Assistant:"
     assert prompts.get("chatml").filled("Be brief.").startswith("<|im_start|>system\nBe brief.<|im_end|>")
+
+
+# -- AWQ, bitsandbytes 4-bit, LoRA variants ---------------------------------------------------------
+
+AWQ = MINIMAL.replace('format = "gptq"', 'format = "awq"')
+BNB = MINIMAL.replace('format = "gptq"\nbits = 4\ngroup_size = 128\n', 'format = "nf4"\n')
+
+
+def test_awq_variant_defaults_and_size_params(tmp_path: Path) -> None:
+    entry = load_entry(write(tmp_path, AWQ))
+    v = entry.variants[0]
+    assert (entry.family, v.format, v.version, v.zero_point) == ("awq", "awq", "gemm", True)
+    assert v.size_params() == {"bits": 4, "group_size": 128, "version": "gemm"}
+    v = load_entry(write(tmp_path, AWQ + 'version = "GEMV"\nzero_point = false\n')).variants[0]
+    assert (v.version, v.zero_point) == ("gemv", False)
+
+
+def test_bnb_variants(tmp_path: Path) -> None:
+    entry = load_entry(write(tmp_path, BNB))
+    v = entry.variants[0]
+    assert (entry.family, v.format, v.double_quant, v.key) == ("bnb", "nf4", True, "main")
+    assert v.size_params() == {"double_quant": True}
+    two = BNB + '\n[[variants]]\nbranch = "fp4"\nformat = "fp4"\ndouble_quant = false\n'
+    assert [(v.format, v.double_quant) for v in load_entry(write(tmp_path, two)).variants] == [
+        ("nf4", True), ("fp4", False)]
+
+
+def test_lora_size_params(tmp_path: Path) -> None:
+    text = BNB.replace('format = "nf4"', 'format = "lora"\nr = 16\nalpha = 32\ntarget_modules = ["q_proj"]')
+    v = load_entry(write(tmp_path, text)).variants[0]
+    assert v.size_params() == {"r": 16, "target_modules": ["q_proj"]}  # alpha does not change the file
+    v = load_entry(write(tmp_path, BNB.replace('format = "nf4"', 'format = "lora"\nr = 8'))).variants[0]
+    assert v.size_params() == {"r": 8, "target_modules": None}  # None: every linear
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (AWQ + 'version = "gemv2"\n', "variants[0].version: unknown AWQ version 'gemv2' (did you mean 'gemv'?)"),
+        (AWQ + 'version = "marlin"\n', "variants[0].version: unknown AWQ version 'marlin'; known: gemm, gemv"),
+        (AWQ + "version = 2\n", "variants[0].version: expected a string, found an integer"),
+        (AWQ.replace("bits = 4", "bits = 8"), "variants[0].bits: AWQ is 4-bit only, found 8"),
+        (AWQ.replace("group_size = 128\n", ""), "variants[0]: missing required key 'group_size' for format awq"),
+        (AWQ + "double_quant = true\n", "variants[0].double_quant: only for format nf4 or fp4, not awq"),
+        (MINIMAL + 'version = "gemm"\n', "variants[0].version: only for format awq, not gptq"),
+        (BNB + "zero_point = false\n", "variants[0].zero_point: only for format awq, not nf4"),
+        (BNB + '\n[[variants]]\nbranch = "b"\nformat = "awq"\nbits = 4\ngroup_size = 128\n',
+         "all variants of a repo must be one format family, found awq, bnb"),
+        (BNB.replace('format = "nf4"', 'format = "nf5"'), "unknown format 'nf5' (did you mean 'nf4'?)"),
+        (BNB.replace('format = "nf4"', 'format = "lora"\nr = 0'), "variants[0].r: the LoRA rank must be at least 1"),
+    ],
+    ids=["version-close", "version-unknown", "version-type", "awq-bits", "awq-group-size", "dq-on-awq",
+         "version-on-gptq", "zp-on-nf4", "mixed-families", "unknown-format", "lora-rank"],
+)
+def test_awq_bnb_schema_errors(tmp_path: Path, text: str, expected: str) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(UnusableInput) as info:
+        load_entry(path)
+    assert expected in str(info.value) and str(path) in str(info.value)
+
+
+def test_examples_are_not_top_level_entries() -> None:
+    assert not (REGISTRY / "EXAMPLE.toml").exists()  # `mcard plan registry/` reads registry/*.toml
+    examples = {p.name for p in (REGISTRY / "examples").glob("*.toml")}
+    assert {"EXAMPLE.toml", "awq-example.toml"} <= examples
+    entry = load_entry(REGISTRY / "examples" / "awq-example.toml")
+    assert entry.family == "awq" and [v.version for v in entry.variants] == ["gemm", "gemv"]
