@@ -1,0 +1,185 @@
+"""Typer commands ``mcard branches`` and ``mcard fetch``: parse arguments, call :mod:`mcard.hub`, print.
+
+Register them on the main app with::
+
+    app.command("branches")(cli_hub.branches)
+    app.command("fetch")(cli_hub.fetch)
+
+Every :class:`~mcard.errors.McardError` becomes one line on stderr and its
+``exit_code`` (0 ok, 1 failed verification or download, 2 bad usage or
+unusable input); an interrupt exits 130 and keeps partial files for resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, NoReturn
+
+import typer
+
+from .errors import EXIT_FAILED, McardError
+from .hub.branches import BranchListing, RefReport, format_size, list_branches
+from .hub.download import FetchResult
+from .hub.download import fetch as fetch_revision
+from .hub.progress import NullReporter, Reporter, RichReporter
+
+EXIT_INTERRUPTED = 130
+
+
+def _die(message: str, code: int, as_json: bool) -> NoReturn:
+    if as_json:
+        typer.echo(json.dumps({"ok": False, "error": message, "exit_code": code}))
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
+    """Run ``call``; turn every failure into one line and an exit code (never a traceback)."""
+    try:
+        return call()
+    except McardError as exc:
+        _die(str(exc), exc.exit_code, as_json)
+    except KeyboardInterrupt:
+        _die("interrupted; partial downloads are kept and resume on the next run", EXIT_INTERRUPTED, as_json)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        _die(f"{where}{exc.strerror or exc}", EXIT_FAILED, as_json)
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+        _die(f"unexpected {type(exc).__name__}: {exc}", EXIT_FAILED, as_json)
+
+
+# -- branches -------------------------------------------------------------------------------------
+def _config_text(ref: RefReport) -> str:
+    """Config parameters, one entry per distinct value: ``gptq 4bit g32 act-order (quantize_config.json, config.json)``."""
+    groups: dict[str, list[str]] = {}
+    for source, params in ref.config_params.items():
+        groups.setdefault(params.describe(), []).append(source)
+    return "; ".join(f"{text} ({', '.join(sources)})" for text, sources in groups.items()) or "-"
+
+
+def _print_branches_table(listing: BranchListing, console: Any = None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    table = Table(title=f"{listing.repo_id}" + (" (offline, from the cache)" if listing.offline else ""))
+    for column in ("ref", "kind", "commit", "from name", "from config", "check", "files", "size"):
+        table.add_column(column, justify="right" if column in ("files", "size") else "left",
+                         no_wrap=column in ("ref", "commit", "size"), overflow="fold")
+    styles = {"DISAGREES": "bold red", "error": "red", "agrees": "green", "no config": "yellow"}
+    for ref in listing.refs:
+        style = styles.get(ref.status)
+        table.add_row(ref.name, ref.kind, ref.commit[:10], ref.name_params.describe(), _config_text(ref),
+                      f"[{style}]{ref.status}[/]" if style else ref.status, str(ref.file_count),
+                      format_size(ref.total_size))
+    console.print(table)
+    for ref in listing.refs:  # in full below the table, never cut to fit a column
+        for d in ref.disagreements:
+            console.print(f"[bold red]{ref.name}[/]: {d}", highlight=False, soft_wrap=True)
+        if ref.error:
+            console.print(f"[red]{ref.name}: error: {ref.error}[/]", highlight=False, soft_wrap=True)
+        for note in ref.notes:
+            console.print(f"{ref.name}: {note}", highlight=False, soft_wrap=True, markup=False)
+
+
+def _print_branches_plain(listing: BranchListing) -> None:
+    for ref in listing.refs:
+        config = _config_text(ref)
+        typer.echo("\t".join([ref.name, ref.kind, ref.commit, ref.name_params.describe(), config, ref.status,
+                              str(ref.file_count), str(ref.total_size)]))
+        for d in ref.disagreements:
+            typer.echo(f"  disagreement: {d}")
+        if ref.error:
+            typer.echo(f"  error: {ref.error}")
+
+
+def branches(
+    repo: Annotated[str, typer.Argument(help="Model repo: org/name or a Hub URL.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the listing as a JSON object.")] = False,
+    no_tags: Annotated[bool, typer.Option("--no-tags", help="List branches only.")] = False,
+) -> None:
+    """List a repo's branches and tags: commit, files, size, and quant parameters from the name vs the config."""
+    listing: BranchListing = _guarded(as_json, lambda: list_branches(repo, include_tags=not no_tags))
+    if as_json:
+        typer.echo(json.dumps(listing.to_dict(), indent=2, default=str))
+    elif sys.stdout.isatty():
+        _print_branches_table(listing)
+    else:
+        _print_branches_plain(listing)
+    if not listing.ok:
+        for ref in listing.refs:
+            if ref.error:
+                typer.echo(f"error: {listing.repo_id}@{ref.name}: {ref.error}", err=True)
+        raise typer.Exit(EXIT_FAILED)
+
+
+# -- fetch ----------------------------------------------------------------------------------------
+def _print_plan(result: FetchResult) -> None:
+    rows = [(f.path, f.size, f.status + (f" (resume from {f.resumed_from})" if f.resumed_from else ""))
+            for f in result.files]
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"{result.repo_id}@{result.revision} (commit {result.commit[:10]}) -> {result.target}")
+        table.add_column("file")
+        table.add_column("size", justify="right")
+        table.add_column("status")
+        for path, size, status in rows:
+            table.add_row(path, format_size(size), status)
+        Console().print(table)
+    else:
+        for path, size, status in rows:
+            typer.echo(f"{path}\t{size}\t{status}")
+    for path, reason in result.skipped:
+        typer.echo(f"skip\t{path}\t{reason}")
+    typer.echo(f"total: {len(result.files)} files, {format_size(result.total_size)}; "
+               f"to download: {format_size(result.to_download)}")
+
+
+def _summary(result: FetchResult) -> str:
+    counts: dict[str, int] = {}
+    for f in result.files:
+        counts[f.status] = counts.get(f.status, 0) + 1
+    parts = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+    return (f"{result.repo_id}@{result.revision} (commit {result.commit[:10]}): {len(result.files)} files, "
+            f"{format_size(result.total_size)} ({parts})")
+
+
+def fetch(
+    repo: Annotated[str, typer.Argument(help="org/name, org/name:branch, or a Hub URL (.../tree/<branch>).")],
+    files: Annotated[list[str] | None, typer.Argument(help="Only these files (paths in the repo).")] = None,
+    revision: Annotated[str | None, typer.Option("--revision", "-r", help="Branch, tag or commit.")] = None,
+    include: Annotated[list[str] | None, typer.Option("--include", help="Only paths matching this glob.")] = None,
+    exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip paths matching this glob.")] = None,
+    local_dir: Annotated[Path | None, typer.Option("--local-dir", help="Write plain files here, not the HF cache.")] = None,
+    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="HF cache folder (default: HF_HUB_CACHE).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; download nothing.")] = False,
+    allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle-only weights.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel downloads.")] = 8,
+) -> None:
+    """Download one revision, pinned to one commit, verifying every file's hash as it streams in."""
+    reporter: Reporter = RichReporter() if sys.stderr.isatty() and not quiet and not dry_run else NullReporter()
+    result: FetchResult = _guarded(as_json, lambda: fetch_revision(
+        repo, revision=revision, files=files or (), include=include or (), exclude=exclude or (),
+        local_dir=local_dir, cache_dir=cache_dir, dry_run=dry_run, allow_pickle=allow_pickle, workers=workers,
+        reporter=reporter))
+    if as_json:
+        typer.echo(json.dumps(result.to_dict(), indent=2))
+    elif dry_run:
+        _print_plan(result)
+    else:
+        typer.echo(result.target)
+        if not quiet:
+            typer.echo(_summary(result), err=True)
+            for path, reason in result.skipped:
+                typer.echo(f"skipped {path}: {reason}", err=True)
+    failed = result.failures()
+    for f in failed:
+        typer.echo(f"error: {f.error}", err=True)
+    if failed:
+        raise typer.Exit(max(f.failure.exit_code if f.failure else EXIT_FAILED for f in failed))

@@ -1,0 +1,80 @@
+"""Plain data shared by the hub modules: a file in a tree listing, a resolved revision, safe paths."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UnusableInput
+
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a revision as the tree listing describes it."""
+
+    path: str
+    size: int
+    blob_id: str  # git blob id of what is committed (the pointer, for LFS files)
+    sha256: str | None = None  # LFS files only
+
+    @property
+    def lfs(self) -> bool:
+        return self.sha256 is not None
+
+    @property
+    def etag(self) -> str:
+        """The blob name in the HF cache: sha256 for LFS files, git blob id for the others."""
+        return self.sha256 or self.blob_id
+
+
+@dataclass(frozen=True)
+class Revision:
+    """A revision pinned to a commit: ``name`` is the branch, tag or commit asked for."""
+
+    repo_id: str
+    name: str
+    kind: str  # "branch", "tag" or "commit"
+    commit: str
+
+    def __str__(self) -> str:
+        short = self.commit[:10]
+        return f"{self.repo_id}@{self.name}" + ("" if self.kind == "commit" else f" (commit {short})")
+
+
+def safe_relpath(path: str, where: str) -> str:
+    """Return ``path`` if it is a plain relative path inside its folder; raise UnusableInput otherwise.
+
+    Refuses absolute paths, drive letters, backslashes, empty, ``.`` and ``..``
+    components and control characters: a listing from a hostile server must
+    not place a file outside the target folder.
+    """
+    parts = path.split("/")
+    bad = (
+        not path
+        or path.startswith("/")
+        or "\\" in path
+        or re.match(r"^[A-Za-z]:", path) is not None
+        or any(p in ("", ".", "..") for p in parts)
+        or any(ord(c) < 32 for c in path)
+    )
+    if bad:
+        raise UnusableInput(f"refusing unsafe path from the server listing: {path!r}", where)
+    return path
+
+
+def safe_child(root: Path, relpath: str) -> Path:
+    """``root/relpath`` after checking that no existing component is a symlink leading outside ``root``."""
+    target = root.joinpath(*relpath.split("/"))
+    real_root = os.path.realpath(root)
+    probe = target.parent
+    while not probe.exists() and probe != root:
+        probe = probe.parent
+    real = os.path.realpath(probe)
+    if real != real_root and not real.startswith(real_root + os.sep):
+        raise UnusableInput(f"refusing to write outside {root}: {relpath!r} resolves to {real}")
+    return target
