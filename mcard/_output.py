@@ -16,7 +16,8 @@ _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO:
 
 
 def console() -> Console:
-    return Console(highlight=False, soft_wrap=True)
+    """A console for tables: the terminal's width, or 200 columns in logs and pipes (CI)."""
+    return Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def print_json(obj: Any) -> None:

@@ -74,10 +74,15 @@ class Row:
         return self.size_source == "predicted"
 
 
+SIZE_UNITS = {"GB": 1e9, "MB": 1e6}
+
+
 def gb_text(n: int | None, predicted: bool = False) -> str:
+    """A size as cards show it: decimal GB with 2 decimals, or MB below 0.1 GB (tiny models)."""
     if n is None:
         return "-"
-    return f"{n / GB:.2f} GB" + ("*" if predicted else "")
+    unit = "GB" if n >= 1e8 else "MB"
+    return f"{n / SIZE_UNITS[unit]:.2f} {unit}" + ("*" if predicted else "")
 
 
 def _format_module(fmt: str) -> Any | None:
@@ -530,9 +535,15 @@ def _clean_key(cell: str) -> str:
     return link.group(1).strip("`") if link else cell
 
 
+def parse_size_cell(cell: str) -> tuple[float, str] | None:
+    """``"7.26 GB"`` -> (7.26, "GB"); ``"0.91 MB*"`` -> (0.91, "MB"); None when not a size."""
+    found = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(GB|MB)\*?\s*$", cell)
+    return (float(found.group(1)), found.group(2)) if found else None
+
+
 def parse_gb(cell: str) -> float | None:
-    found = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*GB\*?\s*$", cell)
-    return float(found.group(1)) if found else None
+    parsed = parse_size_cell(cell)
+    return None if parsed is None else parsed[0] * SIZE_UNITS[parsed[1]] / GB
 
 
 def _front_matter(text: str) -> dict[str, Any] | None:
@@ -684,12 +695,14 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
             if column not in col or want is None:
                 continue
             cell = row[col[column]] if col[column] < len(row) else ""
-            have = parse_gb(cell)
-            if have is None:
-                report.error("size-mismatch", name, f"{where}/{column}", f"{cell!r} is not a size in GB")
-            elif abs(have - round(want / GB, 2)) > 0.01 + 1e-9:
+            parsed = parse_size_cell(cell)
+            if parsed is None:
+                report.error("size-mismatch", name, f"{where}/{column}", f"{cell!r} is not a size in GB or MB")
+                continue
+            have, unit = parsed  # compare at the precision the card shows: one unit in the last digit
+            if abs(have - round(want / SIZE_UNITS[unit], 2)) > 0.01 + 1e-9:
                 report.error("size-mismatch", name, f"{where}/{column}",
-                             f"card says {have:.2f} GB, registry ({source}) says {want / GB:.2f} GB")
+                             f"card says {have:.2f} {unit}, registry ({source}) says {gb_text(want)}")
         if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
             report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
         if "Quant type" in col and v.family == "bnb" and col["Quant type"] < len(row) \

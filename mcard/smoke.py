@@ -226,6 +226,11 @@ def run(
         raise UnusableInput(f"--device {device!r}: expected auto, cuda or cpu")
     if device == "cpu" and require_gpu:
         raise UnusableInput("--device cpu contradicts --require-gpu")
+    try:
+        import torch  # noqa: F401 - the reference path needs it; fail early and clearly
+    except ModuleNotFoundError:
+        raise UnusableInput("the smoke test needs torch: pip install 'mcard[smoke]' "
+                            "(on the project's machines: pip install torch==2.13.0)") from None
     batch_list = parse_batches(batches) if isinstance(batches, str) else list(batches)
     count = parse_layers(layers)
     variant = Variant.open(path)

@@ -1,0 +1,130 @@
+"""CLI for ``mcard sync``, ``mcard plan`` and ``mcard demo``: parse, call :mod:`mcard.sync`, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .errors import EXIT_FAILED, McardError
+
+
+def _fail(exc: McardError) -> typer.Exit:
+    typer.echo(f"mcard: {exc}", err=True)
+    return typer.Exit(exc.exit_code)
+
+
+def _size(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}"
+    return f"{n} B"
+
+
+def _print_summary(results: list) -> None:
+    from rich.table import Table
+
+    from .sync import FAILED
+
+    from ._output import console as make_console
+
+    console = make_console()
+    for res in results:
+        table = Table(title=f"{res.repo}  ({res.entry})", box=None, header_style="bold", title_justify="left")
+        for col in ("variant", "status", "commit", "measured", "predicted", "validate", "smoke", "max err", "time"):
+            table.add_column(col, no_wrap=col == "variant")
+        for r in res.records:
+            style = "red" if r.status == FAILED else "green" if r.status == "passed" else "dim"
+            table.add_row(
+                r.variant, f"[{style}]{r.status}[/]", (r.commit or "-")[:8], _size(r.measured_bytes),
+                _size(r.predicted_bytes), r.validate, r.smoke,
+                "-" if r.smoke_max_error is None else f"{r.smoke_max_error:.1e}", f"{r.seconds:.1f}s",
+            )
+        console.print(table)
+        for r in res.records:  # reasons below the table, where they have the whole width
+            if r.reason:
+                console.print(f"  {r.variant}: " + (f"[{r.stage}] " if r.stage else "") + r.reason,
+                              markup=False)
+        console.print(f"report: {Path(res.report_dir) / 'report.md'}")
+        if res.card_path:
+            console.print(f"card:   {res.card_path}")
+        console.print()
+
+
+def sync(
+    target: Path = typer.Argument(..., help="A registry entry (.toml) or a registry folder."),
+    variant: Optional[str] = typer.Option(None, "--variant", help="Only this variant (branch, or file for GGUF)."),
+    no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test."),
+    render: bool = typer.Option(False, "--render", help="Write the card (README.md) with measured sizes into the report folder."),
+    report: Optional[Path] = typer.Option(None, "--report", help="Report folder (default reports/<repo>/)."),
+    force: bool = typer.Option(False, "--force", help="Run variants unchanged since their last passing report too."),
+    device: str = typer.Option("auto", "--device", help="Smoke-test device: auto, cuda or cpu."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default $HF_ENDPOINT or huggingface.co)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card."""
+    from .sync import SyncOptions
+    from .sync import sync as run_sync
+
+    options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
+                          endpoint=endpoint, device=device)
+    progress = None
+    if not json_out and sys.stderr.isatty():
+        def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
+            typer.echo(f"  {record.variant}: {record.status}", err=True)
+    try:
+        results = run_sync(target, options, progress=progress)
+    except McardError as exc:
+        raise _fail(exc) from None
+    ok = all(r.ok for r in results)
+    if json_out:
+        typer.echo(json.dumps({"ok": ok, "repos": [r.to_dict() for r in results]}, indent=2))
+    else:
+        _print_summary(results)
+    raise typer.Exit(0 if ok else EXIT_FAILED)
+
+
+def plan(
+    target: Path = typer.Argument(..., help="A registry folder (or one entry)."),
+    fmt: str = typer.Option("github-matrix", "--format", help="github-matrix (one line for $GITHUB_OUTPUT) or json."),
+) -> None:
+    """Emit one CI job per variant: a GitHub Actions matrix, or a JSON list for any CI."""
+    from .errors import UnusableInput
+    from .sync import plan_jobs
+
+    try:
+        if fmt not in ("github-matrix", "json"):
+            raise UnusableInput(f"--format {fmt!r}: expected github-matrix or json")
+        jobs = plan_jobs(target)
+    except McardError as exc:
+        raise _fail(exc) from None
+    if fmt == "github-matrix":
+        typer.echo(json.dumps({"include": jobs}, separators=(",", ":")))
+    else:
+        typer.echo(json.dumps(jobs, indent=2))
+
+
+def demo(
+    out: Path = typer.Option(Path("mcard-demo"), "--out", help="Where the registry, reports, cards and cache go."),
+    broken: bool = typer.Option(False, "--with-broken", help="Add three broken GPTQ branches to see them caught."),
+    no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test."),
+) -> None:
+    """Build tiny repos, serve them on a local Hub-API server, and run sync --render end to end."""
+    from .demo import run_demo
+
+    typer.echo("mcard demo: building tiny GPTQ/AWQ/GGUF/QLoRA repos and serving them on 127.0.0.1 ...", err=True)
+    try:
+        results, folder = run_demo(out, broken=broken, smoke=not no_smoke)
+    except McardError as exc:
+        raise _fail(exc) from None
+    _print_summary(results)
+    ok = all(r.ok for r in results)
+    typer.echo(f"Registry entries: {folder / 'registry'}")
+    typer.echo(f"Reports and cards: {folder / 'reports'}/<repo>/ (report.md, report.json, README.md)")
+    typer.echo("All variants passed." if ok else "Some variants failed: see the reasons above.")
+    raise typer.Exit(0 if ok else EXIT_FAILED)

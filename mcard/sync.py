@@ -1,0 +1,388 @@
+"""``mcard sync``: fetch -> validate -> smoke -> record, for every variant of registry entries.
+
+One variant's failure never stops the others. Each variant's outcome is kept
+in ``<report dir>/variants/<key>.json`` as ``{"latest": ..., "last_pass": ...}``:
+a failed run updates ``latest`` only, so nothing already reported as passing
+is lost. A variant whose commit and mcard version equal those of its last
+passing record is skipped (``--force`` runs it anyway), so re-running after an
+interruption continues where it stopped. ``report.json`` and ``report.md``
+summarise the latest state of every variant of the repo.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from . import __version__
+from .errors import McardError, UnusableInput
+from .registry import Entry, RegistryVariant, load_entry
+
+PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
+# Registry formats that `mcard smoke` has kernels and references for.
+SMOKE_FORMATS = frozenset({"gptq", "awq", "gguf", "nf4", "fp4"})
+# Registry parameters compared with what validate read from the files.
+_PARAM_CHECKS: dict[str, tuple[str, ...]] = {
+    "gptq": ("bits", "group_size", "desc_act"),
+    "awq": ("bits", "group_size"),
+}
+
+
+@dataclass
+class VariantRecord:
+    """The outcome of one variant in one run (the rows of the summary table)."""
+
+    repo: str
+    variant: str
+    format: str
+    revision: str
+    status: str = FAILED
+    stage: str = ""  # the stage that failed: registry, fetch, validate, smoke
+    reason: str = ""
+    commit: str | None = None
+    measured_bytes: int | None = None
+    predicted_bytes: int | None = None
+    published_bytes: int | None = None
+    validate: str = "-"  # ok, failed, -
+    validate_errors: list[str] = field(default_factory=list)
+    smoke: str = "-"  # passed, failed, reference-only, skipped, n/a, -
+    smoke_max_error: float | None = None
+    kernels_run: bool = False
+    local_path: str | None = None
+    seconds: float = 0.0
+    tool_version: str = __version__
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "VariantRecord":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class RepoSync:
+    """The outcome of one registry entry."""
+
+    entry: str
+    repo: str
+    report_dir: str
+    records: list[VariantRecord] = field(default_factory=list)
+    card_path: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return all(r.status != FAILED for r in self.records)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry, "repo": self.repo, "ok": self.ok, "report_dir": self.report_dir,
+            "card": self.card_path, "variants": [r.to_dict() for r in self.records],
+        }
+
+
+@dataclass
+class SyncOptions:
+    variant: str | None = None
+    smoke: bool = True
+    render: bool = False
+    report_dir: Path | None = None
+    force: bool = False
+    endpoint: str | None = None
+    token: str | None = None
+    cache_dir: Path | None = None
+    smoke_layers: int = 2
+    smoke_batches: tuple[int, ...] = (1,)
+    device: str = "auto"
+
+
+def entry_paths(target: str | Path) -> list[Path]:
+    """A registry entry, or every ``*.toml`` directly inside a registry folder (sorted)."""
+    target = Path(target)
+    if target.is_dir():
+        found = sorted(target.glob("*.toml"))
+        if not found:
+            raise UnusableInput("no *.toml registry entries in this folder", target)
+        return found
+    if not target.is_file():
+        raise UnusableInput("no such registry entry or folder", target)
+    return [target]
+
+
+def slug(text: str) -> str:
+    """A file-system-safe name for a repo id or variant key."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", text).strip("-") or "_"
+
+
+def default_report_dir(repo: str) -> Path:
+    return Path("reports") / slug(repo)
+
+
+def sync(target: str | Path, options: SyncOptions | None = None,
+         progress: Callable[[VariantRecord], None] | None = None) -> list[RepoSync]:
+    """Sync every entry named by ``target``; returns one :class:`RepoSync` per entry."""
+    options = options or SyncOptions()
+    paths = entry_paths(target)
+    results = []
+    for path in paths:
+        results.append(sync_entry(path, options, progress, one_of_many=len(paths) > 1))
+    if len(paths) > 1 and options.variant is not None and not any(r.records for r in results):
+        raise UnusableInput(f"no entry has a variant named {options.variant!r}", target)
+    return results
+
+
+def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
+               one_of_many: bool = False) -> RepoSync:
+    """Sync one entry. With ``--report DIR`` and several entries, each repo gets ``DIR/<repo>``."""
+    entry = load_entry(path)
+    if options.report_dir is None:
+        report_dir = default_report_dir(entry.model.repo)
+    else:
+        report_dir = options.report_dir / slug(entry.model.repo) if one_of_many else options.report_dir
+    store = _Store(Path(report_dir))
+    result = RepoSync(str(path), entry.model.repo, str(report_dir))
+    chosen = [v for v in entry.variants if options.variant in (None, v.key)]
+    if options.variant is not None and not chosen and not one_of_many:
+        known = ", ".join(v.key for v in entry.variants)
+        result.records.append(VariantRecord(
+            entry.model.repo, options.variant, "-", "-", stage="registry",
+            reason=f"no variant named {options.variant!r} in {path.name}; known: {known}"))
+    local_paths: dict[str, Path] = {}
+    for v in chosen:
+        record = _sync_variant(entry, v, options, store)
+        store.save(record)
+        result.records.append(record)
+        if record.local_path and record.status != FAILED:
+            local_paths[v.key] = Path(record.local_path)
+        if progress is not None:
+            progress(record)
+    all_records = store.latest_all()
+    store.write_summary(entry, all_records)
+    if options.render:
+        result.card_path = str(_render(entry, store, all_records, local_paths))
+    return result
+
+
+# -- one variant ---------------------------------------------------------------------
+
+
+def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store") -> VariantRecord:
+    from .card import predict
+
+    started = time.monotonic()
+    record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size)
+    try:
+        record.predicted_bytes = predict(entry, v)[0]
+    except McardError:
+        record.predicted_bytes = None
+    try:
+        _run_stages(entry, v, options, store, record)
+    except McardError as exc:
+        record.status, record.reason = FAILED, exc.message if exc.path is None else str(exc)
+    record.seconds = round(time.monotonic() - started, 3)
+    return record
+
+
+def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store",
+                record: VariantRecord) -> None:
+    from .hub.download import fetch
+    from .validate import inspect
+
+    hub = {"endpoint": options.endpoint, "token": options.token, "cache_dir": options.cache_dir}
+    files = [v.file] if v.file else []
+    # Resolve the commit first (metadata only) to skip unchanged, passing variants.
+    record.stage = "fetch"
+    plan = fetch(entry.model.repo, files, revision=v.branch, dry_run=True, **hub)
+    record.commit = plan.commit
+    last = store.last_pass(v.key)
+    if (not options.force and last is not None and last.commit == plan.commit
+            and last.tool_version == __version__ and last.local_path and Path(last.local_path).exists()):
+        _copy_measurements(last, record)
+        record.status, record.stage = SKIPPED, ""
+        record.reason = f"unchanged since the last passing report (commit {plan.commit[:12]}, mcard {__version__})"
+        return
+
+    fetched = fetch(entry.model.repo, files, revision=plan.commit, **hub)
+    fetched.raise_for_failures()
+    local = Path(fetched.target) / v.file if v.file else Path(fetched.target)
+    record.local_path = str(local)
+
+    record.stage = "validate"
+    report = inspect(local)
+    errors = [f for f in report.all_findings() if f.severity.value == "error"]
+    record.validate_errors = [f"{f.code}: {f.file} {f.where} {f.message}".replace("  ", " ") for f in errors]
+    record.measured_bytes = sum(f.size for f in report.files if f.kind in ("safetensors", "gguf", "ggml", "pickle"))
+    mismatches = _registry_mismatches(v, report.params)
+    record.validate_errors.extend(mismatches)
+    record.validate = "ok" if not record.validate_errors else "failed"
+    if record.validate_errors:
+        raise McardError(record.validate_errors[0] + (
+            f" (+{len(record.validate_errors) - 1} more)" if len(record.validate_errors) > 1 else ""))
+
+    record.stage = "smoke"
+    if not options.smoke:
+        record.smoke = "skipped"
+    else:
+        _smoke(local, options, record)
+    record.status, record.stage, record.reason = PASSED, "", record.reason or ""
+
+
+def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str]:
+    """Where the registry entry and the files disagree on quant parameters."""
+    out = []
+    for key in _PARAM_CHECKS.get(v.format, ()):
+        want, got = getattr(v, key, None), params.get(key)
+        if want is not None and got is not None and want != got:
+            out.append(f"registry-mismatch: the registry says {key}={want} but the files say {key}={got}")
+    return out
+
+
+def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
+    from .smoke import run
+
+    if record.format not in SMOKE_FORMATS:
+        record.smoke = "n/a"
+        return
+    try:
+        result = run(local, device=options.device, layers=options.smoke_layers,
+                     batches=list(options.smoke_batches), seed=0)
+    except UnusableInput as exc:
+        # A format or tensor type without kernel or reference: recorded, not a failure.
+        record.smoke, record.reason = "n/a", f"smoke: {exc.message}"
+        return
+    errors = [r.rel_error for r in result.layers if r.rel_error is not None]
+    record.smoke_max_error = max(errors) if errors else None
+    record.kernels_run = result.kernels_run
+    if not result.ok:
+        bad = next(r for r in result.layers if not r.ok)
+        record.smoke = "failed"
+        raise McardError(f"smoke: layer {bad.name} batch {bad.batch} relative error {bad.rel_error} "
+                         f"over {bad.threshold} ({'kernel' if result.kernels_run else 'reference'})")
+    record.smoke = "passed" if result.kernels_run else "reference-only"
+
+
+def _copy_measurements(last: VariantRecord, record: VariantRecord) -> None:
+    for name in ("measured_bytes", "validate", "smoke", "smoke_max_error", "kernels_run", "local_path"):
+        setattr(record, name, getattr(last, name))
+
+
+# -- reports ---------------------------------------------------------------------------
+
+
+class _Store:
+    """Per-variant records under ``<dir>/variants``, written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.variants = root / "variants"
+
+    def _path(self, key: str) -> Path:
+        return self.variants / f"{slug(key)}.json"
+
+    def _load(self, key: str) -> dict[str, Any]:
+        path = self._path(key)
+        if not path.is_file():
+            return {}
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            raise UnusableInput("unreadable sync record; move it away to start this variant afresh", path) from None
+        return data if isinstance(data, dict) else {}
+
+    def last_pass(self, key: str) -> VariantRecord | None:
+        data = self._load(key).get("last_pass")
+        return VariantRecord.from_dict(data) if isinstance(data, dict) else None
+
+    def save(self, record: VariantRecord) -> None:
+        data = self._load(record.variant)
+        data["latest"] = record.to_dict()
+        if record.status == PASSED:
+            data["last_pass"] = record.to_dict()
+        _atomic_write(self._path(record.variant), json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def latest_all(self) -> list[VariantRecord]:
+        if not self.variants.is_dir():
+            return []
+        out = []
+        for path in sorted(self.variants.glob("*.json")):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data.get("latest"), dict):
+                out.append(VariantRecord.from_dict(data["latest"]))
+        return out
+
+    def write_summary(self, entry: Entry, records: list[VariantRecord]) -> None:
+        order = {v.key: i for i, v in enumerate(entry.variants)}
+        records = sorted(records, key=lambda r: (order.get(r.variant, len(order)), r.variant))
+        doc = {
+            "repo": entry.model.repo, "entry": str(entry.path), "mcard": __version__,
+            "ok": all(r.status != FAILED for r in records if r.variant in order),
+            "variants": [r.to_dict() for r in records],
+        }
+        _atomic_write(self.root / "report.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        _atomic_write(self.root / "report.md", summary_markdown(entry.model.repo, records))
+
+
+def summary_markdown(repo: str, records: list[VariantRecord]) -> str:
+    lines = [f"# mcard sync report: {repo}", "", f"mcard {__version__}", "",
+             "| Variant | Status | Commit | Size measured | Size predicted | Validate | Smoke | Max rel. error | Time | Reason |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in records:
+        lines.append("| " + " | ".join([
+            r.variant, r.status, (r.commit or "-")[:12], _gb(r.measured_bytes), _gb(r.predicted_bytes),
+            r.validate, r.smoke, f"{r.smoke_max_error:.2e}" if r.smoke_max_error is not None else "-",
+            f"{r.seconds:.1f} s", r.reason.replace("|", "\\|") or "-",
+        ]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _gb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e9:.2f} GB"
+
+
+def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path]) -> Path:
+    from .card import render_card
+
+    keys = {v.key for v in entry.variants}
+    paths = {k: p for k, p in local_paths.items() if k in keys}
+    for r in records:  # variants skipped this run still have their files from the passing run
+        if (r.variant in keys and r.variant not in paths and r.status != FAILED and r.local_path
+                and Path(r.local_path).exists()):
+            paths[r.variant] = Path(r.local_path)
+    text = render_card(entry.path, variant_paths=paths)
+    out = store.root / "README.md"
+    _atomic_write(out, text)
+    return out
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# -- CI plan -------------------------------------------------------------------------
+
+
+def plan_jobs(target: str | Path) -> list[dict[str, Any]]:
+    """One job per variant of every entry: what a CI matrix runs with ``mcard sync ENTRY --variant KEY``."""
+    jobs = []
+    for path in entry_paths(target):
+        entry = load_entry(path)
+        for v in entry.variants:
+            jobs.append({
+                "entry": path.as_posix(),
+                "repo": entry.model.repo,
+                "variant": v.key,
+                "format": v.format,
+                "gpu": v.format in SMOKE_FORMATS,
+                "command": f"mcard sync {shlex.quote(path.as_posix())} --variant {shlex.quote(v.key)}",
+            })
+    return jobs

@@ -1,0 +1,190 @@
+"""The sync pipeline end to end against a real Hub-API server (olah) on loopback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mcard import demo
+from mcard.card import check_card, gb_text, markdown_tables
+from mcard.sync import FAILED, PASSED, SKIPPED, SyncOptions, plan_jobs, sync
+from mcard.testing.hubserver import OlahServer, free_port
+
+GOOD = list(demo.GPTQ_BRANCHES)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo")
+    repos = demo.build(work, broken=True)
+    with OlahServer(repos.mirrors) as server:
+        yield server, repos
+
+
+def _options(tmp_path: Path, server, **kw) -> SyncOptions:
+    base = dict(report_dir=tmp_path / "report", cache_dir=tmp_path / "cache", endpoint=server.endpoint,
+                device="cpu")
+    base.update(kw)
+    return SyncOptions(**base)
+
+
+def _by_name(result) -> dict:
+    return {r.variant: r for r in result.records}
+
+
+@pytest.fixture(scope="module")
+def gptq_run(hub, tmp_path_factory):
+    """One full sync of the GPTQ entry (good and broken branches), with the card rendered."""
+    server, repos = hub
+    tmp = tmp_path_factory.mktemp("gptq-run")
+    [result] = sync(repos.registry / "tiny-llama-gptq.toml", _options(tmp, server, render=True))
+    return tmp, result
+
+
+def test_good_variants_pass_broken_fail_for_the_right_reason(gptq_run):
+    _tmp, result = gptq_run
+    rec = _by_name(result)
+    for name in GOOD:
+        assert rec[name].status == PASSED, rec[name]
+        assert rec[name].validate == "ok"
+        assert rec[name].smoke == "reference-only"  # no GPU here: the reference path ran
+        assert rec[name].smoke_max_error is not None and rec[name].smoke_max_error < 1e-3
+        assert rec[name].commit and len(rec[name].commit) == 40
+        assert rec[name].measured_bytes and rec[name].predicted_bytes
+    trunc = rec["gptq-4bit-128g-truncated"]
+    assert (trunc.status, trunc.stage) == (FAILED, "validate")
+    assert "file-size" in trunc.reason or "bad-offsets" in trunc.reason
+    wrong = rec["gptq-4bit-32g-wrongconfig"]
+    assert (wrong.status, wrong.stage) == (FAILED, "validate")
+    assert "config-mismatch" in wrong.reason
+    corrupt = rec["gptq-4bit-128g-corrupt"]
+    assert (corrupt.status, corrupt.stage) == (FAILED, "fetch")
+    assert "sha256" in corrupt.reason.lower()
+    assert not result.ok
+
+
+def test_reports_written(gptq_run):
+    tmp, result = gptq_run
+    doc = json.loads((tmp / "report" / "report.json").read_text())
+    assert doc["repo"] == demo.GPTQ_REPO and doc["ok"] is False
+    assert {v["variant"] for v in doc["variants"]} == set(GOOD) | set(demo.BROKEN_BRANCHES)
+    md = (tmp / "report" / "report.md").read_text()
+    for name in GOOD:
+        assert f"| {name} | passed |" in md
+
+
+def test_rendered_card_matches_measured_files(gptq_run, hub):
+    tmp, result = gptq_run
+    _server, repos = hub
+    card = Path(result.card_path)
+    assert card.is_file()
+    tables = [t for t in markdown_tables(card.read_text()) if "Branch" in t[0]]
+    header, rows = tables[0]
+    col = header.index("File Size")
+    sizes = {row[0].strip("`"): row[col] for row in rows}
+    for rec in result.records:
+        if rec.status == PASSED:  # measured, so no "predicted" star
+            assert sizes[rec.variant] == gb_text(rec.measured_bytes)
+        else:
+            assert sizes[rec.variant].endswith("*")
+    # The card checks out against its entry.
+    report = check_card(card, repos.registry / "tiny-llama-gptq.toml")
+    assert report.ok, [f.message for f in report.findings]
+
+
+def test_interrupted_run_continues_and_failures_keep_passing_records(hub, tmp_path):
+    server, repos = hub
+    entry = repos.registry / "tiny-llama-gptq.toml"
+    seen = []
+
+    def stop_after_first(record):
+        seen.append(record.variant)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        sync(entry, _options(tmp_path, server, smoke=False), progress=stop_after_first)
+    assert seen == ["main"]
+
+    [again] = sync(entry, _options(tmp_path, server, smoke=False))
+    rec = _by_name(again)
+    assert rec["main"].status == SKIPPED and "unchanged" in rec["main"].reason
+    assert rec["gptq-4bit-32g-actorder_True"].status == PASSED  # the run went on where it stopped
+    assert rec["gptq-4bit-128g-corrupt"].status == FAILED
+
+    # A later failing run (server gone) records the failure but loses nothing that passed.
+    dead = f"http://127.0.0.1:{free_port()}"
+    [failed] = sync(entry, SyncOptions(report_dir=tmp_path / "report", cache_dir=tmp_path / "cache",
+                                       endpoint=dead, smoke=False, force=True, variant="main"))
+    assert failed.records[0].status == FAILED and failed.records[0].stage == "fetch"
+    stored = json.loads((tmp_path / "report" / "variants" / "main.json").read_text())
+    assert stored["latest"]["status"] == FAILED
+    assert stored["last_pass"]["status"] == PASSED
+    assert stored["last_pass"]["commit"] == rec["main"].commit
+
+
+def test_unknown_variant_and_missing_repo_reported(hub, tmp_path):
+    server, repos = hub
+    [res] = sync(repos.registry / "tiny-llama-gptq.toml", _options(tmp_path, server, variant="gptq-9bit"))
+    assert res.records[0].status == FAILED and "no variant named 'gptq-9bit'" in res.records[0].reason
+    assert "main" in res.records[0].reason  # the known variants are listed
+
+    missing = tmp_path / "missing.toml"
+    text = (repos.registry / "tiny-llama-awq.toml").read_text().replace(demo.AWQ_REPO, "mcard-demo/not-there")
+    missing.write_text(text)
+    [res] = sync(missing, _options(tmp_path, server, report_dir=tmp_path / "r2"))
+    assert res.records[0].status == FAILED and res.records[0].stage == "fetch"
+
+
+def test_other_formats_sync(hub, tmp_path):
+    server, repos = hub
+    results = {r.repo: r for r in sync(repos.registry, _options(tmp_path, server, render=True))}
+    assert results[demo.AWQ_REPO].ok and results[demo.GGUF_REPO].ok and results[demo.LORA_REPO].ok
+    gguf = _by_name(results[demo.GGUF_REPO])
+    assert set(gguf) == {f"tiny-llama.{t}.gguf" for t in demo.GGUF_TYPES}
+    assert gguf["tiny-llama.Q4_0.gguf"].smoke == gguf["tiny-llama.Q4_K_M.gguf"].smoke == "reference-only"
+    assert gguf["tiny-llama.Q8_0.gguf"].smoke == "n/a"  # no Q8_0 kernel: recorded, not failed
+    assert "no quantized linear layers" in gguf["tiny-llama.Q8_0.gguf"].reason
+    assert _by_name(results[demo.LORA_REPO])["main"].smoke == "n/a"
+    for res in results.values():
+        assert Path(res.card_path).is_file()
+
+
+def test_plan_emits_one_job_per_variant(hub):
+    _server, repos = hub
+    jobs = plan_jobs(repos.registry)
+    assert len(jobs) == len(GOOD) + len(demo.BROKEN_BRANCHES) + 1 + len(demo.GGUF_TYPES) + 1
+    main = next(j for j in jobs if j["repo"] == demo.GPTQ_REPO and j["variant"] == "main")
+    assert main["gpu"] is True and main["command"].endswith("--variant main")
+    out = subprocess.run([sys.executable, "-m", "mcard.cli", "plan", str(repos.registry)],
+                         capture_output=True, text=True, check=True).stdout
+    assert "\n" not in out.strip()  # one line, for $GITHUB_OUTPUT
+    assert json.loads(out)["include"] == jobs
+
+
+def test_sync_cli_exit_codes(hub, tmp_path):
+    server, repos = hub
+    base = [sys.executable, "-m", "mcard.cli", "sync", str(repos.registry / "tiny-llama-gptq.toml"),
+            "--endpoint", server.endpoint, "--report", str(tmp_path / "rep"), "--no-smoke", "--json"]
+    env = {"HF_HUB_CACHE": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run(base + ["--variant", "main"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["ok"] is True
+    bad = subprocess.run(base + ["--variant", "gptq-4bit-32g-wrongconfig"], capture_output=True, text=True, env=env)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    nothing = subprocess.run([sys.executable, "-m", "mcard.cli", "sync", str(tmp_path / "nope.toml")],
+                             capture_output=True, text=True)
+    assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "nope.toml" in nothing.stderr
+
+
+@pytest.mark.slow
+def test_demo_command(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "mcard.cli", "demo", "--out", str(tmp_path / "d")],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "All variants passed." in run.stdout
+    cards = sorted((tmp_path / "d" / "reports").glob("*/README.md"))
+    assert len(cards) == 4
