@@ -29,6 +29,10 @@ def check_tensor_set(
 ) -> None:
     """Compare the variant's tensors with ``expected``; ``optional`` names may be absent."""
     optional = set(optional)
+    if not variant.headers:  # one finding, not one per tensor
+        needed = sum(1 for name in expected if name not in optional)
+        report.error("no-weights", "", "", f"no safetensors weights file: {needed} tensors expected for this model")
+        return
     for name, (dtypes, shape) in expected.items():
         found = variant.tensors.get(name)
         if found is None:
