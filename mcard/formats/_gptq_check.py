@@ -7,6 +7,7 @@ one finding naming the first linear and the count.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from ..report import Report
 from ..variant import Variant
 from . import _common, gptq
 from ._gptq_config import V1, V2, VALID_BITS, params_ok, read_quant_config
-from ._packing import groups_of, unpack_cols
+from ._packing import groups_of, pack_cols, period, unpack_cols
 
 _PARAM_KEYS = ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "damp_percent")
 
@@ -127,6 +128,17 @@ def _check_zeros(stored: np.ndarray, bits: int, sym: bool, fmt: str) -> tuple[st
 _SEVERITY = {"act-order-trivial": "warning", "lossy-zero-wrap": "warning"}
 
 
+@functools.lru_cache(maxsize=32)
+def _sym_zero_words(bits: int, fmt: str, width: int) -> np.ndarray:
+    """The one packed qzeros row a symmetric checkpoint has (v1: 2^(b-1) - 1 in every slot, e.g. 0x77777777)."""
+    mid = 1 << (bits - 1)
+    stored = mid - 1 if fmt == V1 else mid
+    n_val, n_word = period(bits)
+    row = pack_cols(np.full((1, width // n_word * n_val), stored, dtype=np.int64), bits)
+    row.setflags(write=False)
+    return row
+
+
 def _per_linear(variant: Variant, report: Report, lins: list[_Lin], bits: int, gs: int, params: dict[str, Any]) -> None:
     found: dict[str, list[tuple[str, str, str]]] = defaultdict(list)
     desc_act, sym, fmt = bool(params.get("desc_act")), bool(params.get("sym", True)), str(params.get("checkpoint_format", V1))
@@ -139,7 +151,10 @@ def _per_linear(variant: Variant, report: Report, lins: list[_Lin], bits: int, g
                 found[hit[0]].append((gi[0], lin.name + ".g_idx", hit[1]))
         qz = variant.tensors.get(lin.name + ".qzeros")
         if qz and qz[1].dtype == "I32" and qz[1].shape == shapes[".qzeros"] and fmt in (V1, V2):
-            stored = unpack_cols(variant.read(lin.name + ".qzeros"), bits)[:, :lin.n]
+            raw = variant.read(lin.name + ".qzeros")
+            if sym and np.array_equal(raw, np.broadcast_to(_sym_zero_words(bits, fmt, raw.shape[1]), raw.shape)):
+                continue  # the common case, checked on the packed words without unpacking
+            stored = unpack_cols(raw, bits)[:, :lin.n]
             hit = _check_zeros(stored, bits, sym, fmt)
             if hit:
                 found[hit[0]].append((qz[0], lin.name + ".qzeros", hit[1]))

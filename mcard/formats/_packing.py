@@ -70,8 +70,21 @@ def pack_cols(values: np.ndarray, bits: int) -> np.ndarray:
 
 
 def unpack_cols(packed: np.ndarray, bits: int) -> np.ndarray:
-    """Inverse of :func:`pack_cols`."""
-    return np.ascontiguousarray(unpack_rows(packed.T, bits).T)
+    """Inverse of :func:`pack_cols`: int32 [R, C] -> int32 [R, C*32/bits], unpacked in place along axis 1."""
+    n_val, n_word = period(bits)
+    r, c = packed.shape
+    if c % n_word:
+        raise ValueError(f"{c} packed columns are not whole {bits}-bit periods of {n_word} words")
+    w = np.ascontiguousarray(packed).view(np.uint32).astype(np.uint64).reshape(r, c // n_word, n_word)
+    mask = np.uint64((1 << bits) - 1)
+    out = np.empty((r, c // n_word, n_val), dtype=np.int32)
+    for j in range(n_val):
+        word, shift = divmod(j * bits, WORD_BITS)
+        v = w[:, :, word] >> np.uint64(shift)
+        if shift + bits > WORD_BITS:
+            v |= w[:, :, word + 1] << np.uint64(WORD_BITS - shift)
+        out[:, :, j] = (v & mask).astype(np.int32)
+    return out.reshape(r, c // n_word * n_val)
 
 
 def _awq_columns(n: int) -> np.ndarray:
