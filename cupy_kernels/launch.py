@@ -102,10 +102,25 @@ def _bias(bias: Any, n: int) -> tuple[Any, np.int32]:
 
 
 def _contig(a: Any, dtype: Any) -> Any:
-    """A C-contiguous CuPy array of ``dtype`` (numpy inputs are copied to the device)."""
+    """A C-contiguous, 16-byte aligned CuPy array of ``dtype`` (numpy inputs are copied to the device).
+
+    The kernels read packed weights, scales and codes with 64- and 128-bit loads
+    from the base pointer; a contiguous view at an odd offset into a larger buffer
+    (a slice) would fault with a misaligned address, so such views are copied
+    (fresh CuPy allocations are 256-byte aligned).
+    """
     import cupy
 
-    return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
+    a = cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
+    if getattr(getattr(a, "data", None), "ptr", 0) % 16:
+        a = a.copy()
+    return a
+
+
+def _need(ok: bool, what: str) -> None:
+    """Shape checks that keep the kernels' unchecked reads inside their arrays."""
+    if not ok:
+        raise ValueError(what)
 
 
 def gptq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, g_idx: Any, group_size: int,
@@ -118,11 +133,20 @@ def gptq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, g_idx: Any, grou
         raise ValueError("GPTQ kernel needs N % 8 == 0")
     x, m = _check_x(x, k)
     g = k if group_size in (-1, 0) else int(group_size)
-    g_idx = _contig(g_idx, cupy.int32)
+    g_idx = _contig(g_idx, cupy.int32).reshape(-1)
+    groups = int(scales.shape[0])
+    _need(g_idx.shape[0] == k, f"g_idx must have K = {k} entries, got {g_idx.shape[0]}")
+    _need(tuple(scales.shape) == (groups, n) and tuple(qzeros.shape) == (groups, n // 8),
+          f"scales must be [G, {n}] and qzeros [G, {n // 8}], got {tuple(scales.shape)}, {tuple(qzeros.shape)}")
+    # The kernel indexes scales/qzeros rows by g_idx[k] (or k // g, used only when equal) unchecked.
+    _need(0 <= int(g_idx.min()) and int(g_idx.max()) < groups,
+          f"g_idx addresses groups outside the {groups} rows of scales")
     # Gather scales per k only when g_idx is not the plain k // g (act-order, or odd files).
     use_g_idx = not bool((g_idx == cupy.arange(k, dtype=cupy.int32) // g).all())
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
+    if m == 0:
+        return y  # a grid with a zero dimension is an invalid launch
     mt = 1 if m == 1 else GPTQ_MT
     fn = kernel("gptq", "gptq4_gemv" if m == 1 else "gptq4_gemm")
     grid = ((n + GPTQ_TILE_N - 1) // GPTQ_TILE_N, (m + mt - 1) // mt)
@@ -141,8 +165,14 @@ def awq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, group_size: int, 
         raise ValueError("AWQ kernel needs N % 16 == 0")
     x, m = _check_x(x, k)
     g = k if group_size in (-1, 0) else int(group_size)
+    groups = (k + g - 1) // g  # the kernel reads row k // g of qzeros and scales
+    _need(qzeros.shape[0] >= groups and qzeros.shape[1] * 8 == n and scales.shape[0] >= groups
+          and scales.shape[1] == n, f"qzeros must be [{groups}, {n // 8}] and scales [{groups}, {n}], "
+          f"got {tuple(qzeros.shape)}, {tuple(scales.shape)}")
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
+    if m == 0:
+        return y
     mt = 1 if m == 1 else AWQ_MT
     fn = kernel("awq", "awq4_gemv" if m == 1 else "awq4_gemm")
     grid = ((n + AWQ_TILE_N - 1) // AWQ_TILE_N, (m + mt - 1) // mt)
@@ -168,6 +198,8 @@ def gguf_matmul(x: Any, raw: Any, type_name: str, shape: tuple[int, int], bias: 
     x, m = _check_x(x, k)
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
+    if m == 0:
+        return y
     mt = 1 if m == 1 else ROW_MT
     fn = kernel("gguf", f"{name}_gemv" if m == 1 else f"{name}_gemm")
     grid = ((n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, (m + mt - 1) // mt)
@@ -186,6 +218,15 @@ def bnb_matmul(x: Any, weight: Any, quant_map: Any, absmax: Any, shape: tuple[in
         raise ValueError("bitsandbytes kernel needs K % 32 == 0 and blocksize % 32 == 0")
     x, m = _check_x(x, k)
     nested = nested_absmax is not None and absmax.dtype == cupy.uint8
+    nblocks = (n * k + blocksize - 1) // blocksize
+    _need(int(weight.size) * 2 >= n * k, f"weight holds {int(weight.size) * 2} codes, shape needs {n * k}")
+    _need(int(absmax.size) >= nblocks, f"absmax has {int(absmax.size)} blocks, shape needs {nblocks}")
+    _need(int(quant_map.size) == 16, "quant_map must have 16 entries")
+    if nested:
+        _need(nested_quant_map is not None and int(nested_quant_map.size) == 256,
+              "nested_quant_map must have 256 entries")
+        _need(int(nested_absmax.size) >= (nblocks + nested_blocksize - 1) // nested_blocksize,
+              "nested_absmax is too short for absmax")
     f32_dummy = cupy.zeros(1, dtype=cupy.float32)
     u8_dummy = cupy.zeros(1, dtype=cupy.uint8)
     absmax_f32 = f32_dummy if nested else _contig(absmax, cupy.float32)
@@ -194,6 +235,8 @@ def bnb_matmul(x: Any, weight: Any, quant_map: Any, absmax: Any, shape: tuple[in
     nabs = _contig(nested_absmax, cupy.float32) if nested else f32_dummy
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
+    if m == 0:
+        return y
     mt = 1 if m == 1 else ROW_MT
     fn = kernel("bnb", "bnb4_gemv" if m == 1 else "bnb4_gemm")
     grid = ((n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, (m + mt - 1) // mt)
