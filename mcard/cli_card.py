@@ -1,4 +1,4 @@
-"""``mcard card render`` and ``mcard card check``: parse, call :mod:`mcard.card`, print."""
+"""``mcard card render`` and ``check``: parse, call :mod:`mcard.card` or :mod:`mcard.card_check`, print."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def check(
 ) -> None:
     """Check a card: metadata, model-index round trip and, with --registry, its provided-files table."""
     from . import _output
-    from .card import check_card
+    from .card_check import check_card
 
     try:
         report = check_card(card_path, registry_path=registry)

@@ -21,7 +21,8 @@ _TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` ``object_pairs_hook``: a dict, or ValueError on a key that appears twice."""
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
@@ -37,7 +38,7 @@ def parse_json_bytes(data: bytes, path: str | Path) -> Any:
     except UnicodeDecodeError as exc:
         raise UnusableInput(f"not UTF-8 text (byte {exc.start})", path) from None
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates)
+        return json.loads(text, object_pairs_hook=reject_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise UnusableInput(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
     except ValueError as exc:

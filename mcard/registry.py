@@ -15,7 +15,8 @@ for commented examples)::
     [[evaluations]]  dataset, metric, value (inline) or path (lm-eval JSON)
     [[tables]]       title, columns, rows, caption
 
-Every error is an :class:`UnusableInput` naming the file and the key path.
+The key tables and their type checks are in :mod:`mcard.registry_schema`. Every
+error is an :class:`UnusableInput` naming the file and the key path.
 """
 
 from __future__ import annotations
@@ -29,6 +30,10 @@ from typing import Any
 from .errors import UnusableInput
 from .evals import EvalEntry, load_lm_eval
 from .jsonio import load_json_object, load_toml
+from .registry_schema import (
+    EVAL_FILE_SPEC, EVAL_INLINE_SPEC, LINK_SPEC, LIST, MODEL_SPEC, PROMPT_SPEC, STR, TABLE, TABLE_SPEC, TOP_SPEC,
+    VARIANT_SPEC, check_keys, kind_of, list_of, parse_size,
+)
 
 # format -> family (one template per family)
 FAMILIES: dict[str, str] = {
@@ -59,162 +64,6 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
 }
 AWQ_VERSIONS = ("gemm", "gemv")  # as mcard.formats.awq.VERSIONS
 AWQ_BITS = 4  # AutoAWQ, vLLM and transformers load 4-bit AWQ only
-
-_STR, _INT, _FLOAT, _BOOL, _LIST, _TABLE = "a string", "an integer", "a number", "a boolean", "an array", "a table"
-
-
-def _is(kind: str, value: Any) -> bool:
-    if kind == _STR:
-        return isinstance(value, str)
-    if kind == _INT:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == _FLOAT:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind == _BOOL:
-        return isinstance(value, bool)
-    if kind == _LIST:
-        return isinstance(value, list)
-    if kind == _TABLE:
-        return isinstance(value, dict)
-    raise AssertionError(kind)
-
-
-# key -> (accepted kinds, required)
-TOP_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
-    "model": ((_TABLE,), True),
-    "architecture": ((_TABLE,), False),
-    "variants": ((_LIST,), True),
-    "evaluations": ((_LIST,), False),
-    "tables": ((_LIST,), False),
-}
-MODEL_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
-    "repo": ((_STR,), True),
-    "name": ((_STR,), True),
-    "license": ((_STR,), True),
-    "creator": ((_STR,), False),
-    "base_model": ((_STR,), False),
-    "base_model_name": ((_STR,), False),
-    "description": ((_STR,), False),
-    "prompt": ((_STR, _TABLE), False),
-    "system_message": ((_STR,), False),
-    "original_card": ((_STR,), False),
-    "quantized_by": ((_STR,), False),
-    "tags": ((_LIST,), False),
-    "pipeline_tag": ((_STR,), False),
-    "inference": ((_BOOL,), False),
-    "language": ((_LIST,), False),
-    "notes": ((_LIST,), False),
-    "links": ((_LIST,), False),
-}
-PROMPT_SPEC = {"name": ((_STR,), True), "text": ((_STR,), True)}
-LINK_SPEC = {"text": ((_STR,), True), "url": ((_STR,), True)}
-VARIANT_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
-    "format": ((_STR,), True),
-    "branch": ((_STR,), False),
-    "file": ((_STR,), False),
-    "bits": ((_INT,), False),
-    "group_size": ((_INT,), False),
-    "desc_act": ((_BOOL,), False),
-    "sym": ((_BOOL,), False),
-    "checkpoint_format": ((_STR,), False),
-    "version": ((_STR,), False),
-    "zero_point": ((_BOOL,), False),
-    "double_quant": ((_BOOL,), False),
-    "type": ((_STR,), False),
-    "r": ((_INT,), False),
-    "alpha": ((_INT, _FLOAT), False),
-    "dropout": ((_FLOAT,), False),
-    "target_modules": ((_LIST,), False),
-    "made_with": ((_STR,), False),
-    "description": ((_STR,), False),
-    "size": ((_STR, _INT), False),
-    "ram": ((_STR, _INT), False),
-    "dataset": ((_STR,), False),
-    "seq_len": ((_INT,), False),
-    "damp_percent": ((_FLOAT,), False),
-}
-EVAL_INLINE_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
-    "dataset": ((_STR,), True),
-    "dataset_type": ((_STR,), False),
-    "metric": ((_STR,), True),
-    "value": ((_FLOAT,), True),
-    "metric_name": ((_STR,), False),
-    "task": ((_STR,), False),
-    "config": ((_STR,), False),
-    "split": ((_STR,), False),
-    "stderr": ((_FLOAT,), False),
-    "shots": ((_INT,), False),
-    "source_name": ((_STR,), False),
-    "source_url": ((_STR,), False),
-    "variant": ((_STR,), False),
-}
-EVAL_FILE_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
-    "path": ((_STR,), True),
-    "metrics": ((_LIST,), False),
-    "tasks": ((_LIST,), False),
-    "filter": ((_STR,), False),
-    "task": ((_STR,), False),
-    "source_name": ((_STR,), False),
-    "source_url": ((_STR,), False),
-    "variant": ((_STR,), False),
-}
-TABLE_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
-    "title": ((_STR,), True),
-    "columns": ((_LIST,), True),
-    "rows": ((_LIST,), True),
-    "caption": ((_STR,), False),
-}
-
-
-def _check(data: dict[str, Any], spec: dict[str, tuple[tuple[str, ...], bool]], where: str, file: Path) -> None:
-    """Unknown keys (with the closest valid one), missing required keys, wrong types."""
-    for key in data:
-        if key not in spec:
-            close = difflib.get_close_matches(key, list(spec), n=1, cutoff=0.5)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (valid: {', '.join(spec)})"
-            raise UnusableInput(f"{_join(where, key)}: unknown key {key!r}{hint}", file)
-    for key, (kinds, required) in spec.items():
-        if key not in data:
-            if required:
-                raise UnusableInput(f"{where or 'top level'}: missing required key {key!r}", file)
-            continue
-        if not any(_is(k, data[key]) for k in kinds):
-            raise UnusableInput(
-                f"{_join(where, key)}: expected {' or '.join(kinds)}, found {_kind(data[key])}", file
-            )
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _kind(value: Any) -> str:
-    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
-
-
-def _list_of(value: list[Any], kind: str, where: str, file: Path) -> list[Any]:
-    for i, item in enumerate(value):
-        if not _is(kind, item):
-            raise UnusableInput(f"{where}[{i}]: expected {kind}, found {_kind(item)}", file)
-    return value
-
-
-_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
-
-
-def parse_size(value: str | int, where: str = "", file: str | Path | None = None) -> int:
-    """``7260000000``, ``"7.26 GB"`` (decimal), ``"512 MiB"`` -> bytes."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise UnusableInput(f"{where}: a size cannot be negative", file)
-        return value
-    found = _SIZE.match(str(value))
-    if not found:
-        raise UnusableInput(f"{where}: expected a size like \"7.26 GB\" or a byte count, found {value!r}", file)
-    return int(round(float(found.group(1)) * _UNITS[found.group(2).lower()]))
 
 
 # -- the loaded entry -----------------------------------------------------------
@@ -313,30 +162,30 @@ def _cell(value: Any, where: str, file: Path) -> str:
         return str(value)
     if isinstance(value, (str, int, float)):
         return str(value)
-    raise UnusableInput(f"{where}: a table cell must be a string or a number, found {_kind(value)}", file)
+    raise UnusableInput(f"{where}: a table cell must be a string or a number, found {kind_of(value)}", file)
 
 
 def load_entry(path: str | Path) -> Entry:
     """Load and validate a registry entry. Raises :class:`UnusableInput` on any problem."""
     path = Path(path)
     data = load_toml(path)
-    _check(data, TOP_SPEC, "", path)
+    check_keys(data, TOP_SPEC, "", path)
     base_dir = path.parent
 
     m = data["model"]
-    _check(m, MODEL_SPEC, "model", path)
+    check_keys(m, MODEL_SPEC, "model", path)
     prompt = m.get("prompt")
     if isinstance(prompt, dict):
-        _check(prompt, PROMPT_SPEC, "model.prompt", path)
+        check_keys(prompt, PROMPT_SPEC, "model.prompt", path)
         if "{prompt}" not in prompt["text"]:
             raise UnusableInput("model.prompt.text: has no {prompt} placeholder", path)
     elif isinstance(prompt, str):
         from . import prompts
 
         prompts.get(prompt, f"{path}: model.prompt")
-    links = _list_of(m.get("links", []), _TABLE, "model.links", path)
+    links = list_of(m.get("links", []), TABLE, "model.links", path)
     for i, link in enumerate(links):
-        _check(link, LINK_SPEC, f"model.links[{i}]", path)
+        check_keys(link, LINK_SPEC, f"model.links[{i}]", path)
     original = None
     if "original_card" in m:
         original = (base_dir / m["original_card"]).resolve()
@@ -354,11 +203,11 @@ def load_entry(path: str | Path) -> Entry:
         system_message=m.get("system_message"),
         original_card=original,
         quantized_by=m.get("quantized_by"),
-        tags=list(_list_of(m.get("tags", []), _STR, "model.tags", path)),
+        tags=list(list_of(m.get("tags", []), STR, "model.tags", path)),
         pipeline_tag=m.get("pipeline_tag", "text-generation"),
         inference=m.get("inference", False),
-        language=list(_list_of(m.get("language", []), _STR, "model.language", path)),
-        notes=list(_list_of(m.get("notes", []), _STR, "model.notes", path)),
+        language=list(list_of(m.get("language", []), STR, "model.language", path)),
+        notes=list(list_of(m.get("notes", []), STR, "model.notes", path)),
         links=[dict(link) for link in links],
     )
 
@@ -370,7 +219,7 @@ def load_entry(path: str | Path) -> Entry:
                 others = ", ".join(sorted(k for k in a if k != "config"))
                 raise UnusableInput(f"architecture: give either config = PATH or inline keys, not both ({others})", path)
             if not isinstance(a["config"], str):
-                raise UnusableInput(f"architecture.config: expected a string, found {_kind(a['config'])}", path)
+                raise UnusableInput(f"architecture.config: expected a string, found {kind_of(a['config'])}", path)
             cfg_path = base_dir / a["config"]
             arch, arch_source = load_json_object(cfg_path), str(cfg_path)
         else:
@@ -379,7 +228,7 @@ def load_entry(path: str | Path) -> Entry:
 
         ModelShape.from_config(arch, arch_source)  # fail early on a config that cannot predict sizes
 
-    variants = [_variant(v, i, path) for i, v in enumerate(_list_of(data["variants"], _TABLE, "variants", path))]
+    variants = [_variant(v, i, path) for i, v in enumerate(list_of(data["variants"], TABLE, "variants", path))]
     if not variants:
         raise UnusableInput("variants: at least one variant is required", path)
     families = sorted({v.family for v in variants})
@@ -392,16 +241,16 @@ def load_entry(path: str | Path) -> Entry:
         seen[v.key] = i
 
     evaluations: list[EvalEntry] = []
-    for i, e in enumerate(_list_of(data.get("evaluations", []), _TABLE, "evaluations", path)):
+    for i, e in enumerate(list_of(data.get("evaluations", []), TABLE, "evaluations", path)):
         evaluations.extend(_evaluation(e, f"evaluations[{i}]", path, set(seen)))
 
     tables = []
-    for i, t in enumerate(_list_of(data.get("tables", []), _TABLE, "tables", path)):
+    for i, t in enumerate(list_of(data.get("tables", []), TABLE, "tables", path)):
         where = f"tables[{i}]"
-        _check(t, TABLE_SPEC, where, path)
+        check_keys(t, TABLE_SPEC, where, path)
         columns = [_cell(c, f"{where}.columns", path) for c in t["columns"]]
         rows = []
-        for j, row in enumerate(_list_of(t["rows"], _LIST, f"{where}.rows", path)):
+        for j, row in enumerate(list_of(t["rows"], LIST, f"{where}.rows", path)):
             if len(row) != len(columns):
                 raise UnusableInput(f"{where}.rows[{j}]: {len(row)} cells but {len(columns)} columns", path)
             rows.append([_cell(c, f"{where}.rows[{j}]", path) for c in row])
@@ -421,7 +270,7 @@ def load_entry(path: str | Path) -> Entry:
 
 def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
     where = f"variants[{i}]"
-    _check(v, VARIANT_SPEC, where, path)
+    check_keys(v, VARIANT_SPEC, where, path)
     fmt = v["format"].lower()
     if fmt not in FAMILIES:
         close = difflib.get_close_matches(fmt, list(FAMILIES), n=1)
@@ -461,7 +310,7 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         r=v.get("r"),
         alpha=v.get("alpha"),
         dropout=v.get("dropout"),
-        target_modules=list(_list_of(v.get("target_modules", []), _STR, f"{where}.target_modules", path)),
+        target_modules=list(list_of(v.get("target_modules", []), STR, f"{where}.target_modules", path)),
         made_with=v.get("made_with"),
         description=v.get("description", ""),
         size=parse_size(v["size"], f"{where}.size", path) if "size" in v else None,
@@ -486,9 +335,9 @@ def _evaluation(e: dict[str, Any], where: str, path: Path, variant_keys: set[str
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UnusableInput(f"{where}.variant: no variant {e['variant']!r}{hint}", path)
     if "path" in e:
-        _check(e, EVAL_FILE_SPEC, where, path)
-        metrics = _list_of(e.get("metrics", ["acc"]), _STR, f"{where}.metrics", path)
-        tasks = _list_of(e["tasks"], _STR, f"{where}.tasks", path) if "tasks" in e else None
+        check_keys(e, EVAL_FILE_SPEC, where, path)
+        metrics = list_of(e.get("metrics", ["acc"]), STR, f"{where}.metrics", path)
+        tasks = list_of(e["tasks"], STR, f"{where}.tasks", path) if "tasks" in e else None
         return load_lm_eval(
             path.parent / e["path"],
             metrics=list(metrics),
@@ -499,7 +348,7 @@ def _evaluation(e: dict[str, Any], where: str, path: Path, variant_keys: set[str
             variant=e.get("variant"),
             task_type=e.get("task", "text-generation"),
         )
-    _check(e, EVAL_INLINE_SPEC, where, path)
+    check_keys(e, EVAL_INLINE_SPEC, where, path)
     return [
         EvalEntry(
             dataset_name=e["dataset"],

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UnusableInput
+from .jsonio import reject_duplicate_keys
 
 # safetensors' own limit on the JSON header (MAX_HEADER_SIZE in the Rust crate).
 MAX_HEADER_BYTES = 100_000_000
@@ -79,15 +80,6 @@ class SafetensorsHeader:
         return self.data_start + end
 
 
-def _pairs_no_dup(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise ValueError(f"duplicate tensor name {key!r} in header")
-        out[key] = value
-    return out
-
-
 def read_header(path: str | Path) -> SafetensorsHeader:
     """Read and check a safetensors header. Raises :class:`UnusableInput` when unreadable."""
     path = Path(path)
@@ -106,7 +98,7 @@ def read_header(path: str | Path) -> SafetensorsHeader:
     except OSError as exc:
         raise UnusableInput(f"cannot read: {exc.strerror or exc}", path) from None
     try:
-        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=_pairs_no_dup)
+        doc = json.loads(raw.decode("utf-8"), object_pairs_hook=reject_duplicate_keys)
     except UnicodeDecodeError:
         raise UnusableInput("safetensors header is not UTF-8", path) from None
     except ValueError as exc:

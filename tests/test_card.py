@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from mcard.arch import tiny_config
-from mcard.card import check_card, gb_text, markdown_tables, render_card
+from mcard.card import gb_text, render_card
+from mcard.card_check import check_card, markdown_tables
 from mcard.errors import UnusableInput
 
 ROOT = Path(__file__).resolve().parents[1]

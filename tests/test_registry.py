@@ -12,7 +12,8 @@ import pytest
 from mcard import prompts
 from mcard.errors import UnusableInput
 from mcard.evals import load_lm_eval
-from mcard.registry import load_entry, parse_size
+from mcard.registry import load_entry
+from mcard.registry_schema import parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / "registry"

@@ -1,23 +1,20 @@
 """GGUF files (llama.cpp): header reading, validation, exact sizes, dequantization, builders.
 
-The header (magic, version, kv pairs, tensor infos) is parsed here from a memory map
-with every length checked against the file size, so a corrupt count never allocates
-and a truncated data section still yields findings. ``gguf.GGUFReader`` is not used
-for reading: it fails outright on a truncated data section. Facts (type ids, block
-sizes, value types) come from the ``gguf`` package; the type mixes from :mod:`._kquant`.
+The header (magic, version, kv pairs, tensor infos) is parsed by :mod:`._gguf_header`
+(re-exported here as :func:`read`, :class:`GgufFile`, :class:`GgufTensor`) with every
+length checked against the file size, so a truncated data section still yields findings.
+Facts (type ids, block sizes, value types) come from the ``gguf`` package; the type
+mixes from :mod:`._kquant`.
 """
 
 from __future__ import annotations
 
-import mmap
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGUFWriter, quants
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
 from ..arch import ModelShape
 from ..errors import UnusableInput
@@ -25,15 +22,9 @@ from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ..variant import Variant
 from . import _kquant as kq
+from ._gguf_header import GgufFile, GgufTensor, read
 
 NAME = "gguf"
-_SCALAR = {  # value type -> struct format
-    GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
-    GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
-    GGUFValueType.UINT64: "<Q", GGUFValueType.INT64: "<q", GGUFValueType.FLOAT64: "<d",
-}
-_MAX_DIMS = 4
-_KEEP_ARRAY = 64  # arrays longer than this keep only their length (tokens, scores...)
 # predict_size's estimate of the metadata: kv pairs besides the vocabulary, and per vocab
 # token: string length (8) + ~6 bytes of text + score (4) + token type (4).
 _KV_BASE_BYTES = 1200
@@ -43,129 +34,6 @@ _TRANSFORMERS_TYPES = {
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "IQ4_NL",
 }
-
-
-@dataclass
-class GgufTensor:
-    name: str
-    type: str  # "Q4_K"
-    shape: tuple[int, ...]  # gguf order: ne0 first, as in the file
-    rows: int
-    cols: int
-    offset: int  # absolute file offset of the data
-    nbytes: int
-
-
-@dataclass
-class GgufFile:
-    path: Path
-    version: int
-    file_size: int
-    alignment: int
-    data_start: int
-    kv: dict[str, Any]  # scalars, strings, short arrays; long arrays as ("array", length)
-    tensors: list[GgufTensor] = field(default_factory=list)
-    bad_types: list[tuple[str, int]] = field(default_factory=list)  # (tensor, unknown type id)
-
-    def tensor(self, name: str) -> GgufTensor:
-        for t in self.tensors:
-            if t.name == name:
-                return t
-        raise UnusableInput(f"no tensor {name!r} in this GGUF file", self.path)
-
-    @property
-    def file_type(self) -> str | None:
-        ft = self.kv.get("general.file_type")
-        return kq.FTYPE_BY_ID.get(ft) if isinstance(ft, int) else None
-
-
-class _Cursor:
-    """Bounded little-endian reads from a memory map; raises UnusableInput past the end."""
-
-    def __init__(self, buf: mmap.mmap | bytes, path: Path) -> None:
-        self.buf, self.pos, self.path, self.size = buf, 0, path, len(buf)
-
-    def take(self, n: int, what: str) -> bytes:
-        if n < 0 or self.pos + n > self.size:
-            raise UnusableInput(f"GGUF header truncated in the {what} (offset {self.pos}, needs {n} bytes)", self.path)
-        out = self.buf[self.pos:self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str, what: str) -> Any:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt), what))[0]
-
-    def string(self, what: str) -> str:
-        n = self.unpack("<Q", what)
-        return self.take(n, what).decode("utf-8", errors="replace")
-
-    def value(self, vtype: int, what: str) -> Any:
-        if vtype == GGUFValueType.STRING:
-            return self.string(what)
-        if vtype == GGUFValueType.ARRAY:
-            sub, count = self.unpack("<I", what), self.unpack("<Q", what)
-            if sub in _SCALAR:  # fixed width: skip in one step, bounded by the file size
-                width = struct.calcsize(_SCALAR[GGUFValueType(sub)])
-                if count * width > self.size - self.pos:
-                    raise UnusableInput(f"GGUF kv array {what} runs past the end of the file", self.path)
-                if count <= _KEEP_ARRAY:
-                    return [self.value(sub, what) for _ in range(count)]
-                self.pos += count * width
-                return ("array", count)
-            if count > self.size - self.pos:
-                raise UnusableInput(f"GGUF kv array {what} claims {count} items, more than the file holds", self.path)
-            items = [self.value(sub, what) for _ in range(count)]
-            return items if count <= _KEEP_ARRAY else ("array", count)
-        if vtype not in _SCALAR:
-            raise UnusableInput(f"GGUF kv {what} has unknown value type {vtype}", self.path)
-        return self.unpack(_SCALAR[GGUFValueType(vtype)], what)
-
-
-def read(path: str | Path) -> GgufFile:
-    """Parse a GGUF header. Bad magic/version or a truncated kv/tensor table -> UnusableInput."""
-    path = Path(path)
-    size = path.stat().st_size
-    if size < 24:
-        raise UnusableInput(f"not a GGUF file: only {size} bytes", path)
-    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        cur = _Cursor(mm, path)
-        if cur.take(4, "magic") != b"GGUF":
-            raise UnusableInput("not a GGUF file: bad magic", path)
-        version = cur.unpack("<I", "version")
-        if version not in (2, 3):
-            raise UnusableInput(f"GGUF version {version} is not supported (only 2 and 3)", path)
-        n_tensors, n_kv = cur.unpack("<Q", "tensor count"), cur.unpack("<Q", "kv count")
-        # a kv pair takes >= 13 bytes (key length, type, 1-byte value); a tensor info >= 28.
-        if n_kv * 13 > size or n_tensors * 28 > size:
-            raise UnusableInput(f"GGUF header claims {n_tensors} tensors and {n_kv} kv pairs: implausible for a {size}-byte file", path)
-        kv: dict[str, Any] = {}
-        for i in range(n_kv):
-            key = cur.string(f"kv #{i} key")
-            kv[key] = cur.value(cur.unpack("<I", f"kv {key}"), key)
-        align = kv.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
-        if not isinstance(align, int) or align <= 0 or align & (align - 1):
-            raise UnusableInput(f"GGUF general.alignment {align!r} is not a power of two", path)
-        raw = []
-        for i in range(n_tensors):
-            name = cur.string(f"tensor info #{i}")
-            n_dims = cur.unpack("<I", f"tensor info {name}")
-            if not 1 <= n_dims <= _MAX_DIMS:
-                raise UnusableInput(f"GGUF tensor {name!r} has {n_dims} dimensions", path)
-            dims = tuple(cur.unpack("<Q", f"tensor info {name}") for _ in range(n_dims))
-            raw.append((name, dims, cur.unpack("<I", f"tensor info {name}"), cur.unpack("<Q", f"tensor info {name}")))
-        data_start = -(-cur.pos // align) * align
-    out = GgufFile(path, version, size, align, data_start, kv)
-    for name, dims, tid, off in raw:
-        try:
-            tname = GGMLQuantizationType(tid).name
-        except ValueError:
-            out.bad_types.append((name, tid))
-            continue
-        n = int(np.prod(dims, dtype=np.float64)) if dims else 1
-        elems, bsize = GGML_QUANT_SIZES[GGMLQuantizationType(tid)]
-        rows = n // dims[0] if dims[0] else 0
-        out.tensors.append(GgufTensor(name, tname, dims, rows, dims[0], data_start + off, n // elems * bsize))
-    return out
 
 
 # -- tensors --------------------------------------------------------------------------------

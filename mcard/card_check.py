@@ -1,0 +1,253 @@
+"""``mcard card check``: check a rendered (or hand-edited) model card.
+
+Front matter and required metadata, the ``model-index`` round trip through
+``huggingface_hub``'s ``EvalResult`` and, with a registry entry, every
+variant's provided-files row and size (as :mod:`mcard.card` would render it).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from .card import SIZE_UNITS, TABLE_COLUMNS, eval_result, expected_size, gb_text
+from .errors import UnusableInput
+from .evals import format_value
+from .registry import Entry, load_entry
+from .report import FileEntry, Report
+
+GB = 1e9
+# The column of each family's provided-files table that holds the size.
+SIZE_COLUMN = {"gptq": "File Size", "awq": "Size", "bnb": "Size", "gguf": "Size", "lora": "Size", "base": "Size"}
+
+
+# -- Markdown tables and size cells ---------------------------------------------------
+
+
+def _split_row(line: str) -> list[str]:
+    line = line.strip()
+    if line.startswith("|"):
+        line = line[1:]
+    if line.endswith("|") and not line.endswith("\\|"):
+        line = line[:-1]
+    cells = re.split(r"(?<!\\)\|", line)
+    return [c.strip().replace("\\|", "|") for c in cells]
+
+
+_SEP = re.compile(r"^\s*\|?\s*:?-{3,}:?\s*(\|\s*:?-{3,}:?\s*)*\|?\s*$")
+
+
+def markdown_tables(text: str) -> list[tuple[list[str], list[list[str]]]]:
+    """Every pipe table in Markdown text: (header, rows). Code blocks are skipped."""
+    lines = text.splitlines()
+    tables, i, fence = [], 0, False
+    while i < len(lines):
+        line = lines[i]
+        if line.lstrip().startswith("```"):
+            fence = not fence
+            i += 1
+            continue
+        if not fence and "|" in line and i + 1 < len(lines) and _SEP.match(lines[i + 1]):
+            header = _split_row(line)
+            rows = []
+            i += 2
+            while i < len(lines) and "|" in lines[i] and lines[i].strip():
+                rows.append(_split_row(lines[i]))
+                i += 1
+            tables.append((header, rows))
+            continue
+        i += 1
+    return tables
+
+
+def _clean_key(cell: str) -> str:
+    cell = cell.strip().strip("`*")
+    link = re.match(r"^\[([^\]]+)\]\([^)]*\)$", cell)
+    return link.group(1).strip("`") if link else cell
+
+
+def parse_size_cell(cell: str) -> tuple[float, str] | None:
+    """``"7.26 GB"`` -> (7.26, "GB"); ``"0.91 MB*"`` -> (0.91, "MB"); None when not a size."""
+    found = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(GB|MB)\*?\s*$", cell)
+    return (float(found.group(1)), found.group(2)) if found else None
+
+
+def parse_gb(cell: str) -> float | None:
+    parsed = parse_size_cell(cell)
+    return None if parsed is None else parsed[0] * SIZE_UNITS[parsed[1]] / GB
+
+
+# -- front matter and model-index ----------------------------------------------------
+
+
+def _front_matter(text: str) -> dict[str, Any] | None:
+    import yaml
+
+    if not text.startswith("---"):
+        return None
+    found = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
+    if not found:
+        return None
+    data = yaml.safe_load(found.group(1))
+    return data if isinstance(data, dict) else None
+
+
+def _norm_index(value: Any) -> Any:
+    """model-index with the results list made order-insensitive."""
+    import json
+
+    if not isinstance(value, list):
+        return value
+    out = []
+    for model in value:
+        if isinstance(model, dict) and isinstance(model.get("results"), list):
+            model = {**model, "results": sorted((json.dumps(r, sort_keys=True) for r in model["results"]))}
+        out.append(model)
+    return out
+
+
+def _eval_keys(results: list[Any]) -> set[tuple[str, str, str, str]]:
+    return {(r.dataset_type, r.dataset_config or "", r.metric_type, format_value(r.metric_value)) for r in results}
+
+
+# -- checking ------------------------------------------------------------------------
+
+
+def check_card(card_path: str | Path, registry_path: str | Path | None = None) -> Report:
+    """Check a rendered (or hand-edited) card: metadata, model-index round trip, and with an
+    entry, every variant's row and size. Returns a :class:`Report` with format ``card``."""
+    import yaml
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
+
+    path = Path(card_path)
+    if not path.is_file():
+        raise UnusableInput("no such card file", path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UnusableInput(f"not UTF-8 text (byte {exc.start})", path) from None
+    entry = load_entry(registry_path) if registry_path is not None else None
+
+    report = Report(path=str(path), format="card")
+    report.files.append(FileEntry(path.name, path.stat().st_size, "other"))
+    name = path.name
+    try:
+        meta = _front_matter(text)
+    except yaml.YAMLError as exc:
+        report.error("bad-metadata", name, "front matter", f"YAML does not parse: {' '.join(str(exc).split())}")
+        meta = {}
+    if meta is None:
+        report.error("no-metadata", name, "front matter", "card has no YAML front matter (--- ... ---)")
+        meta = {}
+    try:
+        card = ModelCard(text, ignore_metadata_errors=True)
+        body = card.text
+    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises plain ValueError/YAML errors
+        report.error("bad-metadata", name, "front matter", f"huggingface_hub cannot parse the card: {exc}")
+        body = text
+    report.params = {k: meta[k] for k in ("license", "base_model", "model_type", "pipeline_tag") if k in meta}
+
+    # model-index round trip
+    card_results: list[Any] | None = None
+    model_name: str | None = None
+    index = meta.get("model-index")
+    if index is not None:
+        try:
+            model_name, card_results = model_index_to_eval_results(index)
+            back = eval_results_to_model_index(model_name, card_results)
+        except Exception as exc:  # noqa: BLE001 - malformed model-index raises KeyError/TypeError/ValueError
+            report.error("model-index", name, "model-index", f"does not parse: {type(exc).__name__}: {exc}")
+            card_results = None
+        else:
+            if not model_name:
+                report.error("model-index", name, "model-index[0].name", "model-index has no model name")
+            if _norm_index(back) != _norm_index(index):
+                report.error("model-index", name, "model-index",
+                             "does not round-trip through huggingface_hub's EvalResult (unknown or malformed fields)")
+        report.params["model_name"] = model_name
+
+    # required metadata
+    if not meta.get("license"):
+        report.error("missing-metadata", name, "license", "no license in the front matter")
+    if not meta.get("pipeline_tag"):
+        report.warning("missing-metadata", name, "pipeline_tag", "no pipeline_tag: the Hub will not show a widget")
+    tags = [str(t).lower() for t in meta.get("tags") or []]
+    is_quant = entry.family != "base" if entry is not None else (
+        bool(meta.get("quantized_by")) or any(t in ("gptq", "gguf", "ggml", "awq", "bitsandbytes", "nf4", "fp4", "lora", "peft") for t in tags)
+    )
+    if is_quant and not meta.get("base_model"):
+        report.error("missing-metadata", name, "base_model", "a quantized or adapter repo needs base_model")
+
+    if entry is not None:
+        _check_against_entry(report, entry, meta, body, model_name, card_results)
+    return report
+
+
+def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], body: str,
+                         model_name: str | None, card_results: list[Any] | None) -> None:
+    name = Path(report.path).name
+    m = entry.model
+    for key, want in (("license", m.license), ("base_model", m.base_model)):
+        if want is not None and meta.get(key) != want:
+            report.error("metadata-mismatch", name, key, f"card says {meta.get(key)!r}, registry says {want!r}")
+    if entry.evaluations:
+        if model_name is not None and model_name != m.name:
+            report.error("metadata-mismatch", name, "model-index[0].name",
+                         f"card says {model_name!r}, registry says {m.name!r}")
+        if card_results is not None:
+            want_keys = _eval_keys([eval_result(e) for e in entry.evaluations])
+            have_keys = _eval_keys(card_results)
+            for key in sorted(want_keys - have_keys):
+                report.error("eval-mismatch", name, "model-index", f"registry result {key[0]} {key[2]}={key[3]} is not in the card")
+            for key in sorted(have_keys - want_keys):
+                report.error("eval-mismatch", name, "model-index", f"card result {key[0]} {key[2]}={key[3]} is not in the registry")
+        elif "model-index" not in meta:
+            report.error("eval-mismatch", name, "model-index", "registry has evaluations but the card has no model-index")
+
+    columns = TABLE_COLUMNS[entry.family]
+    table = next((t for t in markdown_tables(body) if t[0] and t[0][0] == columns[0] and len(t[0]) > 2), None)
+    if table is None:
+        report.error("missing-table", name, "provided files", f"no provided-files table (header starting {columns[0]!r})")
+        return
+    header, rows = table
+    if header != columns:
+        report.error("table-columns", name, "provided files", f"columns {header} differ from {columns}")
+    col = {c: i for i, c in enumerate(header)}
+    by_key: dict[str, list[str]] = {}
+    for row in rows:
+        if row:
+            by_key[_clean_key(row[0])] = row
+    variants = {v.key: v for v in entry.variants}
+    for key in sorted(set(by_key) - set(variants)):
+        report.error("unknown-row", name, f"provided files/{key}", "row for a variant the registry does not have")
+    for key, v in variants.items():
+        where = f"provided files/{key}"
+        row = by_key.get(key)
+        if row is None:
+            report.error("missing-row", name, where, "no row for this variant")
+            continue
+        size, ram, source = expected_size(entry, v)
+        for column, want in ((SIZE_COLUMN[entry.family], size), ("Max RAM required", ram)):
+            if column not in col or want is None:
+                continue
+            cell = row[col[column]] if col[column] < len(row) else ""
+            parsed = parse_size_cell(cell)
+            if parsed is None:
+                report.error("size-mismatch", name, f"{where}/{column}", f"{cell!r} is not a size in GB or MB")
+                continue
+            have, unit = parsed  # compare at the precision the card shows: one unit in the last digit
+            if abs(have - round(want / SIZE_UNITS[unit], 2)) > 0.01 + 1e-9:
+                report.error("size-mismatch", name, f"{where}/{column}",
+                             f"card says {have:.2f} {unit}, registry ({source}) says {gb_text(want)}")
+        if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
+            report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
+        if "Quant type" in col and v.family == "bnb" and col["Quant type"] < len(row) \
+                and row[col["Quant type"]] != v.format:
+            report.error("param-mismatch", name, f"{where}/Quant type",
+                         f"card says {row[col['Quant type']]!r}, registry says {v.format!r}")
+        if "Group Size" in col and v.group_size is not None and col["Group Size"] < len(row) \
+                and row[col["Group Size"]] != str(v.group_size):
+            report.error("param-mismatch", name, f"{where}/Group Size",
+                         f"card says {row[col['Group Size']]!r}, registry says {v.group_size}")
