@@ -38,6 +38,21 @@ def print_report(report: Report, out: Console | None = None) -> None:
     warnings = sum(f.severity is Severity.WARNING for f in report.all_findings())
     verdict = "[bold green]OK[/]" if report.ok else "[bold red]FAILED[/]"
     out.print(f"\n{verdict}: {errors} error(s), {warnings} warning(s)")
+    if report.remote is not None:
+        r = report.remote
+        out.print(f"remote: {r['repo']}@{r['revision']} (commit {r['commit'][:10]}): read {size_text(r['bytes_read'])} "
+                  f"of {size_text(r['total_bytes'])} in {r['requests']} requests"
+                  + ("" if r.get("range_supported", True) else " (the server ignored Range: reads streamed through)"))
+        if r.get("mirror"):
+            out.print(f"sparse mirror kept in {r['mirror']}")
+
+
+def size_text(n: int) -> str:
+    """Decimal units, as the Hub shows sizes: ``1.2 MB``, ``36.65 GB``."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _print_one(report: Report, out: Console) -> None:

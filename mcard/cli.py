@@ -38,20 +38,44 @@ def errors_to_exit() -> Iterator[None]:
 
 @app.command()
 def validate(
-    path: Path = typer.Argument(..., help="A variant folder or a single model file."),
+    path: str = typer.Argument(..., help="A variant folder or model file, or a Hub REPO[:BRANCH] or URL (checked remotely)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (for a Hub repo)."),
+    mirror: Optional[Path] = typer.Option(None, "--mirror", help="Keep the sparse mirror of a Hub repo in this new folder."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Check a variant from its headers and configs: tensors, quant config, sizes, runtimes."""
+    """Check a variant from its headers and configs: tensors, quant config, sizes, runtimes.
+
+    A Hub repo is checked remotely, reading only headers and the small tensors validate needs.
+    """
     from . import _output
     from .validate import inspect
 
     with errors_to_exit():
-        report = inspect(path)
+        if Path(path).exists():
+            if revision is not None or mirror is not None:
+                raise UnusableInput("--revision and --mirror apply to a Hub repo, not a local path", path)
+            report = inspect(path)
+        else:
+            report = _inspect_remote(path, revision, mirror)
     if json_out:
         _output.print_json(report.to_dict())
     else:
         _output.print_report(report)
     raise typer.Exit(0 if report.ok else EXIT_FAILED)
+
+
+def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
+    """``validate REPO[:BRANCH]``: a missing local path that names a Hub repo is validated on the Hub."""
+    from .hub.refs import parse_repo_spec
+    from .hub.remote_validate import inspect_remote
+
+    try:
+        spec = parse_repo_spec(text, revision)
+    except UnusableInput:
+        if revision is not None or mirror is not None:
+            raise
+        raise UnusableInput("no such file or folder (nor a Hub REPO[:BRANCH])", text) from None
+    return inspect_remote(spec, mirror=mirror)
 
 
 @app.command()

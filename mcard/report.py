@@ -77,6 +77,8 @@ class Report:
     predicted_bytes: int | None = None
     # Sub-reports, e.g. one per GGUF file of a folder holding many quant files.
     parts: list["Report"] = field(default_factory=list)
+    # Set by ``validate REPO`` (mcard.hub.remote_validate): repo, revision, commit, bytes_read, requests...
+    remote: dict[str, Any] | None = None
 
     # -- building -----------------------------------------------------------
     def add(self, severity: Severity, code: str, file: str, where: str, message: str) -> None:
@@ -122,4 +124,5 @@ class Report:
             "actual_bytes": self.actual_bytes,
             "predicted_bytes": self.predicted_bytes,
             "parts": [p.to_dict() for p in self.parts],
+            **({"remote": self.remote} if self.remote is not None else {}),
         }

@@ -46,6 +46,9 @@ from ._bnb_quant import (
 )
 
 NAME = "bnb"
+# Tensors whose values `check` reads (code books, quant_state JSON); `validate REPO` fetches only these.
+VALIDATE_READS = ("." + SUFFIX_QUANT_MAP, "." + SUFFIX_NESTED_QUANT_MAP,
+                  *("." + SUFFIX_QUANT_STATE + qt for qt in QUANT_TYPES))
 
 TORCH_DTYPES = ("float16", "bfloat16", "float32")
 # A float32 mean printed by float.__repr__ is 17-20 characters; used by

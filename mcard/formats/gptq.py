@@ -27,6 +27,8 @@ from ._packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows
 
 NAME = "gptq"
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".bias")
+# Tensors whose values `check` reads (_gptq_check._per_linear); `validate REPO` fetches only these.
+VALIDATE_READS = (".g_idx", ".qzeros")
 V1, V2 = _gptq_config.V1, _gptq_config.V2
 MARLIN_GROUPS = (-1, 32, 64, 128)  # vLLM gptq_marlin
 MARLIN_BITS = (4, 8)

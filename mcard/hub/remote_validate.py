@@ -1,0 +1,334 @@
+"""``mcard validate REPO[:BRANCH]``: validate a Hub revision from a few byte ranges, before downloading it.
+
+The ordinary validator (:func:`mcard.validate.inspect`) runs unchanged on a
+*sparse local mirror* of the revision, built in a temporary folder (or
+``mirror=DIR`` to keep it):
+
+* small files (configs, ``*.json``, tokenizer files; anything under 10 MB that
+  is not a weights file) are downloaded whole and verified against the listing's
+  hashes (:meth:`HubClient.get_small`);
+* every weights file is created as a sparse file of its exact listed size, and
+  only the byte ranges validate reads are written into it, fetched with
+  ``Range: bytes=a-b`` from ``{endpoint}/{repo}/resolve/{commit}/{path}``:
+
+  - all: the first 64 KiB (1 MiB for ``.gguf``): magic bytes and most headers;
+  - safetensors: ``[8, 8 + n)`` when the JSON header is longer than that, then
+    the tensors whose values the format's ``check`` reads, listed by the format
+    module's ``VALIDATE_READS`` suffixes (GPTQ ``g_idx``/``qzeros``, bnb code
+    books and quant_state JSON), coalesced when less than 64 KiB apart;
+  - GGUF: a prefix doubled from 1 MiB up to 64 MiB until
+    :func:`mcard.formats._gguf_header.read` parses it as a file of its own (its
+    bounded reader raises on any read past the end, so success means the whole
+    header lies in the prefix and parses exactly as in the full file);
+  - legacy GGML: the vocabulary, then each tensor header, hopping over the data
+    (one request per tensor: they interleave with the data);
+  - pickle checkpoints: what :func:`mcard.formats.pickle.scan` reads: the zip's
+    end record and central directory, then the ``data.pkl`` member (or, for a
+    bare pickle, its opcodes up to the first STOP). Never unpickled.
+
+Sizes come from the listing, so a truncated upload fails ``file-size`` remotely.
+Requests run on a pool of 8 threads over one keep-alive client. A server that
+ignores Range (answers 200, as olah does) is handled by reading the body up to
+the bytes needed and closing it: correct, but offsets far into a file then
+stream through (counted in ``bytes_read``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickletools
+import struct
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import McardError, UnusableInput
+from ..report import Report
+from ..safetensors_io import MAX_HEADER_BYTES
+from .env import resolve_env
+from .model import RemoteFile, Revision
+from .refs import RepoSpec, parse_repo_spec
+from .ranges import COALESCE_GAP, HEAD_BYTES, LazyRemoteFile, RangeReader, SparseMirror, coalesce
+from .remote import HubClient
+
+SMALL_WHOLE = 10 * 1000 * 1000  # non-weights files below this are downloaded whole
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".ggml", ".pt", ".pth", ".ckpt", ".pkl", ".pickle",
+                   ".h5", ".msgpack", ".onnx", ".npy", ".npz")
+GGUF_PREFIX_START = 1 << 20
+GGUF_PREFIX_MAX = 64 << 20
+WORKERS = 8
+
+
+def tensors_validate_reads(module: Any, tensors: dict[str, tuple[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """File -> byte ranges of the tensors whose values ``module.check`` reads (``module.VALIDATE_READS``)."""
+    suffixes = tuple(getattr(module, "VALIDATE_READS", ()) or ())
+    out: dict[str, list[tuple[int, int]]] = {}
+    if not suffixes:
+        return out
+    for name, (rel, info) in tensors.items():
+        if name.endswith(suffixes) and 0 <= info.begin <= info.end:
+            out.setdefault(rel, []).append((info.begin, info.end))
+    return out
+
+
+# -- per-kind readers: fetch exactly what the format's reader will read ---------------------------------
+def _safetensors_header(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
+    if len(head) < 8:
+        return
+    (n,) = struct.unpack("<Q", head[:8])
+    if n <= MAX_HEADER_BYTES and 8 + n <= rf.size and 8 + n > len(head):
+        mirror.fetch(rf, len(head), 8 + n)
+
+
+def _gguf_prefix(mirror: SparseMirror, rf: RemoteFile, head: bytes, scratch: Path) -> None:
+    from ..formats import _gguf_header
+
+    data = bytearray(head)
+    fd, name = tempfile.mkstemp(suffix=".gguf", dir=scratch)
+    os.close(fd)
+    probe = Path(name)
+    try:
+        while True:
+            if len(data) >= 8 and (data[:4] != b"GGUF" or struct.unpack("<I", data[4:8])[0] not in (2, 3)):
+                break  # bad magic or version: validate reports it from the bytes already there
+            probe.write_bytes(data)
+            try:
+                _gguf_header.read(probe)  # a bounded reader: parses only if the header fits the prefix
+                break
+            except Exception:  # noqa: BLE001 - the prefix is short, or the header is broken
+                if len(data) >= rf.size:
+                    break  # the whole file is here: validate reports what is wrong with it
+                if len(data) >= GGUF_PREFIX_MAX:
+                    raise UnusableInput(f"GGUF header does not parse within its first {GGUF_PREFIX_MAX >> 20} MiB; "
+                                        "too large to validate remotely (fetch it and validate locally)", rf.path)
+                data += mirror.reader.get(rf, len(data), min(rf.size, 2 * len(data)))
+    finally:
+        probe.unlink(missing_ok=True)
+    mirror.write(rf, 0, bytes(data))
+
+
+def _ggml_headers(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
+    """Walk a legacy GGML file as :func:`mcard.formats.ggml.read` does: vocab, then tensor headers."""
+    from gguf.constants import GGMLQuantizationType
+
+    from ..formats import ggml
+
+    f = LazyRemoteFile(mirror, rf, head)
+    size = rf.size
+
+    def take(n: int) -> bytes:
+        b = f.read(n)
+        if len(b) < n:
+            raise EOFError
+        return b
+
+    try:
+        magic = ggml.MAGICS.get(struct.unpack("<I", take(4))[0])
+        if magic is None:
+            return
+        version = 0 if magic == "ggml" else struct.unpack("<I", take(4))[0]
+        if (magic == "ggmf" and version != 1) or (magic == "ggjt" and version not in (1, 2, 3)):
+            return
+        n_vocab, n_embd, _m, n_head, n_layer, _r, _ft = struct.unpack("<7i", take(28))
+        if not 0 < n_vocab * 4 <= size or n_embd <= 0 or n_layer <= 0 or n_head <= 0:
+            return
+        for _ in range(n_vocab):
+            n = struct.unpack("<I", take(4))[0]
+            if n > 1024:
+                return
+            take(n + (0 if magic == "ggml" else 4))
+        pos = f.tell()
+        while pos < size:
+            f.seek(pos)
+            head12 = f.read(12)
+            if len(head12) < 12:
+                break
+            n_dims, name_len, ttype = struct.unpack("<3i", head12)
+            if not 1 <= n_dims <= 4 or not 0 < name_len <= ggml._MAX_NAME:
+                break
+            rest = f.read(4 * n_dims + name_len)
+            if len(rest) < 4 * n_dims + name_len:
+                break
+            dims = struct.unpack(f"<{n_dims}i", rest[:4 * n_dims])
+            try:
+                tname = GGMLQuantizationType(ttype).name
+            except ValueError:
+                break
+            data = f.tell()
+            if magic == "ggjt":
+                data = -(-data // ggml.ALIGN) * ggml.ALIGN
+            pos = data + ggml._tensor_bytes(tname, int(np.prod(dims)), magic, version)
+    except (EOFError, struct.error, ValueError, KeyError):
+        pass  # validate reports what is wrong from the bytes fetched so far
+    finally:
+        f.to_mirror()
+
+
+def _pickle_parts(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
+    """What :func:`mcard.formats.pickle.scan` reads: zip directory and ``data.pkl``, or a bare pickle's opcodes."""
+    from ..formats import pickle as pickle_fmt
+
+    f = LazyRemoteFile(mirror, rf, head, limit=None)
+    try:
+        if zipfile.is_zipfile(f):
+            with zipfile.ZipFile(f) as zf:
+                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                if pkl is not None and zf.getinfo(pkl).file_size <= pickle_fmt.MAX_PICKLE_BYTES:
+                    zf.read(pkl)
+        else:
+            bare = LazyRemoteFile(mirror, rf, head, limit=pickle_fmt.MAX_PICKLE_BYTES)
+            try:
+                for op, _arg, _pos in pickletools.genops(bare):
+                    if op.name == "STOP":
+                        break
+            except Exception:  # noqa: BLE001 - a truncated or legacy stream: scan says what it sees
+                pass
+            finally:
+                bare.to_mirror()
+    except Exception:  # noqa: BLE001 - a broken zip: scan reports it from the bytes fetched
+        pass
+    finally:
+        f.to_mirror()
+
+
+# -- the driver -------------------------------------------------------------------------------------
+def _is_sparse(rf: RemoteFile) -> bool:
+    return rf.path.endswith(WEIGHT_SUFFIXES) or rf.size >= SMALL_WHOLE
+
+
+def _run(pool: ThreadPoolExecutor, tasks: list[Callable[[], Any]]) -> list[Any]:
+    futures = [pool.submit(t) for t in tasks]
+    return [f.result() for f in futures]
+
+
+def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root: Path, scratch: Path,
+                 reader: RangeReader) -> None:
+    """Write the sparse mirror of ``rev`` under ``root`` (see the module docstring)."""
+    from .. import formats
+    from ..variant import Variant, sniff
+
+    mirror = SparseMirror(root, reader)
+    sparse = [rf for rf in files if _is_sparse(rf)]
+    whole = [rf for rf in files if not _is_sparse(rf)]
+    for rf in files:
+        mirror.create(rf)
+    heads: dict[str, bytes] = {}
+
+    def get_whole(rf: RemoteFile) -> None:
+        data = client.get_small(rev, rf, limit=SMALL_WHOLE)
+        reader.count(len(data), 1)
+        mirror.write(rf, 0, data)
+
+    def get_head(rf: RemoteFile) -> None:
+        heads[rf.path] = mirror.fetch(rf, 0, GGUF_PREFIX_START if rf.path.endswith(".gguf") else HEAD_BYTES)
+
+    with ThreadPoolExecutor(WORKERS, thread_name_prefix="mcard-range") as pool:
+        _run(pool, [lambda rf=rf: get_whole(rf) for rf in whole if rf.size]
+             + [lambda rf=rf: get_head(rf) for rf in sparse if rf.size])
+        tasks: list[Callable[[], Any]] = []
+        for rf in sparse:
+            head = heads.get(rf.path, b"")
+            kind = sniff(mirror.path(rf))
+            if kind == "safetensors":
+                tasks.append(lambda rf=rf, head=head: _safetensors_header(mirror, rf, head))
+            elif kind == "gguf":
+                tasks.append(lambda rf=rf, head=head: _gguf_prefix(mirror, rf, head, scratch))
+            elif kind == "ggml":
+                tasks.append(lambda rf=rf, head=head: _ggml_headers(mirror, rf, head))
+            elif kind == "pickle":
+                tasks.append(lambda rf=rf, head=head: _pickle_parts(mirror, rf, head))
+        _run(pool, tasks)
+
+        # the small tensors the owning format's check reads, by the format module's own list
+        try:
+            variant = Variant.open(root)
+            module = formats.detect(variant)
+            wanted = tensors_validate_reads(module, variant.tensors) if module is not None else {}
+        except McardError:  # an unreadable header or config: validate reports it next
+            return
+        by_path = {rf.path: rf for rf in files}
+        jobs = []
+        for rel, ranges in wanted.items():
+            header, rf = variant.headers[rel], by_path.get(rel)
+            if rf is None:
+                continue
+            # a server that ignores Range streams from byte 0 anyway: then one request per file
+            gap = rf.size if reader.ignored_range else COALESCE_GAP
+            todo = [m for a, b in ranges for m in mirror.missing(rf, header.data_start + a, header.data_start + b)]
+            for a, b in coalesce(todo, gap):
+                if a < rf.size:
+                    jobs.append(lambda rf=rf, a=a, b=b: mirror.fetch(rf, a, b))
+        _run(pool, jobs)
+
+
+@contextlib.contextmanager
+def _mirror_root(mirror: str | Path | None) -> Iterator[Path]:
+    if mirror is None:
+        with tempfile.TemporaryDirectory(prefix="mcard-mirror-") as tmp:
+            yield Path(tmp)
+        return
+    root = Path(mirror)
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise UnusableInput("--mirror must be a new or empty folder", root)
+    root.mkdir(parents=True, exist_ok=True)
+    yield root
+
+
+def _relabel(exc: McardError, root: Path, label: str) -> McardError:
+    """The same error with the mirror's local path replaced by ``repo@commit/file``."""
+    if not exc.path or not exc.path.startswith(str(root)):
+        return exc
+    rel = Path(exc.path).relative_to(root).as_posix()
+    return type(exc)(exc.message, label if rel == "." else f"{label}/{rel}")
+
+
+def inspect_remote(spec: str | RepoSpec, revision: str | None = None, endpoint: str | None = None,
+                   token: str | None = None, mirror: str | Path | None = None) -> Report:
+    """Validate ``REPO[:BRANCH]`` (or a Hub URL) on the Hub from headers and small tensors only.
+
+    Returns the :class:`Report` :func:`mcard.validate.inspect` gives for the
+    downloaded files, with ``path`` = ``repo@commit`` and ``remote`` holding
+    ``repo``, ``revision``, ``kind``, ``commit``, ``bytes_read``, ``requests``,
+    ``total_bytes``, ``range_supported`` and ``mirror`` (when kept). Raises
+    :class:`UnusableInput` for an unknown repo or revision (listing the branches).
+    """
+    from ..validate import inspect
+
+    if isinstance(spec, RepoSpec):
+        spec = parse_repo_spec(spec.repo_id + (f":{spec.revision}" if spec.revision else ""), revision)
+    else:
+        spec = parse_repo_spec(spec, revision)
+    env = resolve_env(endpoint=endpoint, token=token)
+    if env.offline:
+        raise UnusableInput("HF_HUB_OFFLINE is set: validating a Hub repo needs the Hub; "
+                            "validate a downloaded folder instead")
+    with HubClient(env, max_connections=WORKERS) as client:
+        rev = client.resolve(spec)
+        files = client.list_files(rev)
+        if not files:
+            raise UnusableInput(f"{rev}: the revision holds no files")
+        label = f"{rev.repo_id}@{rev.commit}"
+        reader = RangeReader(client, rev)
+        with _mirror_root(mirror) as root, tempfile.TemporaryDirectory(prefix="mcard-probe-") as scratch:
+            try:
+                build_mirror(client, rev, files, root, Path(scratch), reader)
+                report = inspect(root)
+            except McardError as exc:
+                raise _relabel(exc, root, label) from None
+            report.path = label
+            for part in report.parts:
+                with contextlib.suppress(ValueError):
+                    part.path = f"{label}/{Path(part.path).relative_to(root).as_posix()}"
+    report.remote = {
+        "repo": rev.repo_id, "revision": rev.name, "kind": rev.kind, "commit": rev.commit,
+        "endpoint": env.endpoint, "bytes_read": reader.bytes_read, "requests": reader.requests,
+        "total_bytes": sum(rf.size for rf in files), "files": len(files),
+        "range_supported": not reader.ignored_range, "mirror": str(Path(mirror).resolve()) if mirror else None,
+    }
+    return report
