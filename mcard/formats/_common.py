@@ -110,6 +110,16 @@ def rng_normal(rng: np.random.Generator, shape: tuple[int, ...], scale: float = 
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def random_weight(rng: np.random.Generator, name: str, dims: tuple[int, ...]) -> np.ndarray:
+    """What the builders write for a float tensor: ones for norms, small random values otherwise."""
+    return np.ones(dims, np.float32) if "norm" in name else rng_normal(rng, dims)
+
+
+def random_fp_tensors(shape: ModelShape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """fp16 embeddings, norms and lm_head for a quantized checkpoint's builder."""
+    return {name: random_weight(rng, name, dims).astype(np.float16) for name, dims in shape.other_tensors().items()}
+
+
 def write_config(folder: Path, name: str, doc: dict[str, Any]) -> None:
     import json
 

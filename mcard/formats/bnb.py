@@ -350,12 +350,8 @@ def write_variant(folder: str | Path, config: dict[str, Any], quant_type: str = 
     folder = Path(folder)
     shape = ModelShape.from_config(config)
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = {}
-    originals: dict[str, np.ndarray] = {}
-    for name, dims in shape.other_tensors().items():
-        base = np.ones(dims, np.float32) if "norm" in name else _common.rng_normal(rng, dims)
-        tensors[name] = base.astype(np.float16)
-        originals[name] = tensors[name].astype(np.float32)
+    tensors: dict[str, np.ndarray] = _common.random_fp_tensors(shape, rng)
+    originals: dict[str, np.ndarray] = {name: t.astype(np.float32) for name, t in tensors.items()}
     for lin in shape.linears():
         w = _common.rng_normal(rng, (lin.out_features, lin.in_features)).astype(np.float16).astype(np.float32)
         bias = _common.rng_normal(rng, (lin.out_features,)).astype(np.float16) if lin.bias else None

@@ -276,10 +276,7 @@ def write_variant(
     folder = Path(folder)
     shape = ModelShape.from_config(config)
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = {}
-    for name, (_d, dims) in _common.fp_tensors(shape, "F16").items():
-        base = np.ones(dims, np.float32) if "norm" in name else _common.rng_normal(rng, dims)
-        tensors[name] = base.astype(np.float16)
+    tensors: dict[str, np.ndarray] = _common.random_fp_tensors(shape, rng)
     out: dict[str, np.ndarray] = {}
     for lin in shape.linears():
         w = _common.rng_normal(rng, (lin.out_features, lin.in_features))

@@ -85,8 +85,7 @@ def write_variant(folder: str | Path, config: dict[str, Any], seed: int = 0, dty
     np_dtype = {"F16": np.float16, "F32": np.float32}[dtype]
     tensors: dict[str, np.ndarray] = {}
     for name, (_d, dims) in expected_tensors(shape, dtype).items():
-        base = np.ones(dims, np.float32) if "norm" in name else _common.rng_normal(rng, dims)
-        tensors[name] = base.astype(np_dtype)
+        tensors[name] = _common.random_weight(rng, name, dims).astype(np_dtype)
     cfg = dict(config, torch_dtype={"F16": "float16", "F32": "float32"}[dtype])
     _common.write_config(folder, "config.json", cfg)
     from ..safetensors_io import write
