@@ -14,16 +14,15 @@ footnote).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import UnusableInput
 from .evals import EvalEntry, format_value
 from .registry import Entry, RegistryVariant, load_entry
+from .card_rows import Row, build_rows, exllama_cell, gb_text
 from .report import Runtime
 
-WEIGHT_KINDS = ("safetensors", "gguf", "ggml", "pickle")
 FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "awq": "awq.md.j2", "bnb": "bnb.md.j2", "gguf": "gguf.md.j2",
                     "lora": "lora.md.j2", "base": "base.md.j2"}
 FAMILY_TAGS = {"gptq": ["gptq"], "awq": ["awq"], "bnb": ["bitsandbytes", "4-bit"], "gguf": [],
@@ -51,169 +50,6 @@ def templates_dir() -> Path:
         if (candidate / "_header.md.j2").is_file():
             return candidate
     raise UnusableInput("card templates not found (expected templates/ next to the mcard package)")
-
-
-# -- sizes and compatibility ------------------------------------------------------
-
-
-@dataclass
-class Row:
-    """One provided-files row: a variant with its size, where the size came from, and runtimes."""
-
-    variant: RegistryVariant
-    size: int | None = None
-    size_source: str = "unknown"  # measured, published, predicted, unknown
-    ram: int | None = None
-    runtimes: list[Runtime] | None = None
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def predicted(self) -> bool:
-        return self.size_source == "predicted"
-
-
-SIZE_UNITS = {"GB": 1e9, "MB": 1e6}
-
-
-def gb_text(n: int | None, predicted: bool = False) -> str:
-    """A size as cards show it: decimal GB with 2 decimals, or MB below 0.1 GB (tiny models)."""
-    if n is None:
-        return "-"
-    unit = "GB" if n >= 1e8 else "MB"
-    return f"{n / SIZE_UNITS[unit]:.2f} {unit}" + ("*" if predicted else "")
-
-
-def _format_module(fmt: str) -> Any | None:
-    from . import formats
-
-    try:
-        return formats.get(fmt)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith(f"formats.{fmt}"):
-            return None
-        raise
-
-
-def rule_runtimes(v: RegistryVariant) -> list[Runtime] | None:
-    """Compatibility from the format module's published rules (None when it has no rules)."""
-    name = {"gptq": "gptq", "awq": "awq", "nf4": "bnb", "fp4": "bnb"}.get(v.format)
-    module = _format_module(name) if name else None
-    if module is None or not hasattr(module, "runtimes"):
-        return None
-    if name == "gptq":
-        return list(module.runtimes(
-            bits=v.bits, group_size=v.group_size, sym=v.sym, desc_act=v.desc_act, checkpoint_format=v.checkpoint_format
-        ))
-    if name == "awq":
-        return list(module.runtimes(bits=v.bits, group_size=v.group_size, version=v.version or module.GEMM,
-                                    zero_point=v.zero_point))
-    return list(module.runtimes(quant_type=v.format, double_quant=v.double_quant))
-
-
-def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
-    """Predicted (size, ram) bytes, or (None, None) when no architecture or no predictor."""
-    from . import formats
-    from .size import RAM_OVERHEAD_BYTES, predict_size
-
-    if entry.architecture is None or formats.for_size(v.format) is None:
-        return None, None
-    if v.format == "lora" and v.r is None:  # no rank, no size
-        return None, None
-    est = predict_size(entry.architecture, v.format, **v.size_params())
-    ram = est.ram_bytes
-    if ram is None and v.family == "gguf":
-        ram = est.total_bytes + RAM_OVERHEAD_BYTES
-    return est.total_bytes, ram
-
-
-def expected_size(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None, str]:
-    """What the registry says a variant's (size, ram) is: recorded, else predicted."""
-    from .size import RAM_OVERHEAD_BYTES
-
-    if v.size is not None:
-        ram = v.ram if v.ram is not None else (v.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
-        return v.size, ram, "published"
-    size, ram = predict(entry, v)
-    if size is None:
-        return None, None, "unknown"
-    if v.ram is not None:
-        ram = v.ram
-    return size, ram, "predicted"
-
-
-def measure(path: Path) -> tuple[int, list[Runtime]]:
-    from .validate import inspect
-
-    report = inspect(path)
-    size = sum(f.size for f in report.files if f.kind in WEIGHT_KINDS)
-    runtimes = list(report.runtimes)
-    for part in report.parts:
-        runtimes.extend(part.runtimes)
-    return size, runtimes
-
-
-def _check_variant_paths(entry: Entry, variant_paths: dict[str, Path] | None) -> dict[str, Path]:
-    """``variant_paths`` as Paths; every key must name a variant and every path exist."""
-    if not variant_paths:
-        return {}
-    keys = [v.key for v in entry.variants]
-    out = {}
-    for key, value in variant_paths.items():
-        if key not in keys:
-            import difflib
-
-            close = difflib.get_close_matches(key, keys, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else f" (variants: {', '.join(keys)})"
-            raise UnusableInput(f"variant_paths: no variant {key!r} in {entry.path.name}{hint}")
-        path = Path(value)
-        if not path.exists():
-            raise UnusableInput(f"no such file or folder for variant {key!r} of {entry.path.name}", path)
-        out[key] = path
-    return out
-
-
-def build_rows(entry: Entry, variants_dir: Path | None = None,
-               variant_paths: dict[str, Path] | None = None) -> list[Row]:
-    """One row per variant. A variant is measured from ``variant_paths[key]`` when given, else from
-    ``variants_dir/key`` when ``variants_dir`` is given (then every other variant must be there),
-    else sized as recorded or predicted."""
-    from .size import RAM_OVERHEAD_BYTES
-
-    paths = _check_variant_paths(entry, variant_paths)
-    rows = []
-    for v in entry.variants:
-        row = Row(v)
-        path = paths.get(v.key)
-        if path is None and variants_dir is not None:
-            path = variants_dir / v.key
-            if not path.exists():
-                raise UnusableInput(f"no {v.key!r} in it for variant {v.key!r} of {entry.path.name}", variants_dir)
-        if path is not None:
-            row.size, measured_runtimes = measure(path)
-            row.size_source = "measured"
-            row.ram = v.ram if v.ram is not None else (row.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
-            row.runtimes = measured_runtimes or rule_runtimes(v)
-        else:
-            row.size, row.ram, row.size_source = expected_size(entry, v)
-            row.runtimes = rule_runtimes(v)
-        rows.append(row)
-    if entry.family == "gguf":  # sorted by size, unknown sizes last, then by name
-        rows.sort(key=lambda r: (r.size is None, r.size or 0, r.variant.key))
-    return rows
-
-
-def exllama_cell(runtimes: list[Runtime] | None) -> str:
-    """``True``/``False`` from the runtimes named like ExLlama; which ones when they disagree."""
-    if runtimes is None:
-        return "?"
-    ex = [r for r in runtimes if "exllama" in r.name.lower()]
-    if not ex:
-        return "?"
-    if all(r.compatible for r in ex):
-        return "True"
-    if not any(r.compatible for r in ex):
-        return "False"
-    return ", ".join(r.name for r in ex if r.compatible) + " only"
 
 
 # -- chat template from a tokenizer_config.json ----------------------------------------

@@ -11,7 +11,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .card import SIZE_UNITS, TABLE_COLUMNS, eval_result, expected_size, gb_text
+from .card import TABLE_COLUMNS, eval_result
+from .card_rows import SIZE_UNITS, expected_size, gb_text
 from .errors import UnusableInput
 from .evals import format_value
 from .registry import Entry, load_entry

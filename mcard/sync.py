@@ -174,7 +174,7 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
 
 
 def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store") -> VariantRecord:
-    from .card import predict
+    from .card_rows import predict
 
     started = time.monotonic()
     record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from mcard.arch import tiny_config
-from mcard.card import gb_text, render_card
+from mcard.card import render_card
+from mcard.card_rows import gb_text
 from mcard.card_check import check_card, markdown_tables
 from mcard.errors import UnusableInput
 
@@ -131,7 +132,7 @@ def test_ggml_table_reproduces_the_seed_sorted_by_size(rendered: dict[str, str])
 @pytest.mark.parametrize(("entry", "module"), [("llama-2-13b-chat-gptq", "gptq"), ("guanaco-7b-ggml", "ggml")])
 def test_predictions_agree_with_published_sizes(entry: str, module: str) -> None:
     needs(module, "predict_size")
-    from mcard.card import predict
+    from mcard.card_rows import predict
     from mcard.registry import load_entry
 
     e = load_entry(REGISTRY / f"{entry}.toml")
@@ -402,7 +403,7 @@ zero_point = false
 
 
 def _entry_rows(path: Path, **kwargs):
-    from mcard.card import build_rows
+    from mcard.card_rows import build_rows
     from mcard.registry import load_entry
 
     entry = load_entry(path)

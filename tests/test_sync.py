@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mcard import demo
-from mcard.card import gb_text
+from mcard.card_rows import gb_text
 from mcard.card_check import check_card, markdown_tables
 from mcard.sync import FAILED, PASSED, SKIPPED, SyncOptions, plan_jobs, sync
 from mcard.testing.hubserver import OlahServer, free_port
