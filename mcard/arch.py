@@ -40,6 +40,24 @@ class Linear:
     bias: bool = False
 
 
+# Bounds on config.json dimensions: far beyond any released model, small enough that
+# the per-layer tensor lists and size arithmetic stay bounded for a hostile config.
+MAX_LAYERS = 1024
+MAX_DIM = 2**31 - 1
+
+
+def _dim(cfg: dict[str, Any], key: str, source: str | Path, limit: int = MAX_DIM) -> int:
+    """A positive integer dimension of config.json (an integral float such as 4096.0 is accepted)."""
+    value = cfg.get(key)
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UnusableInput(f"config {key} {value!r} is not an integer", source)
+    if not 0 < value <= limit:
+        raise UnusableInput(f"config {key} {value} is out of range (1..{limit})", source)
+    return value
+
+
 @dataclass(frozen=True)
 class ModelShape:
     model_type: str
@@ -62,26 +80,27 @@ class ModelShape:
                 f"model_type {model_type!r} is not supported (known: {', '.join(sorted(FAMILIES))})", source
             )
         bias_default, tie_default, extra = FAMILIES[model_type]
-        try:
-            hidden = int(cfg["hidden_size"])
-            heads = int(cfg["num_attention_heads"])
-            shape = cls(
-                model_type=model_type,
-                hidden_size=hidden,
-                intermediate_size=int(cfg["intermediate_size"]),
-                num_layers=int(cfg["num_hidden_layers"]),
-                num_heads=heads,
-                num_kv_heads=int(cfg.get("num_key_value_heads") or heads),
-                head_dim=int(cfg.get("head_dim") or hidden // heads),
-                vocab_size=int(cfg["vocab_size"]),
-                tie_word_embeddings=bool(cfg.get("tie_word_embeddings", tie_default)),
-                attention_bias=bool(cfg.get("attention_bias", bias_default)),
-                extra_norms=extra,
-            )
-        except KeyError as exc:
-            raise UnusableInput(f"config has no {exc.args[0]!r}", source) from None
-        except (TypeError, ValueError) as exc:
-            raise UnusableInput(f"config has a non-integer dimension: {exc}", source) from None
+        for key in ("hidden_size", "num_attention_heads", "intermediate_size", "num_hidden_layers", "vocab_size"):
+            if key not in cfg:
+                raise UnusableInput(f"config has no {key!r}", source)
+        hidden = _dim(cfg, "hidden_size", source)
+        heads = _dim(cfg, "num_attention_heads", source)
+        head_dim = _dim(cfg, "head_dim", source) if cfg.get("head_dim") else hidden // heads
+        if head_dim <= 0:
+            raise UnusableInput(f"config hidden_size {hidden} / num_attention_heads {heads} gives no head_dim", source)
+        shape = cls(
+            model_type=model_type,
+            hidden_size=hidden,
+            intermediate_size=_dim(cfg, "intermediate_size", source),
+            num_layers=_dim(cfg, "num_hidden_layers", source, MAX_LAYERS),
+            num_heads=heads,
+            num_kv_heads=_dim(cfg, "num_key_value_heads", source) if cfg.get("num_key_value_heads") else heads,
+            head_dim=head_dim,
+            vocab_size=_dim(cfg, "vocab_size", source),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", tie_default)),
+            attention_bias=bool(cfg.get("attention_bias", bias_default)),
+            extra_norms=extra,
+        )
         return shape
 
     @classmethod

@@ -43,6 +43,8 @@ def parse_json_bytes(data: bytes, path: str | Path) -> Any:
         raise UnusableInput(f"malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}", path) from None
     except ValueError as exc:
         raise UnusableInput(f"malformed JSON: {exc}", path) from None
+    except RecursionError:
+        raise UnusableInput("malformed JSON: nested too deeply", path) from None
 
 
 def load_json(path: str | Path) -> Any:

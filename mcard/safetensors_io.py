@@ -103,6 +103,8 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         raise UnusableInput("safetensors header is not UTF-8", path) from None
     except ValueError as exc:
         raise UnusableInput(f"safetensors header is not valid JSON: {exc}", path) from None
+    except RecursionError:
+        raise UnusableInput("safetensors header is not valid JSON: nested too deeply", path) from None
     if not isinstance(doc, dict):
         raise UnusableInput("safetensors header is not a JSON object", path)
 
@@ -111,19 +113,54 @@ def read_header(path: str | Path) -> SafetensorsHeader:
         raise UnusableInput("safetensors __metadata__ is not an object", path)
     tensors: dict[str, TensorInfo] = {}
     for name, entry in doc.items():
-        try:
-            dtype = str(entry["dtype"])
-            shape = tuple(int(d) for d in entry["shape"])
-            begin, end = (int(x) for x in entry["data_offsets"])
-        except (KeyError, TypeError, ValueError):
-            raise UnusableInput(f"tensor {name!r} has a malformed header entry", path) from None
+        if not isinstance(entry, dict):
+            raise UnusableInput(f"tensor {name!r} has a malformed header entry (not an object)", path)
+        dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+        if not isinstance(dtype, str):
+            raise UnusableInput(f"tensor {name!r} has a malformed header entry (dtype {_short(dtype)})", path)
+        if not isinstance(shape, list) or not all(_is_int(d) for d in shape):
+            raise UnusableInput(f"tensor {name!r} has a malformed header entry (shape {_short(shape)})", path)
+        if not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(x) for x in offsets):
+            raise UnusableInput(f"tensor {name!r} has a malformed header entry (data_offsets {_short(offsets)})", path)
+        shape = tuple(shape)
+        begin, end = offsets
         if any(d < 0 for d in shape):
-            raise UnusableInput(f"tensor {name!r} has a negative dimension {shape}", path)
+            raise UnusableInput(f"tensor {name!r} has a negative dimension {_short(list(shape))}", path)
+        if begin < 0 or end < 0 or max(begin, end, *shape, 0) > _MAX_OFFSET:
+            raise UnusableInput(f"tensor {name!r} has an out-of-range shape or data_offsets", path)
+        if _count(shape) > _MAX_OFFSET:
+            raise UnusableInput(f"tensor {name!r} shape {_short(list(shape))} has more elements than any file can hold", path)
         tensors[name] = TensorInfo(name, dtype, shape, begin, end)
 
     header = SafetensorsHeader(path, file_size, n, tensors, {str(k): str(v) for k, v in metadata.items()})
     _check_layout(header)
     return header
+
+
+# Offsets and element counts are u64/usize in the reference implementation; anything past
+# 2**53 cannot be a real file and would only overflow downstream arithmetic.
+_MAX_OFFSET = 2**53
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _count(shape: tuple[int, ...]) -> int:
+    """prod(shape), stopping early once it is past any real file (a header may list many huge dims)."""
+    if 0 in shape:
+        return 0
+    n = 1
+    for d in shape:
+        n *= d
+        if n > _MAX_OFFSET:
+            return n
+    return n
+
+
+def _short(x: Any) -> str:
+    text = repr(x)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _check_layout(h: SafetensorsHeader) -> None:

@@ -46,7 +46,7 @@ def _linears(variant: Variant, shape: ModelShape | None) -> list[_Lin]:
 def _implied(variant: Variant, lin: _Lin) -> tuple[int, int] | None:
     """(bits, group size) the headers of one linear imply, or None when they do not say."""
     qw, qz, sc = (variant.tensors.get(lin.name + s) for s in (".qweight", ".qzeros", ".scales"))
-    if not (qw and sc) or len(qw[1].shape) != 2 or len(sc[1].shape) != 2:
+    if not (qw and sc) or len(qw[1].shape) != 2 or len(sc[1].shape) != 2 or lin.k <= 0 or lin.n <= 0:
         return None
     rows, groups = qw[1].shape[0], sc[1].shape[0]
     bits = rows * 32 // lin.k if rows * 32 % lin.k == 0 else None

@@ -150,12 +150,34 @@ def quantized_linears(variant: Variant) -> list[str]:
 
 
 def load_linear(variant: Variant, name: str) -> AwqLinear:
+    """Read one linear. Raises :class:`UnusableInput` when config or shapes cannot describe an AWQ linear."""
     params, _src, _f = read_quant_config(variant)
     version = str(params.get("version", GEMM))
+    group_size = params.get("group_size", 128)
+    if version not in VERSIONS or isinstance(group_size, bool) or not isinstance(group_size, int) or (
+            group_size != -1 and group_size <= 0):
+        raise UnusableInput(f"cannot dequantize {name}: version {version!r} / group_size {group_size!r} "
+                            "are not usable", variant.path)
     qweight, qzeros, scales = (_common.require(variant, name + s) for s in (".qweight", ".qzeros", ".scales"))
+    if qweight.ndim != 2 or 0 in qweight.shape:
+        raise UnusableInput(f"cannot dequantize {name}: qweight {list(qweight.shape)} is not a packed 2-D tensor",
+                            variant.path)
     k, n = (qweight.shape[0], qweight.shape[1] * PACK) if version == GEMM else (qweight.shape[1] * PACK, qweight.shape[0])
     bias = variant.read(name + ".bias") if variant.has(name + ".bias") else None
-    return AwqLinear(name, k, n, BITS, int(params.get("group_size", 128)), version, qweight, qzeros, scales, bias)
+    if group_size != -1 and k % group_size:
+        raise UnusableInput(f"cannot dequantize {name}: {k} inputs are not whole groups of {group_size}", variant.path)
+    try:
+        want = tensor_shapes(k, n, group_size, version)
+    except ValueError as exc:
+        raise UnusableInput(f"cannot dequantize {name}: {exc}", variant.path) from None
+    have = {".qweight": qweight.shape, ".qzeros": qzeros.shape, ".scales": scales.shape}
+    if bias is not None:
+        have[".bias"] = bias.shape
+    bad = [f"{s} {list(have[s])} (expected {list(want[s])})" for s in have if tuple(have[s]) != want[s]]
+    if bad:
+        raise UnusableInput(f"cannot dequantize {name} ({version}, group_size {group_size}): "
+                            f"inconsistent shapes: {', '.join(bad)}", variant.path)
+    return AwqLinear(name, k, n, BITS, group_size, version, qweight, qzeros, scales, bias)
 
 
 # -- quantization ---------------------------------------------------------------------

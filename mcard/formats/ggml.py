@@ -15,15 +15,16 @@ stored their scales as fp16. v3 blocks equal GGUF's; earlier versions use :data:
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..arch import ModelShape
+from ..arch import MAX_LAYERS, ModelShape
 from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
@@ -92,7 +93,8 @@ def read(path: str | Path) -> GgmlFile:
             raise UnusableInput(f"{magic} version {version} is unknown", path)
         keys = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
         hp = dict(zip(keys, struct.unpack("<7i", take(28, "hparams"))))
-        if not 0 < hp["n_vocab"] * 4 <= size or hp["n_embd"] <= 0 or hp["n_layer"] <= 0 or hp["n_head"] <= 0:
+        if (not 0 < hp["n_vocab"] * 4 <= size or hp["n_embd"] <= 0 or not 0 < hp["n_layer"] <= MAX_LAYERS
+                or hp["n_head"] <= 0 or hp["n_mult"] <= 0):
             raise UnusableInput(f"implausible GGML hparams {hp}", path)
         for i in range(hp["n_vocab"]):
             n = struct.unpack("<I", take(4, f"vocab (token {i})"))[0]
@@ -115,6 +117,8 @@ def read(path: str | Path) -> GgmlFile:
                 break
             dims = struct.unpack(f"<{n_dims}i", rest[: 4 * n_dims])
             name = rest[4 * n_dims:].decode("utf-8", errors="replace")
+            if any(d <= 0 for d in dims):
+                raise UnusableInput(f"GGML tensor {name!r} at offset {pos} has dims {list(dims)}", path)
             try:
                 tname = GGMLQuantizationType(ttype).name
             except ValueError:
@@ -122,7 +126,7 @@ def read(path: str | Path) -> GgmlFile:
             data = fh.tell()
             if magic == "ggjt":
                 data = -(-data // ALIGN) * ALIGN
-            nbytes = _tensor_bytes(tname, int(np.prod(dims)), magic, version)
+            nbytes = _tensor_bytes(tname, math.prod(dims), magic, version)
             g.tensors.append(GgmlTensor(name, tname, tuple(dims), data, nbytes))
             pos = data + nbytes
             if pos > size:
@@ -301,9 +305,13 @@ def dequantize(variant: Variant, name: str) -> np.ndarray:
         raise UnusableInput(f"no tensor {name!r} in this GGML file", variant.path)
     if g.magic != "ggjt" or g.version != 3 or t.offset + t.nbytes > g.file_size:
         raise UnusableInput(f"cannot dequantize {name}: only complete ggjt v3 files are decoded", variant.path)
+    block, block_bytes = GGML_QUANT_SIZES[GGMLQuantizationType[t.type]]
+    if t.shape[0] % block:
+        raise UnusableInput(f"cannot dequantize {name}: rows of {t.shape[0]} are not whole {t.type} blocks of {block}",
+                            variant.path)
     with open(g.path, "rb") as fh:
         fh.seek(t.offset)
-        raw = np.frombuffer(fh.read(t.nbytes), np.uint8).reshape(-1, t.nbytes // max(1, int(np.prod(t.shape)) // t.shape[0]))
+        raw = np.frombuffer(fh.read(t.nbytes), np.uint8).reshape(-1, t.shape[0] // block * block_bytes)
     return np.asarray(quants.dequantize(raw, GGMLQuantizationType[t.type]), np.float32).reshape(-1, t.shape[0])
 
 

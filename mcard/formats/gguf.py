@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 from gguf import GGUFWriter, quants
-from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
 from ..arch import ModelShape
 from ..errors import UnusableInput
@@ -47,6 +47,9 @@ def load_tensor(path: str | Path, name: str) -> tuple[str, np.ndarray, tuple[int
     t = g.tensor(name)
     if t.offset + t.nbytes > g.file_size:
         raise UnusableInput(f"tensor {name!r} runs past the end of the file (truncated?)", path)
+    block = GGML_QUANT_SIZES[GGMLQuantizationType[t.type]][0]
+    if t.rows <= 0 or t.cols <= 0 or t.cols % block:
+        raise UnusableInput(f"tensor {name!r} of type {t.type} with dims {list(t.shape)} cannot be decoded", path)
     with open(path, "rb") as fh:
         fh.seek(t.offset)
         raw = np.frombuffer(fh.read(t.nbytes), np.uint8)
@@ -174,21 +177,23 @@ def shape_from_kv(g: GgufFile) -> ModelShape | None:
     if arch not in ("llama", "mistral", "qwen2"):
         return None
     kv = g.kv
-    try:
-        heads = int(kv[f"{arch}.attention.head_count"])
-        hidden = int(kv[f"{arch}.embedding_length"])
-        tokens = kv.get("tokenizer.ggml.tokens")
-        vocab = kv.get(f"{arch}.vocab_size") or (tokens[1] if isinstance(tokens, tuple) else len(tokens or []))
-        key_len = kv.get(f"{arch}.attention.key_length")
-        return ModelShape(
-            model_type="llama" if arch == "mistral" else arch, hidden_size=hidden,
-            intermediate_size=int(kv[f"{arch}.feed_forward_length"]), num_layers=int(kv[f"{arch}.block_count"]),
-            num_heads=heads, num_kv_heads=int(kv.get(f"{arch}.attention.head_count_kv") or heads),
-            head_dim=int(key_len or hidden // heads), vocab_size=int(vocab),
-            tie_word_embeddings=not any(t.name == "output.weight" for t in g.tensors),
-            attention_bias=arch == "qwen2",
-        )
-    except (KeyError, TypeError, ValueError):
+    tokens = kv.get("tokenizer.ggml.tokens")
+    cfg = {
+        "model_type": "llama" if arch == "mistral" else arch,
+        "hidden_size": kv.get(f"{arch}.embedding_length"),
+        "intermediate_size": kv.get(f"{arch}.feed_forward_length"),
+        "num_hidden_layers": kv.get(f"{arch}.block_count"),
+        "num_attention_heads": kv.get(f"{arch}.attention.head_count"),
+        "num_key_value_heads": kv.get(f"{arch}.attention.head_count_kv"),
+        "head_dim": kv.get(f"{arch}.attention.key_length"),
+        "vocab_size": kv.get(f"{arch}.vocab_size") or (
+            tokens[1] if isinstance(tokens, tuple) else len(tokens) if isinstance(tokens, list) else None),
+        "tie_word_embeddings": not any(t.name == "output.weight" for t in g.tensors),
+        "attention_bias": arch == "qwen2",
+    }
+    try:  # the same bounds as config.json: positive integers, a plausible layer count
+        return ModelShape.from_config(cfg, g.path)
+    except UnusableInput:
         return None
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..arch import ModelShape
+from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import SizeEstimate
 from ..variant import Variant
@@ -93,19 +94,43 @@ def quantized_linears(variant: Variant) -> list[str]:
 
 
 def load_linear(variant: Variant, name: str) -> GptqLinear:
-    """Read one linear's tensors and its parameters (config first, tensors where it is silent)."""
+    """Read one linear's tensors and its parameters (config first, tensors where it is silent).
+
+    Raises :class:`UnusableInput` when the config or the tensors' shapes cannot describe a GPTQ linear.
+    """
     params, _src, _f = read_quant_config(variant)
     qweight = _common.require(variant, f"{name}.qweight")
     qzeros = _common.require(variant, f"{name}.qzeros")
     scales = _common.require(variant, f"{name}.scales")
+    if qweight.ndim != 2 or qzeros.ndim != 2 or scales.ndim != 2 or 0 in scales.shape:
+        raise UnusableInput(
+            f"cannot dequantize {name}: qweight {list(qweight.shape)}, qzeros {list(qzeros.shape)} and scales "
+            f"{list(scales.shape)} are not a GPTQ linear's 2-D tensors", variant.path)
     n = int(scales.shape[1])
-    bits = int(params.get("bits") or qzeros.shape[1] * 32 // n)
+    bits = params.get("bits") or qzeros.shape[1] * 32 // n
+    group_size = params.get("group_size", -1)
+    if not _gptq_config.params_ok({"bits": bits, "group_size": group_size}):
+        raise UnusableInput(f"cannot dequantize {name}: bits {bits!r} / group_size {group_size!r} are not usable",
+                            variant.path)
     k = qweight.shape[0] * 32 // bits
-    group_size = int(params.get("group_size", -1))
     g_idx = variant.read(f"{name}.g_idx") if variant.has(f"{name}.g_idx") else None
+    if k == 0 or k * bits % 32 or n * bits % 32:
+        raise UnusableInput(f"cannot dequantize {name}: qweight {list(qweight.shape)} and scales "
+                            f"{list(scales.shape)} are not whole {bits}-bit words", variant.path)
     if g_idx is None:
         g_idx = (np.arange(k) // groups_of(k, group_size)[0]).astype(np.int32)
     bias = variant.read(f"{name}.bias") if variant.has(f"{name}.bias") else None
+    want = tensor_shapes(k, n, bits, group_size)
+    have = {".qweight": qweight.shape, ".qzeros": qzeros.shape, ".scales": scales.shape, ".g_idx": g_idx.shape}
+    if bias is not None:
+        have[".bias"] = bias.shape
+    bad = [f"{s} {list(have[s])} (expected {list(want[s])})" for s in have if tuple(have[s]) != want[s]]
+    if bad:
+        raise UnusableInput(f"cannot dequantize {name} at {bits} bits, group_size {group_size}: "
+                            f"inconsistent shapes: {', '.join(bad)}", variant.path)
+    groups = want[".scales"][0]
+    if g_idx.size and (g_idx.min() < 0 or g_idx.max() >= groups):
+        raise UnusableInput(f"cannot dequantize {name}: g_idx values outside [0, {groups})", variant.path)
     return GptqLinear(
         name, k, n, bits, group_size, bool(params.get("sym", True)), bool(params.get("desc_act", False)),
         str(params.get("checkpoint_format", V1)), qweight, qzeros, scales, g_idx.astype(np.int32), bias,

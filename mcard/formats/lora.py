@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import ModelShape
+from ..arch import MAX_LAYERS, ModelShape
 from ..errors import UnusableInput
-from ..report import Report, Runtime
+from ..report import Report, Runtime, Severity
+from ..safetensors_io import DTYPE_BYTES
 from ..size import SizeEstimate
 from ..variant import Variant
 from . import _common
@@ -92,6 +93,10 @@ def scaling_of(cfg: dict[str, Any], module: str) -> float:
     return alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
 
 
+def _is_index(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 def _check_config(cfg: dict[str, Any], report: Report) -> bool:
     """Field checks; returns False when the rest cannot be checked."""
     def bad(where: str, message: str) -> None:
@@ -124,9 +129,14 @@ def _check_config(cfg: dict[str, Any], report: Report) -> bool:
         if not isinstance(pat, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in pat.values()):
             bad(key, f"{key} must map module patterns to positive numbers")
             ok = False
+    ltt = cfg.get("layers_to_transform")
+    if ltt is not None and not (_is_index(ltt) or (isinstance(ltt, list) and all(_is_index(x) for x in ltt))):
+        bad("layers_to_transform", f"layers_to_transform {ltt!r} is neither a layer index nor a list of them")
+        ok = False
     mts = cfg.get("modules_to_save")
     if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str) for m in mts)):
         bad("modules_to_save", "modules_to_save must be a list of module names")
+        ok = False
     if not isinstance(cfg.get("base_model_name_or_path"), str) or not cfg.get("base_model_name_or_path"):
         report.warning("no-base-model", CONFIG_NAME, "base_model_name_or_path", "no base model named: users cannot tell what to load it on")
     return ok
@@ -158,18 +168,32 @@ def _module_name(name: str) -> str:
 def dequantize(variant: Variant, name: str) -> np.ndarray:
     """The float32 delta weight ``scaling * B @ A`` [out, in] of one adapted module."""
     cfg = _adapter_config(variant) or {}
+    scratch = Report(path="")
+    if cfg and not _check_config(cfg, scratch):
+        first = next(f for f in scratch.findings if f.severity is Severity.ERROR)
+        raise UnusableInput(f"cannot dequantize {name}: {CONFIG_NAME} {first.where}: {first.message}", variant.path)
     module = _module_name(name)
     a_name, b_name = PREFIX + module + A_SUFFIX, PREFIX + module + B_SUFFIX
     if not variant.has(a_name):  # embedding LoRA: delta of [vocab, hidden] = (B @ A).T
         a_name, b_name = PREFIX + module + EMB_A_SUFFIX, PREFIX + module + EMB_B_SUFFIX
         if not variant.has(a_name):
             raise UnusableInput(f"no LoRA weights for module {module!r}", variant.path)
-        delta = (variant.read(b_name).astype(np.float32) @ variant.read(a_name).astype(np.float32)).T
+        b, a = _lora_pair(variant, module, b_name, a_name)
+        delta = (b @ a).T
         return (np.float32(scaling_of(cfg, module)) * delta).astype(np.float32)
-    a = _common.require(variant, a_name).astype(np.float32)
-    b = _common.require(variant, b_name).astype(np.float32)
+    b, a = _lora_pair(variant, module, b_name, a_name)
     delta = np.float32(scaling_of(cfg, module)) * (b @ a)
     return (delta.T if cfg.get("fan_in_fan_out") else delta).astype(np.float32)
+
+
+def _lora_pair(variant: Variant, module: str, b_name: str, a_name: str) -> tuple[np.ndarray, np.ndarray]:
+    """B and A as float32, checked to multiply (2-D, B's columns = A's rows)."""
+    b = _common.require(variant, b_name).astype(np.float32)
+    a = _common.require(variant, a_name).astype(np.float32)
+    if a.ndim != 2 or b.ndim != 2 or b.shape[1] != a.shape[0]:
+        raise UnusableInput(f"cannot dequantize {module}: lora B {list(b.shape)} and A {list(a.shape)} "
+                            "do not multiply", variant.path)
+    return b, a
 
 
 def _base_shape(variant: Variant, report: Report) -> tuple[ModelShape | None, str | None]:
@@ -200,6 +224,8 @@ def check(variant: Variant, report: Report) -> None:
         return
     shape, base_name = _base_shape(variant, report)
     dtype = next((info.dtype for name, (_r, info) in variant.tensors.items() if name.endswith(A_SUFFIX)), "F32")
+    if dtype not in DTYPE_BYTES:  # already a bad-offsets error; size the rest as F32
+        dtype = "F32"
     expected: _common.Expected = {}
     tm = cfg.get("target_modules")
     layers = cfg.get("layers_to_transform")
@@ -280,7 +306,12 @@ def _check_layer_coverage(variant: Variant, report: Report) -> None:
     if not per_layer:
         return
     union = set().union(*per_layer.values())
-    for layer in range(max(per_layer) + 1):
+    top = max(per_layer)
+    layers: Any = range(top + 1)
+    if top >= MAX_LAYERS:  # a hostile index: check the layers present, not every number below it
+        report.error("unexpected-tensor", "", f"layer {top}", f"layer index {top} is beyond any model ({MAX_LAYERS} layers at most)")
+        layers = sorted(per_layer)
+    for layer in layers:
         missing = sorted(union - per_layer.get(layer, set()))
         if missing:
             report.error("missing-tensor", "", f"layer {layer}", f"no LoRA weights for {', '.join(missing)} (other layers have them)")

@@ -13,8 +13,10 @@ from __future__ import annotations
 import io
 import pickletools
 import zipfile
+import zlib
 from pathlib import Path
 
+from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..variant import Variant
 
@@ -43,15 +45,24 @@ def scan(path: Path) -> tuple[str, list[str], int]:
     data: bytes
     storages = 0
     container = "bare pickle"
-    if zipfile.is_zipfile(path):
+    try:
+        is_zip = zipfile.is_zipfile(path)
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:  # e.g. a multi-disk zip64 end record
+        raise UnusableInput(f"corrupt zip archive: {exc}", path) from None
+    if is_zip:
         container = "torch zip"
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-            storages = sum(1 for n in names if "/data/" in n)
-            pkl = next((n for n in names if n.endswith("data.pkl")), None)
-            if pkl is None or zf.getinfo(pkl).file_size > MAX_PICKLE_BYTES:
-                return container, [], storages
-            data = zf.read(pkl)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                names = zf.namelist()
+                storages = sum(1 for n in names if "/data/" in n)
+                pkl = next((n for n in names if n.endswith("data.pkl")), None)
+                if pkl is None or zf.getinfo(pkl).file_size > MAX_PICKLE_BYTES:
+                    return container, [], storages
+                with zf.open(pkl) as member:  # bounded even if the directory lies about the size
+                    data = member.read(MAX_PICKLE_BYTES)
+        except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
+                RuntimeError, zlib.error) as exc:  # UnicodeDecodeError is a ValueError
+            raise UnusableInput(f"corrupt torch zip archive: {exc}", path) from None
     else:
         with path.open("rb") as fh:
             data = fh.read(MAX_PICKLE_BYTES)
@@ -79,7 +90,11 @@ def _globals(data: bytes) -> list[str]:
 def check(variant: Variant, report: Report) -> None:
     report.format = NAME
     for rel in variant.files_of("pickle"):
-        container, imports, storages = scan(variant.abspath(rel))
+        try:
+            container, imports, storages = scan(variant.abspath(rel))
+        except UnusableInput as exc:
+            report.error("pickle-only", rel, "", f"{exc.message}; pickle weights cannot be validated and mcard never unpickles")
+            continue
         report.error(
             "pickle-only", rel, "",
             f"{container} checkpoint ({storages} storages): pickle weights cannot be validated without "
