@@ -45,6 +45,7 @@ torch = pytest.importorskip("torch")
 
 from cupy_kernels import launch  # noqa: E402
 from mcard import reference as ref  # noqa: E402
+from kernel_inputs import gguf_raw, rng, scales, words  # noqa: E402
 from mcard.formats import _kquant, awq, gptq  # noqa: E402
 
 KDIR = Path(launch.__file__).resolve().parent
@@ -582,18 +583,6 @@ def emulated(monkeypatch: pytest.MonkeyPatch):
 BATCHES = [1, 2, 9, 32]  # gemv; gemm with a partial M tile; several tiles
 
 
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def words(r: np.random.Generator, *shape: int) -> np.ndarray:
-    return r.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(np.int32)
-
-
-def scales(r: np.random.Generator, *shape: int) -> np.ndarray:
-    return (r.random(shape) * 0.02 + 0.002).astype(np.float16)
-
-
 def check(run, r: np.random.Generator, m: int, k: int, w_ref, n: int, bias=None, tol: float = 1e-3) -> None:
     x16 = r.standard_normal((m, k)).astype(np.float16)
     out = np.full((m, n), np.nan, dtype=np.float16)
@@ -668,15 +657,6 @@ def test_awq_from_quantize() -> None:
     w = ref.awq_dequantize(lin.qweight, lin.qzeros, lin.scales, 64)
     for m in (1, 5):
         check(lambda x, out: launch.awq_matmul(x, lin.qweight, lin.qzeros, lin.scales, 64, None, out), r, m, 256, w, 48)
-
-
-def gguf_raw(r: np.random.Generator, type_name: str, rows: int, cols: int) -> np.ndarray:
-    per, nbytes = ref.GGUF_BLOCKS[type_name]
-    halves = 1 if type_name == "Q4_0" else 2
-    raw = r.integers(0, 256, size=(rows, cols // per, nbytes), dtype=np.uint8)
-    hv = (r.standard_normal((rows, cols // per, halves)) * 0.01).astype("<f2")
-    raw[..., : 2 * halves] = hv.view(np.uint8).reshape(rows, cols // per, 2 * halves)
-    return raw.reshape(rows, -1)
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K"])

@@ -18,24 +18,13 @@ cupy = pytest.importorskip("cupy")
 
 import cupy_kernels  # noqa: E402
 from mcard import reference as ref  # noqa: E402
+from mcard.formats.awq import AWQ_ORDER  # noqa: E402
+from kernel_inputs import gguf_raw, rng, scales, words  # noqa: E402
 
 TOL = 2e-3  # mcard.smoke.KERNEL_REL_TOL: fp16 rounding of an fp32 accumulation, 4x margin
 BATCHES = [1, 2, 7, 8, 9, 16, 31, 32]
-AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 NF4 = np.array([-1.0, -0.6962, -0.5251, -0.3949, -0.2844, -0.1848, -0.0911, 0.0, 0.0796, 0.1609, 0.2461, 0.3379,
                 0.4407, 0.5626, 0.7230, 1.0], dtype=np.float32)
-
-
-def rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng(seed)
-
-
-def words(r: np.random.Generator, *shape: int) -> np.ndarray:
-    return r.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(np.int32)
-
-
-def scales(r: np.random.Generator, *shape: int) -> np.ndarray:
-    return (r.random(shape) * 0.02 + 0.002).astype(np.float16)
 
 
 def activations(r: np.random.Generator, m: int, k: int) -> np.ndarray:
@@ -94,13 +83,6 @@ def test_awq(k: int, n: int, group: int) -> None:
 
 
 # -- GGUF ----------------------------------------------------------------------------
-def gguf_raw(r: np.random.Generator, type_name: str, rows: int, cols: int) -> np.ndarray:
-    per, nbytes = ref.GGUF_BLOCKS[type_name]
-    halves = 1 if type_name == "Q4_0" else 2
-    raw = r.integers(0, 256, size=(rows, cols // per, nbytes), dtype=np.uint8)
-    hv = (r.standard_normal((rows, cols // per, halves)) * 0.01).astype("<f2")
-    raw[..., : 2 * halves] = hv.view(np.uint8).reshape(rows, cols // per, 2 * halves)
-    return raw.reshape(rows, -1)
 
 
 @pytest.mark.parametrize("type_name", ["Q4_0", "Q4_1", "Q4_K"])
