@@ -170,3 +170,54 @@ def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, mo
         res = runner.invoke(app, ["smoke", str(variants["bnb"]), "--device", "cpu", "--layers", "1", "--batch", "1"])
         assert res.exit_code == EXIT_FAILED, res.output
         assert "FAIL" in res.output
+
+
+# -- the kernel path, on the host CUDA runtime (tests/cudahost) ------------------------
+@pytest.fixture
+def host_gpu(monkeypatch: pytest.MonkeyPatch):
+    """Make ``mcard smoke`` see a "GPU": CuPy is the host runtime, so the real .cu kernels run on the CPU."""
+    import cudahost
+    from cupy_kernels import launch
+
+    ok, why = cudahost.available()
+    if not ok:
+        pytest.skip(f"host CUDA runtime: {why}")
+    monkeypatch.setitem(sys.modules, "cupy", cudahost.fake_cupy())
+    monkeypatch.setattr(smoke, "time_kernel", lambda fn: (fn(), 1.0)[1])  # one extra launch, no timing loop
+    launch._module.cache_clear()
+    yield launch
+    launch._module.cache_clear()
+
+
+@pytest.mark.parametrize("label", ["gptq-act-asym", "gptq-v2-sym", "awq", "bnb", "bnb-plain", "gguf-q4km", "gguf-q4_1"])
+def test_kernel_path_passes_on_builder_variants(variants: dict[str, Path], label: str, host_gpu) -> None:
+    if label not in variants:
+        pytest.skip(f"format module for {label} not available")
+    result = smoke.run(variants[label], device="cuda", layers="2", batches="1,3", seed=2)
+    assert result.ok, [r.to_dict() for r in result.layers if not r.ok]
+    assert result.kernels_run and result.message.startswith("kernels ran on cudahost (CPU)")
+    kernel_rows = [r for r in result.layers if r.engine == "kernel"]
+    assert kernel_rows and all(r.rel_error < smoke.KERNEL_REL_TOL[result.format] for r in kernel_rows)
+    assert all(r.time_us == 1.0 and r.gbps > 0 for r in kernel_rows)
+
+
+def test_kernel_path_catches_a_broken_kernel(variants: dict[str, Path], host_gpu, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """The AWQ kernel with the identity nibble order (a mistake kernels have shipped with): exit 1, FAIL rows."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from mcard.cli import app
+
+    for cu in Path(host_gpu.HERE).glob("*.cu"):
+        shutil.copy(cu, tmp_path)
+    src = tmp_path / "awq.cu"
+    src.write_text(src.read_text().replace("{0, 4, 1, 5, 2, 6, 3, 7}", "{0, 1, 2, 3, 4, 5, 6, 7}"))
+    monkeypatch.setattr(host_gpu, "HERE", tmp_path)
+    res = CliRunner().invoke(app, ["smoke", str(variants["awq"]), "--device", "cuda", "--layers", "1",
+                                   "--batch", "1", "--json"])
+    assert res.exit_code == EXIT_FAILED, res.output
+    doc = json.loads(res.output)
+    assert doc["kernels_run"] and not doc["ok"]
+    assert doc["layers"][0]["engine"] == "kernel" and doc["layers"][0]["note"] == "kernel disagrees with the reference"
