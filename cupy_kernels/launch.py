@@ -151,7 +151,8 @@ def gptq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, g_idx: Any, grou
     fn = kernel("gptq", "gptq4_gemv" if m == 1 else "gptq4_gemm")
     grid = ((n + GPTQ_TILE_N - 1) // GPTQ_TILE_N, (m + mt - 1) // mt)
     fn(grid, (THREADS,), (x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16),
-                          g_idx, b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(g), np.int32(use_g_idx),
+                          g_idx, b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(groups), np.int32(g),
+                          np.int32(use_g_idx),
                           np.int32(checkpoint_format != "gptq_v2"), has_b))
     return y
 

@@ -225,3 +225,18 @@ def test_a_wrong_layout_fails() -> None:
     d = [cupy.asarray(a) for a in (qweight, qzeros, sc)]
     with pytest.raises(AssertionError, match="relative error"):
         check(lambda x, out: cupy_kernels.awq_matmul(x, *d, -1, None, out), activations(r, 1, k), w, n)
+
+
+@pytest.mark.parametrize("act", [False, True])
+@pytest.mark.parametrize("fmt", ["gptq", "gptq_v2"])
+def test_gptq_more_groups_than_shared_memory_holds(act: bool, fmt: str) -> None:
+    """264 groups (K 8448, group size 32): past the 256 the kernel stages, scales and zeros come from global memory."""
+    k, n, group = 8448, 24, 32
+    r = rng(k + act)
+    qweight, qzeros, sc = words(r, k // 8, n), words(r, k // group, n // 8), scales(r, k // group, n)
+    perm = r.permutation(k) if act else np.arange(k)
+    g_idx = (np.argsort(perm) // group).astype(np.int32)
+    w = ref.gptq_dequantize(qweight, qzeros, sc, g_idx, 4, fmt)
+    d = [cupy.asarray(a) for a in (qweight, qzeros, sc, g_idx)]
+    for m in BATCHES[:2]:
+        check(lambda x, out: cupy_kernels.gptq_matmul(x, *d, group, fmt, None, out), activations(r, m, k), w, n)

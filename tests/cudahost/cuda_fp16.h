@@ -59,6 +59,8 @@ inline __half __float2half(float f)
     return h;
 }
 
+inline __half __ushort_as_half(unsigned short bits) { return __half{bits}; }
+inline unsigned short __half_as_ushort(__half h) { return h.__x; }
 inline __half __float2half_rn(float f) { return __float2half(f); }
 inline float __low2float(__half2 h) { return __half2float(h.x); }
 inline float __high2float(__half2 h) { return __half2float(h.y); }
