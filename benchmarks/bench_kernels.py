@@ -7,8 +7,11 @@ several copies of the weights so that the 50 MB-class L2 cache cannot serve them
 (bytes the kernel must read and write / time) next to a measured device-to-device
 copy bandwidth, and the speedup over torch's fp16 matmul on the dense weight.
 
-Usage: ``python benchmarks/bench_kernels.py [--runs 50] [--quick]``; needs CuPy,
-a CUDA device and (for the fp16 baseline) torch with CUDA.
+Usage: ``python benchmarks/bench_kernels.py [--runs 50] [--quick] [--shapes KxN,..]
+[--batches 1,16]``; needs CuPy, a CUDA device and (for the fp16 baseline) torch
+with CUDA. tests/test_bench_kernels.py runs it end to end at a tiny shape on the
+host CUDA runtime (tests/cudahost), so the script itself is checked on every CI
+run; its timings there mean nothing.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ BATCHES = [1, 4, 16, 32]
 L2_FLUSH_BYTES = 3 * 64 * 1024 * 1024  # rotate through at least 3x a large L2
 
 
-def timed(fn: Callable[[int], Any], copies: int, runs: int, warmup: int = 5) -> float:
+def timed(fn: Callable[[int], Any], copies: int, runs: int, warmup: int) -> float:
     """Median microseconds of ``fn(i)`` over ``runs`` launches, rotating i over the copies."""
     import cupy
 
@@ -53,7 +56,7 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
 
     a = cupy.empty(nbytes, dtype=cupy.uint8)
     b = cupy.empty_like(a)
-    t = timed(lambda _i: b.__setitem__(Ellipsis, a), 1, 20)
+    t = timed(lambda _i: b.__setitem__(Ellipsis, a), 1, 20, 5)
     return 2 * nbytes / (t * 1e-6) / 1e9
 
 
@@ -97,14 +100,24 @@ def make_formats(k: int, n: int, rng: np.random.Generator) -> dict[str, tuple[di
     return out
 
 
-def main() -> None:
+def _shapes(text: str) -> list[tuple[int, int]]:
+    return [(int(k), int(n)) for k, n in (item.lower().split("x") for item in text.split(","))]
+
+
+def main(argv: list[str] | None = None) -> None:
     import cupy
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
     ap.add_argument("--quick", action="store_true", help="first shape, batches 1 and 16 only")
+    ap.add_argument("--shapes", type=_shapes, help="K x N list instead of the default shapes, e.g. 4096x4096,512x256")
+    ap.add_argument("--batches", type=lambda t: [int(b) for b in t.split(",")], help="e.g. 1,16")
+    ap.add_argument("--copy-mb", type=int, default=1024, help="size of the copy-bandwidth probe")
+    ap.add_argument("--rotate-mb", type=int, default=L2_FLUSH_BYTES >> 20,
+                    help="weights are rotated over copies totalling this much, so L2 cannot serve them")
+    ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     try:
         import torch
 
@@ -114,28 +127,29 @@ def main() -> None:
 
     props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
     device = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
-    copy_bw = copy_bandwidth()
+    copy_bw = copy_bandwidth(args.copy_mb << 20)
     rows = []
-    shapes = SHAPES[:1] if args.quick else SHAPES
-    batches = [1, 16] if args.quick else BATCHES
+    shapes = args.shapes or (SHAPES[:1] if args.quick else SHAPES)
+    batches = args.batches or ([1, 16] if args.quick else BATCHES)
+    rotate = args.rotate_mb << 20
     rng = np.random.default_rng(0)
     for k, n in shapes:
         formats = make_formats(k, n, rng)
         dense_bytes = 2 * k * n
-        dense_copies = max(2, -(-L2_FLUSH_BYTES // dense_bytes))
+        dense_copies = max(2, -(-rotate // dense_bytes))
         dense = [torch.randn(n, k, device="cuda", dtype=torch.float16) for _ in range(dense_copies)] if has_torch else []
         for m in batches:
             x = cupy.asarray(rng.standard_normal((m, k)).astype(np.float16))
             base_us = None
             if has_torch:
                 xt = torch.as_tensor(x, device="cuda")
-                base_us = timed(lambda i: torch.matmul(xt, dense[i].T), dense_copies, args.runs)
+                base_us = timed(lambda i: torch.matmul(xt, dense[i].T), dense_copies, args.runs, args.warmup)
             for name, (host, launch) in formats.items():
                 nbytes = sum(a.nbytes for a in host.values())
-                copies = max(2, -(-L2_FLUSH_BYTES // nbytes))
+                copies = max(2, -(-rotate // nbytes))
                 dev = [{key: cupy.asarray(a) for key, a in host.items()} for _ in range(copies)]
                 out = cupy.empty((m, n), dtype=cupy.float16)
-                t_us = timed(lambda i: launch(x, dev[i], out), copies, args.runs)
+                t_us = timed(lambda i: launch(x, dev[i], out), copies, args.runs, args.warmup)
                 moved = nbytes + x.nbytes + out.nbytes
                 gbps = moved / (t_us * 1e-6) / 1e9
                 rows.append((f"{k}x{n}", m, name, t_us, gbps, gbps / copy_bw,
@@ -146,7 +160,7 @@ def main() -> None:
         "# Kernel benchmark", "",
         f"Device: **{device}**. Device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write).",
         f"Median of {args.runs} launches with CUDA events after warm-up; weights rotated over copies totalling "
-        f">= {L2_FLUSH_BYTES >> 20} MiB so L2 does not serve them. Shapes are K (in) x N (out).", "",
+        f">= {args.rotate_mb} MiB so L2 does not serve them. Shapes are K (in) x N (out).", "",
         "| shape | batch | kernel | time (us) | GB/s | of copy BW | vs torch fp16 |",
         "|---|---|---|---|---|---|---|",
     ]

@@ -340,8 +340,8 @@ def fake_cupy() -> types.ModuleType:
     "cudahost (CPU)".
     """
     cp = types.ModuleType("cupy")
-    for attr in ("float16", "float32", "int32", "uint8", "nan", "zeros", "ones", "empty", "full", "arange",
-                 "asarray", "ascontiguousarray"):
+    for attr in ("float16", "float32", "int32", "uint8", "nan", "zeros", "ones", "empty", "empty_like", "full",
+                 "arange", "asarray", "ascontiguousarray"):
         setattr(cp, attr, getattr(np, attr))
     cp.asnumpy = np.asarray
     cp.RawModule = HostModule
