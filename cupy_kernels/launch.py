@@ -123,6 +123,19 @@ def _need(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def _launch(source_name: str, base: str, tile_n: int, gemm_mt: int, m: int, n: int, y: Any, args: tuple) -> Any:
+    """Start ``{base}_gemv`` (M == 1) or ``{base}_gemm`` on ceil(N / tile_n) x ceil(M / MT) blocks; return ``y``.
+
+    M == 0 launches nothing: a grid with a zero dimension is an invalid launch.
+    """
+    if m == 0:
+        return y
+    mt = 1 if m == 1 else gemm_mt
+    fn = kernel(source_name, f"{base}_gemv" if m == 1 else f"{base}_gemm")
+    fn(((n + tile_n - 1) // tile_n, (m + mt - 1) // mt), (THREADS,), args)
+    return y
+
+
 def gptq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, g_idx: Any, group_size: int,
                 checkpoint_format: str = "gptq", bias: Any = None, out: Any = None) -> Any:
     """GPTQ 4-bit: qweight int32 [K/8, N], qzeros int32 [G, N/8], scales fp16 [G, N], g_idx int32 [K]."""
@@ -145,16 +158,10 @@ def gptq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, g_idx: Any, grou
     use_g_idx = not bool((g_idx == cupy.arange(k, dtype=cupy.int32) // g).all())
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
-    if m == 0:
-        return y  # a grid with a zero dimension is an invalid launch
-    mt = 1 if m == 1 else GPTQ_MT
-    fn = kernel("gptq", "gptq4_gemv" if m == 1 else "gptq4_gemm")
-    grid = ((n + GPTQ_TILE_N - 1) // GPTQ_TILE_N, (m + mt - 1) // mt)
-    fn(grid, (THREADS,), (x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16),
-                          g_idx, b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(groups), np.int32(g),
-                          np.int32(use_g_idx),
-                          np.int32(checkpoint_format != "gptq_v2"), has_b))
-    return y
+    return _launch("gptq", "gptq4", GPTQ_TILE_N, GPTQ_MT, m, n, y, (
+        x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16), g_idx, b, y,
+        np.int32(m), np.int32(k), np.int32(n), np.int32(groups), np.int32(g), np.int32(use_g_idx),
+        np.int32(checkpoint_format != "gptq_v2"), has_b))
 
 
 def awq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, group_size: int, bias: Any = None, out: Any = None) -> Any:
@@ -172,14 +179,9 @@ def awq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, group_size: int, 
           f"got {tuple(qzeros.shape)}, {tuple(scales.shape)}")
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
-    if m == 0:
-        return y
-    mt = 1 if m == 1 else AWQ_MT
-    fn = kernel("awq", "awq4_gemv" if m == 1 else "awq4_gemm")
-    grid = ((n + AWQ_TILE_N - 1) // AWQ_TILE_N, (m + mt - 1) // mt)
-    fn(grid, (THREADS,), (x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16),
-                          b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(g), has_b))
-    return y
+    return _launch("awq", "awq4", AWQ_TILE_N, AWQ_MT, m, n, y, (
+        x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16),
+        b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(g), has_b))
 
 
 def gguf_matmul(x: Any, raw: Any, type_name: str, shape: tuple[int, int], bias: Any = None, out: Any = None) -> Any:
@@ -199,13 +201,8 @@ def gguf_matmul(x: Any, raw: Any, type_name: str, shape: tuple[int, int], bias: 
     x, m = _check_x(x, k)
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
-    if m == 0:
-        return y
-    mt = 1 if m == 1 else ROW_MT
-    fn = kernel("gguf", f"{name}_gemv" if m == 1 else f"{name}_gemm")
-    grid = ((n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, (m + mt - 1) // mt)
-    fn(grid, (THREADS,), (x, raw, b, y, np.int32(m), np.int32(k), np.int32(n), np.int64(row_bytes), has_b))
-    return y
+    return _launch("gguf", name, ROWS_PER_BLOCK, ROW_MT, m, n, y,
+                   (x, raw, b, y, np.int32(m), np.int32(k), np.int32(n), np.int64(row_bytes), has_b))
 
 
 def bnb_matmul(x: Any, weight: Any, quant_map: Any, absmax: Any, shape: tuple[int, int], blocksize: int = 64,
@@ -236,12 +233,7 @@ def bnb_matmul(x: Any, weight: Any, quant_map: Any, absmax: Any, shape: tuple[in
     nabs = _contig(nested_absmax, cupy.float32) if nested else f32_dummy
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)
-    if m == 0:
-        return y
-    mt = 1 if m == 1 else ROW_MT
-    fn = kernel("bnb", "bnb4_gemv" if m == 1 else "bnb4_gemm")
-    grid = ((n + ROWS_PER_BLOCK - 1) // ROWS_PER_BLOCK, (m + mt - 1) // mt)
-    fn(grid, (THREADS,), (x, _contig(weight, cupy.uint8).reshape(-1), _contig(quant_map, cupy.float32), absmax_f32,
-                          absmax_u8, ncode, nabs, np.float32(nested_offset), np.int32(nested_blocksize),
-                          np.int32(nested), b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(blocksize), has_b))
-    return y
+    return _launch("bnb", "bnb4", ROWS_PER_BLOCK, ROW_MT, m, n, y, (
+        x, _contig(weight, cupy.uint8).reshape(-1), _contig(quant_map, cupy.float32), absmax_f32,
+        absmax_u8, ncode, nabs, np.float32(nested_offset), np.int32(nested_blocksize),
+        np.int32(nested), b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(blocksize), has_b))
