@@ -11,6 +11,7 @@ the globals it would import: anything outside torch's rebuild helpers and
 from __future__ import annotations
 
 import io
+import lzma
 import pickletools
 import zipfile
 import zlib
@@ -22,6 +23,7 @@ from ..variant import Variant
 
 NAME = "pickle"
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # the opcode stream of a checkpoint is small
+MAX_ZIP_DIRECTORY = 64 * 1024 * 1024  # zipfile reads the whole central directory into memory
 
 # Globals a plain state_dict needs; anything else is flagged.
 SAFE_GLOBALS = {
@@ -52,6 +54,10 @@ def scan(path: Path) -> tuple[str, list[str], int]:
     if is_zip:
         container = "torch zip"
         try:
+            directory = _directory_size(path)
+            if directory > MAX_ZIP_DIRECTORY:
+                raise UnusableInput(f"the zip end record claims a {directory}-byte central directory "
+                                    f"(limit {MAX_ZIP_DIRECTORY}); refused", path)
             with zipfile.ZipFile(path) as zf:
                 names = zf.namelist()
                 storages = sum(1 for n in names if "/data/" in n)
@@ -61,12 +67,19 @@ def scan(path: Path) -> tuple[str, list[str], int]:
                 with zf.open(pkl) as member:  # bounded even if the directory lies about the size
                     data = member.read(MAX_PICKLE_BYTES)
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError, NotImplementedError,
-                RuntimeError, zlib.error) as exc:  # UnicodeDecodeError is a ValueError
+                RuntimeError, zlib.error, lzma.LZMAError) as exc:  # UnicodeDecodeError is a ValueError
             raise UnusableInput(f"corrupt torch zip archive: {exc}", path) from None
     else:
         with path.open("rb") as fh:
             data = fh.read(MAX_PICKLE_BYTES)
     return container, _globals(data), storages
+
+
+def _directory_size(path: Path) -> int:
+    """The central directory size the zip's end record (zip64 too) claims, before zipfile reads it."""
+    with path.open("rb") as fh:
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined] - the parser zipfile itself uses
+    return int(end[zipfile._ECD_SIZE]) if end else 0  # type: ignore[attr-defined]
 
 
 def _globals(data: bytes) -> list[str]:

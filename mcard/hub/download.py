@@ -139,7 +139,7 @@ def _one_file(client: HubClient, layout: Layout, rf: RemoteFile, policy: RetryPo
             try:
                 outcome = download_verified(
                     client.http, client.file_url(layout.rev.repo_id, layout.rev.commit, rf.path), rf,
-                    layout.partial_path(rf), final, headers=client.env.auth_headers(), policy=policy,
+                    layout.partial_path(rf), final, policy=policy,
                     advance=lambda n: reporter.advance(rf.path, n),
                     reset=lambda pos: reporter.file_position(rf.path, pos), cancel=cancel)
             finally:

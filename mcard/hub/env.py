@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..safetext import redact, register_secret
+
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "on", "yes", "true", "y"}
 
@@ -25,13 +27,10 @@ class HubEnv:
     offline: bool
     token: str | None = field(default=None, repr=False)
 
-    def auth_headers(self) -> dict[str, str]:
-        """Headers for direct HTTP requests to the endpoint."""
-        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
-
     def scrub(self, text: str) -> str:
-        """``text`` with the token (if any) replaced by ``***``: for every message shown."""
-        return text.replace(self.token, "***") if self.token else text
+        """``text`` redacted (:func:`mcard.safetext.redact`): the token and anything shaped like one become ``***``."""
+        register_secret(self.token)
+        return redact(text)
 
 
 def _expand(value: str) -> Path:
@@ -73,9 +72,11 @@ def resolve_env(endpoint: str | None = None, token: str | None = None, cache_dir
     """Settings from the arguments, then ``HF_ENDPOINT``, ``HF_TOKEN``, ``HF_HUB_CACHE``/``HF_HOME``, ``HF_HUB_OFFLINE``."""
     url = (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).strip().rstrip("/")
     cache = _expand(str(cache_dir)) if cache_dir is not None else default_cache_dir()
+    token = token if token is not None else _env_token()
+    register_secret(token)
     return HubEnv(
         endpoint=url,
         cache_dir=cache,
         offline=env_offline() if offline is None else offline,
-        token=token if token is not None else _env_token(),
+        token=token,
     )

@@ -11,6 +11,9 @@ from ..errors import UnusableInput
 
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 SHA1_RE = re.compile(r"^[0-9a-f]{40}$")
+MAX_LISTED_SIZE = 1 << 41  # 2 TiB: far above any Hub file, far below what a file system refuses
+MAX_NAME_BYTES = 255  # one path component (the limit of common file systems)
+MAX_PATH_BYTES = 1024  # a whole path in a repo
 
 
 @dataclass(frozen=True)
@@ -50,10 +53,17 @@ def safe_relpath(path: str, where: str) -> str:
     """Return ``path`` if it is a plain relative path inside its folder; raise UnusableInput otherwise.
 
     Refuses absolute paths, drive letters, backslashes, empty, ``.`` and ``..``
-    components and control characters: a listing from a hostile server must
-    not place a file outside the target folder.
+    components, control characters, components over 255 bytes and paths over
+    1024 bytes: a listing from a hostile server must not place a file outside
+    the target folder, nor name one the file system cannot create.
     """
+    if len(path.encode("utf-8", "surrogatepass")) > MAX_PATH_BYTES:
+        raise UnusableInput(f"refusing a path of {len(path)} characters from the server listing "
+                            f"(limit {MAX_PATH_BYTES} bytes): {path[:80]!r}...", where)
     parts = path.split("/")
+    if any(len(p.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for p in parts):
+        raise UnusableInput(f"refusing a path with a name over {MAX_NAME_BYTES} bytes from the server listing: "
+                            f"{path[:80]!r}...", where)
     bad = (
         not path
         or path.startswith("/")
@@ -65,6 +75,18 @@ def safe_relpath(path: str, where: str) -> str:
     if bad:
         raise UnusableInput(f"refusing unsafe path from the server listing: {path!r}", where)
     return path
+
+
+def check_listing(files: list[RemoteFile], where: str) -> list[RemoteFile]:
+    """Refuse a listing where a file is also the folder of another (``a`` and ``a/b``)."""
+    names = {f.path for f in files}
+    for f in files:
+        parts = f.path.split("/")
+        for i in range(1, len(parts)):
+            if "/".join(parts[:i]) in names:
+                raise UnusableInput(f"the server listing has {'/'.join(parts[:i])!r} both as a file and as the "
+                                    f"folder of {f.path!r}", where)
+    return files
 
 
 def safe_child(root: Path, relpath: str) -> Path:

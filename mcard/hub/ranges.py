@@ -23,7 +23,8 @@ from typing import Any
 
 import httpx
 
-from ..errors import McardError
+from ..errors import McardError, UnusableInput
+from ..net import stream
 from .model import RemoteFile, Revision, safe_child
 from .remote import HubClient
 from .transfer import Transient, check_status
@@ -44,12 +45,17 @@ def coalesce(ranges: list[tuple[int, int]], gap: int = COALESCE_GAP) -> list[tup
     return out
 
 
+MAX_RUN_REQUESTS = 20_000  # range requests of one remote validate
+WALK_BYTES = 64 << 20  # what one header walk (GGML vocab and tensor headers, a zip directory) may read
+WALK_REQUESTS = 4096  # and in how many requests (a 70B GGML file has ~720 tensor headers)
+
+
 class RangeReader:
     """Byte ranges of one commit's files over HTTP Range, with retries; counts bytes and requests."""
 
-    def __init__(self, client: HubClient, rev: Revision) -> None:
+    def __init__(self, client: HubClient, rev: Revision, max_requests: int = MAX_RUN_REQUESTS) -> None:
         self.client, self.rev = client, rev
-        self.headers = {"Accept-Encoding": "identity", **client.env.auth_headers()}
+        self.max_requests = max_requests
         self._lock = threading.Lock()
         self.bytes_read = 0
         self.requests = 0
@@ -59,6 +65,9 @@ class RangeReader:
         with self._lock:
             self.bytes_read += nbytes
             self.requests += requests
+            if self.requests > self.max_requests:
+                raise UnusableInput(f"remote validate needs more than {self.max_requests} range requests; "
+                                    "refused (fetch the files and validate them locally)")
 
     def get(self, rf: RemoteFile, start: int, end: int) -> bytes:
         """Bytes ``[start, end)`` of ``rf`` (``end`` clipped to its size)."""
@@ -81,14 +90,16 @@ class RangeReader:
     def _attempt(self, url: str, rf: RemoteFile, start: int, end: int) -> bytes:
         want, received = end - start, 0
         out = bytearray()
-        with self.client.http.stream("GET", url, headers={**self.headers, "Range": f"bytes={start}-{end - 1}"}) as resp:
-            self.count(requests=1)
+        self.count(requests=1)
+        with stream(self.client.http, url, cap=rf.size, headers={"Range": f"bytes={start}-{end - 1}"},
+                    what=rf.path) as resp:
             check_status(resp, rf.path)
             if resp.status_code == 206:
                 m = _CONTENT_RANGE.match(resp.headers.get("content-range", "").strip())
-                if m is None or int(m.group(1)) != start:
-                    raise McardError(f"server answered Range {start}-{end - 1} with Content-Range "
-                                     f"{resp.headers.get('content-range')!r}", rf.path)
+                if (m is None or int(m.group(1)) != start or int(m.group(2)) != end - 1
+                        or m.group(3) != str(rf.size)):
+                    raise McardError(f"server answered Range {start}-{end - 1} of a {rf.size}-byte file with "
+                                     f"Content-Range {resp.headers.get('content-range', '')[:100]!r}", rf.path)
                 skip = 0
             else:  # 200: the server ignored Range; read up to the bytes needed, then close
                 self.ignored_range = True
@@ -163,13 +174,20 @@ class SparseMirror:
 
 
 class LazyRemoteFile(io.RawIOBase):
-    """A read-only file over a remote file: blocks are fetched on first read and kept (then mirrored)."""
+    """A read-only file over a remote file: blocks are fetched on first read and kept (then mirrored).
+
+    A walk over it may fetch at most ``max_bytes`` in ``max_requests`` requests
+    (a header that claims 2^31 vocabulary entries or a 6 GB zip directory is
+    refused, not followed), and one read may not ask for more than that.
+    """
 
     def __init__(self, mirror: SparseMirror, rf: RemoteFile, known: bytes, block: int = HEAD_BYTES,
-                 limit: int | None = None) -> None:
+                 limit: int | None = None, max_bytes: int = WALK_BYTES, max_requests: int = WALK_REQUESTS) -> None:
         super().__init__()
         self.mirror, self.rf, self.block = mirror, rf, block
         self.size = rf.size if limit is None else min(rf.size, limit)
+        self.max_bytes, self.max_requests = max_bytes, max_requests
+        self.fetched = self.fetches = 0
         self.pos = 0
         self.blocks: dict[int, bytes] = {}
         for i in range(len(known) // block + 1):
@@ -193,6 +211,16 @@ class LazyRemoteFile(io.RawIOBase):
         self.pos = base + offset
         return self.pos
 
+    def _refuse(self, what: str) -> UnusableInput:
+        return UnusableInput(f"reading its headers remotely would take {what}; refused (fetch the file and "
+                             "validate it locally)", self.rf.path)
+
+    def read(self, size: int = -1) -> bytes:
+        want = self.size - self.pos if size is None or size < 0 else min(size, max(0, self.size - self.pos))
+        if want > self.max_bytes:
+            raise self._refuse(f"one read of {want} bytes (limit {self.max_bytes})")
+        return super().read(want)
+
     def readinto(self, buffer: Any) -> int:
         view = memoryview(buffer).cast("B")
         end = min(self.size, self.pos + len(view))
@@ -207,6 +235,10 @@ class LazyRemoteFile(io.RawIOBase):
             j = i
             while j + 1 <= last and j + 1 not in self.blocks:
                 j += 1
+            self.fetches += 1
+            self.fetched += (j + 1 - i) * self.block
+            if self.fetched > self.max_bytes or self.fetches > self.max_requests:
+                raise self._refuse(f"more than {self.max_bytes} bytes or {self.max_requests} requests")
             data = self.mirror.reader.get(self.rf, i * self.block, (j + 1) * self.block)
             for k in range(i, j + 1):
                 self.blocks[k] = data[(k - i) * self.block:(k - i + 1) * self.block]

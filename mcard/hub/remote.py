@@ -14,15 +14,18 @@ repo answers 404 "refs are not cached" rather than 401; an unknown commit in
 
 from __future__ import annotations
 
+import itertools
 import time
+from dataclasses import replace
 from typing import Any, Callable, TypeVar
 from urllib.parse import quote
 
 import httpx
 
 from ..errors import CheckFailed, McardError, UnusableInput
+from ..net import NetLimits, open_session, stream
 from .env import HubEnv
-from .model import SHA1_RE, SHA256_RE, RemoteFile, Revision, safe_relpath
+from .model import MAX_LISTED_SIZE, SHA1_RE, SHA256_RE, RemoteFile, Revision, check_listing, safe_relpath
 from .refs import COMMIT_RE, RepoSpec
 from .transfer import RetryPolicy, Transient, Verifier, check_status, parse_retry_after
 
@@ -43,23 +46,24 @@ def _is_transport_error(exc: BaseException) -> bool:
 class HubClient:
     """Metadata and small-file access for one endpoint and token (thread-safe)."""
 
-    def __init__(self, env: HubEnv, *, policy: RetryPolicy | None = None, timeout: float = 30.0,
-                 max_connections: int = 16) -> None:
+    def __init__(self, env: HubEnv, *, policy: RetryPolicy | None = None, timeout: float | None = None,
+                 max_connections: int = 16, limits: NetLimits | None = None) -> None:
         from huggingface_hub import HfApi
 
         self.env = env
         self.policy = policy or RetryPolicy()
+        limits = limits or NetLimits.from_env()
+        if timeout is not None:
+            limits = replace(limits, read_timeout=min(limits.read_timeout, timeout),
+                             connect_timeout=min(limits.connect_timeout, timeout))
+        self._session = open_session(env.endpoint, env.token, limits, max_connections)
+        self.net = self._session.__enter__()
+        self.http = self.net.client  # every request goes through the guard (mcard.net)
         self.api = HfApi(endpoint=env.endpoint, token=env.token or False)
-        self.http = httpx.Client(
-            timeout=httpx.Timeout(timeout, connect=min(timeout, 15.0)),
-            follow_redirects=True,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
-            headers={"User-Agent": "mcard"},
-        )
         self._refs: dict[str, Any] = {}
 
     def close(self) -> None:
-        self.http.close()
+        self._session.__exit__(None, None, None)
 
     def __enter__(self) -> "HubClient":
         return self
@@ -74,6 +78,8 @@ class HubClient:
         while True:
             try:
                 return fn()
+            except McardError as exc:  # the guard's refusals and deadline: one line, never retried
+                raise type(exc)(self.env.scrub(exc.message), exc.path) from None
             except Exception as exc:  # noqa: BLE001 - every failure becomes one line
                 code = _status(exc)
                 transient = code is not None and (code == 429 or code >= 500) or _is_transport_error(exc)
@@ -152,14 +158,17 @@ class HubClient:
         def missing() -> McardError:
             return UnusableInput(f"{rev.repo_id}: no commit {rev.commit} (revision {rev.name!r})")
 
-        entries = self._call(where, lambda: list(self.api.list_repo_tree(rev.repo_id, revision=rev.commit,
-                                                                          recursive=True)), on_missing=missing)
+        cap = self.net.session.limits.max_entries
+        entries = self._call(where, lambda: list(itertools.islice(
+            self.api.list_repo_tree(rev.repo_id, revision=rev.commit, recursive=True), cap + 1)), on_missing=missing)
+        if len(entries) > cap:
+            raise UnusableInput(f"the tree listing has more than {cap} entries; refused", where)
         files: dict[str, RemoteFile] = {}
         for entry in entries:
             if not hasattr(entry, "blob_id"):
                 continue  # a folder
             files[entry.path] = _remote_file(entry, where)
-        return sorted(files.values(), key=lambda f: f.path)
+        return check_listing(sorted(files.values(), key=lambda f: f.path), where)
 
     def file_url(self, repo_id: str, commit: str, path: str) -> str:
         return f"{self.env.endpoint}/{repo_id}/resolve/{commit}/{quote(path, safe='/')}"
@@ -172,14 +181,15 @@ class HubClient:
         failures = 0
         while True:
             try:
-                response = self.http.get(url, headers={"Accept-Encoding": "identity", **self.env.auth_headers()})
-                check_status(response, rf.path)
-                data = response.content
+                with stream(self.http, url, cap=rf.size, what=rf.path) as response:
+                    check_status(response, rf.path)
+                    data = response.read()
                 break
             except (Transient, httpx.TransportError) as exc:
                 failures += 1
                 if failures > self.policy.max_retries:
-                    raise McardError(f"download failed: {exc}", rf.path) from None
+                    raise McardError(f"download failed: {self.env.scrub(str(exc)) or type(exc).__name__}",
+                                     rf.path) from None
                 time.sleep(self.policy.delay(failures, getattr(exc, "retry_after", None)))
         verifier = Verifier(rf)
         verifier.update(data)
@@ -195,8 +205,9 @@ def _remote_file(entry: Any, where: str) -> RemoteFile:
     size = entry.size
     lfs = getattr(entry, "lfs", None)
     sha256 = str(lfs.sha256).lower() if lfs is not None and getattr(lfs, "sha256", None) else None
-    if not isinstance(size, int) or size < 0:
-        raise UnusableInput(f"server listing gives {path!r} an invalid size {size!r}", where)
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_LISTED_SIZE:
+        raise UnusableInput(f"server listing gives {path!r} an invalid size {str(size)[:40]}"
+                            + (f" (limit {MAX_LISTED_SIZE})" if isinstance(size, int) and size > 0 else ""), where)
     if not SHA1_RE.match(blob_id):
         raise UnusableInput(f"server listing gives {path!r} an invalid blob id {blob_id!r}", where)
     if lfs is not None and (sha256 is None or not SHA256_RE.match(sha256)):

@@ -177,6 +177,11 @@ def _pickle_parts(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
     f = LazyRemoteFile(mirror, rf, head, limit=None)
     try:
         if zipfile.is_zipfile(f):
+            f.seek(0)
+            end = zipfile._EndRecData(f)  # type: ignore[attr-defined] - zipfile's own end-record parser
+            if end and end[zipfile._ECD_SIZE] > pickle_fmt.MAX_ZIP_DIRECTORY:  # type: ignore[attr-defined]
+                raise UnusableInput(f"the zip end record claims a {end[zipfile._ECD_SIZE]}-byte central "  # type: ignore[attr-defined]
+                                    f"directory (limit {pickle_fmt.MAX_ZIP_DIRECTORY}); refused", rf.path)
             with zipfile.ZipFile(f) as zf:
                 pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
                 if pkl is not None and zf.getinfo(pkl).file_size <= pickle_fmt.MAX_PICKLE_BYTES:
@@ -191,6 +196,8 @@ def _pickle_parts(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
                 pass
             finally:
                 bare.to_mirror()
+    except UnusableInput:  # a walk over its budget: refused, not followed
+        raise
     except Exception:  # noqa: BLE001 - a broken zip: scan reports it from the bytes fetched
         pass
     finally:
@@ -321,6 +328,8 @@ def inspect_remote(spec: str | RepoSpec, revision: str | None = None, endpoint: 
                 report = inspect(root)
             except McardError as exc:
                 raise _relabel(exc, root, label) from None
+            except OSError as exc:  # a full TMPDIR, a file size the file system refuses
+                raise McardError(f"cannot write the sparse mirror in {root}: {exc.strerror or exc}", label) from None
             report.path = label
             for part in report.parts:
                 with contextlib.suppress(ValueError):

@@ -32,6 +32,7 @@ from typing import Callable
 import httpx
 
 from ..errors import CheckFailed, McardError
+from ..net import stream
 from .model import RemoteFile
 
 CHUNK = 1 << 16  # hash and write in 64 KiB batches: few calls, little lost if the process is killed
@@ -161,7 +162,7 @@ def _attempt(client: httpx.Client, url: str, headers: dict[str, str], partial: P
     req = dict(headers)
     if offset:
         req["Range"] = f"bytes={offset}-"
-    with client.stream("GET", url, headers=req) as resp:
+    with stream(client, url, cap=rf.size, headers=req, what=rf.path) as resp:  # a 200 may be the whole file
         if resp.status_code == 416 and offset:
             raise _Restart("server refused the resume range")
         check_status(resp, rf.path)
@@ -229,7 +230,7 @@ def download_verified(client: httpx.Client, url: str, rf: RemoteFile, partial: P
     """
     policy = policy or RetryPolicy()
     hooks = _Hooks(advance, reset)
-    base = {"Accept-Encoding": "identity", **(headers or {})}
+    base = dict(headers or {})
     partial.parent.mkdir(parents=True, exist_ok=True)
     verifier = Verifier(rf)
     outcome = Outcome(sha256="", resumed_from=0, received=0, restarts=0)
