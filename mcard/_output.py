@@ -1,8 +1,12 @@
-"""Printing reports for people (rich) and machines (JSON). No logic lives here."""
+"""Printing reports for people (rich) and machines (JSON). No logic lives here.
+
+Every value that came from a file, a server or a user goes through
+:func:`mcard.safetext.markup_safe` (``esc``) before rich sees it: redacted,
+control characters shown, markup such as ``[/]`` printed as written.
+"""
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Any
 
@@ -10,6 +14,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .report import Report, Severity
+from .safetext import dumps_json
+from .safetext import markup_safe as esc
 from .size import SizeEstimate
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
@@ -21,7 +27,8 @@ def console() -> Console:
 
 
 def print_json(obj: Any) -> None:
-    sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """One JSON document on stdout, every string redacted; values JSON has no type for (a date) become strings."""
+    sys.stdout.write(dumps_json(obj, indent=2, sort_keys=False) + "\n")
 
 
 def gb(n: int | None) -> str:
@@ -40,11 +47,11 @@ def print_report(report: Report, out: Console | None = None) -> None:
     out.print(f"\n{verdict}: {errors} error(s), {warnings} warning(s)")
     if report.remote is not None:
         r = report.remote
-        out.print(f"remote: {r['repo']}@{r['revision']} (commit {r['commit'][:10]}): read {size_text(r['bytes_read'])} "
+        out.print(f"remote: {esc(r['repo'])}@{esc(r['revision'])} (commit {esc(r['commit'][:10])}): read {size_text(r['bytes_read'])} "
                   f"of {size_text(r['total_bytes'])} in {r['requests']} requests"
                   + ("" if r.get("range_supported", True) else " (the server ignored Range: reads streamed through)"))
         if r.get("mirror"):
-            out.print(f"sparse mirror kept in {r['mirror']}")
+            out.print(f"sparse mirror kept in {esc(r['mirror'])}")
 
 
 def size_text(n: int) -> str:
@@ -56,38 +63,38 @@ def size_text(n: int) -> str:
 
 
 def _print_one(report: Report, out: Console) -> None:
-    params = " ".join(f"{k}={v}" for k, v in report.params.items())
-    source = f" from {report.config_source}" if report.config_source else ""
-    out.print(f"[bold]{report.path}[/]: format [bold]{report.format}[/]{source}  {params}")
+    params = esc(" ".join(f"{k}={v}" for k, v in report.params.items()))
+    source = f" from {esc(report.config_source)}" if report.config_source else ""
+    out.print(f"[bold]{esc(report.path)}[/]: format [bold]{esc(report.format)}[/]{source}  {params}")
     size = f"size {gb(report.actual_bytes)} ({report.actual_bytes} bytes)"
     if report.predicted_bytes is not None:
         size += f", predicted {gb(report.predicted_bytes)} ({report.predicted_bytes} bytes)"
     out.print(size)
     if report.runtimes:
-        cells = [f"{r.name} {'[green]yes[/]' if r.compatible else '[red]no[/]'}" for r in report.runtimes]
+        cells = [f"{esc(r.name)} {'[green]yes[/]' if r.compatible else '[red]no[/]'}" for r in report.runtimes]
         out.print("runtimes: " + ", ".join(cells))
         for r in report.runtimes:
             if not r.compatible and r.reason:
-                out.print(f"  [dim]{r.name}: {r.reason}[/]")
+                out.print(f"  [dim]{esc(r.name)}: {esc(r.reason)}[/]")
     if report.findings:
         table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
         for col in ("severity", "file", "where", "finding"):
             table.add_column(col, overflow="fold")
         for f in report.findings:
-            table.add_row(f"[{_STYLE[f.severity]}]{f.severity.value}[/]", f.file, f.where, f.message)
+            table.add_row(f"[{_STYLE[f.severity]}]{f.severity.value}[/]", esc(f.file), esc(f.where), esc(f.message))
         out.print(table)
 
 
 def print_size(est: SizeEstimate, per_tensor: bool = False, out: Console | None = None) -> None:
     out = out or console()
-    params = " ".join(f"{k}={v}" for k, v in est.params.items())
-    out.print(f"[bold]{est.format}[/] {params}")
+    params = esc(" ".join(f"{k}={v}" for k, v in est.params.items()))
+    out.print(f"[bold]{esc(est.format)}[/] {params}")
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("part")
     table.add_column("bytes", justify="right")
     table.add_column("GB", justify="right")
     for part, n in est.parts.items():
-        table.add_row(part, f"{n:,}", f"{n / 1e9:.3f}")
+        table.add_row(esc(part), f"{n:,}", f"{n / 1e9:.3f}")
     table.add_row("[bold]total[/]", f"[bold]{est.total_bytes:,}[/]", f"[bold]{est.total_bytes / 1e9:.2f}[/]")
     out.print(table)
     if est.ram_bytes is not None:
@@ -97,5 +104,5 @@ def print_size(est: SizeEstimate, per_tensor: bool = False, out: Console | None 
         for col in ("tensor", "type", "bytes"):
             t.add_column(col)
         for name, kind, n in est.tensors:
-            t.add_row(name, kind, f"{n:,}")
+            t.add_row(esc(name), esc(kind), f"{n:,}")
         out.print(t)

@@ -20,6 +20,7 @@ from typing import Any
 from .errors import UnusableInput
 from .evals import EvalEntry, format_value
 from .registry import Entry, RegistryVariant, load_entry
+from .untrusted import read_text
 from .card_rows import Row, build_rows, exllama_cell, gb_text
 from .report import Runtime
 
@@ -236,7 +237,7 @@ def context(entry: Entry, variants_dir: Path | None = None,
     prompt_title, prompt_text = _prompt(entry)
     original = None
     if entry.model.original_card is not None:
-        original = _strip_front_matter(entry.model.original_card.read_text(encoding="utf-8")).strip("\n")
+        original = _strip_front_matter(read_text(entry.model.original_card)).strip("\n")
     variants = []
     for r in rows:
         v = r.variant
@@ -284,7 +285,7 @@ def context(entry: Entry, variants_dir: Path | None = None,
 
 
 def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, template: str | Path | None = None,
-                variant_paths: dict[str, Path] | None = None) -> str:
+                variant_paths: dict[str, Path] | None = None, registry_root: str | Path | None = None) -> str:
     """Render the model card (front matter + Markdown) of a registry entry. Deterministic.
 
     ``variants_dir``: one subfolder per branch (or the GGUF/GGML files); every variant is
@@ -294,7 +295,7 @@ def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, 
     from jinja2 import TemplateError, TemplateNotFound
     from jinja2.exceptions import SecurityError
 
-    entry = load_entry(entry_path)
+    entry = load_entry(entry_path, registry_root)
     vdir = Path(variants_dir) if variants_dir is not None else None
     if vdir is not None and not vdir.is_dir():
         raise UnusableInput("--variants: not a folder", vdir)

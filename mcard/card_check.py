@@ -17,6 +17,7 @@ from .errors import UnusableInput
 from .evals import format_value
 from .registry import Entry, load_entry
 from .report import FileEntry, Report
+from .untrusted import MAX_TEXT_BYTES, load_yaml, read_text
 
 GB = 1e9
 # The column of each family's provided-files table that holds the size.
@@ -82,16 +83,36 @@ def parse_gb(cell: str) -> float | None:
 # -- front matter and model-index ----------------------------------------------------
 
 
-def _front_matter(text: str) -> dict[str, Any] | None:
-    import yaml
+MAX_FRONT_MATTER = 1024 * 1024  # bytes of YAML metadata
+MAX_META_NODES = 50_000  # YAML nodes in it
+MAX_META_LIST = 2000  # items of any one list (tags, languages, results): huggingface_hub is quadratic in them
 
+
+def _front_matter(text: str, where: str | Path = "front matter") -> dict[str, Any] | None:
+    """The card's YAML metadata, parsed within the limits above (:func:`mcard.untrusted.load_yaml`)."""
     if not text.startswith("---"):
         return None
     found = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)
     if not found:
         return None
-    data = yaml.safe_load(found.group(1))
+    if len(found.group(1)) > MAX_FRONT_MATTER:
+        raise UnusableInput(f"the front matter is longer than {MAX_FRONT_MATTER} characters; refused", where)
+    data = load_yaml(found.group(1), where, max_nodes=MAX_META_NODES)
+    _check_lists(data, where)
     return data if isinstance(data, dict) else None
+
+
+def _check_lists(value: Any, where: str | Path) -> None:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            if len(item) > MAX_META_LIST:
+                raise UnusableInput(f"a list of {len(item)} items in the front matter (limit {MAX_META_LIST}); "
+                                    "refused", where)
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
 
 
 def _norm_index(value: Any) -> Any:
@@ -115,7 +136,8 @@ def _eval_keys(results: list[Any]) -> set[tuple[str, str, str, str]]:
 # -- checking ------------------------------------------------------------------------
 
 
-def check_card(card_path: str | Path, registry_path: str | Path | None = None) -> Report:
+def check_card(card_path: str | Path, registry_path: str | Path | None = None,
+               registry_root: str | Path | None = None) -> Report:
     """Check a rendered (or hand-edited) card: metadata, model-index round trip, and with an
     entry, every variant's row and size. Returns a :class:`Report` with format ``card``."""
     import yaml
@@ -123,31 +145,35 @@ def check_card(card_path: str | Path, registry_path: str | Path | None = None) -
     from huggingface_hub.repocard_data import eval_results_to_model_index, model_index_to_eval_results
 
     path = Path(card_path)
-    if not path.is_file():
+    if not path.exists():
         raise UnusableInput("no such card file", path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise UnusableInput(f"not UTF-8 text (byte {exc.start})", path) from None
-    entry = load_entry(registry_path) if registry_path is not None else None
+    text = read_text(path, MAX_TEXT_BYTES)
+    entry = load_entry(registry_path, registry_root) if registry_path is not None else None
 
     report = Report(path=str(path), format="card")
     report.files.append(FileEntry(path.name, path.stat().st_size, "other"))
     name = path.name
+    usable = True
     try:
-        meta = _front_matter(text)
+        meta = _front_matter(text, path)
     except yaml.YAMLError as exc:
         report.error("bad-metadata", name, "front matter", f"YAML does not parse: {' '.join(str(exc).split())}")
-        meta = {}
+        meta, usable = {}, False
+    except UnusableInput as exc:  # over the limits: never handed to huggingface_hub either
+        report.error("bad-metadata", name, "front matter", exc.message)
+        meta, usable = {}, False
     if meta is None:
         report.error("no-metadata", name, "front matter", "card has no YAML front matter (--- ... ---)")
         meta = {}
-    try:
-        card = ModelCard(text, ignore_metadata_errors=True)
-        body = card.text
-    except Exception as exc:  # noqa: BLE001 - huggingface_hub raises plain ValueError/YAML errors
-        report.error("bad-metadata", name, "front matter", f"huggingface_hub cannot parse the card: {exc}")
-        body = text
+    body = text
+    if usable:
+        try:
+            body = ModelCard(text, ignore_metadata_errors=True).text
+        except Exception as exc:  # noqa: BLE001 - huggingface_hub raises plain ValueError/YAML errors
+            report.error("bad-metadata", name, "front matter", f"huggingface_hub cannot parse the card: {exc}")
+    else:
+        found = re.match(r"^---\s*\n.*?\n---\s*(\n|$)", text, re.DOTALL)
+        body = text[found.end():] if found else text
     report.params = {k: meta[k] for k in ("license", "base_model", "model_type", "pipeline_tag") if k in meta}
 
     # model-index round trip
@@ -174,7 +200,9 @@ def check_card(card_path: str | Path, registry_path: str | Path | None = None) -
         report.error("missing-metadata", name, "license", "no license in the front matter")
     if not meta.get("pipeline_tag"):
         report.warning("missing-metadata", name, "pipeline_tag", "no pipeline_tag: the Hub will not show a widget")
-    tags = [str(t).lower() for t in meta.get("tags") or []]
+    raw_tags = meta.get("tags")
+    tags = [str(t).lower() for t in raw_tags] if isinstance(raw_tags, list) else \
+        [raw_tags.lower()] if isinstance(raw_tags, str) else []
     is_quant = entry.family != "base" if entry is not None else (
         bool(meta.get("quantized_by")) or any(t in ("gptq", "gguf", "ggml", "awq", "bitsandbytes", "nf4", "fp4", "lora", "peft") for t in tags)
     )

@@ -17,6 +17,7 @@ import typer
 
 from . import __version__
 from .errors import EXIT_FAILED, EXIT_UNUSABLE, McardError, UnusableInput
+from .safetext import echo, one_line
 
 app = typer.Typer(
     help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
@@ -26,13 +27,21 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _redact_output(ctx: typer.Context) -> None:
+    """Everything a command prints passes the one redaction step (mcard.safetext), whoever built the text."""
+    from .safetext import redact_process_output
+
+    ctx.call_on_close(redact_process_output())
+
+
 @contextlib.contextmanager
 def errors_to_exit() -> Iterator[None]:
     """Turn a :class:`McardError` into one line on stderr and its exit code."""
     try:
         yield
     except McardError as exc:
-        typer.echo(f"mcard: {exc}", err=True)
+        echo(f"mcard: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
 
 
@@ -154,7 +163,8 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - never a traceback for users
         if os.environ.get("MCARD_DEBUG"):
             raise
-        typer.echo(f"mcard: internal error: {type(exc).__name__}: {exc} (set MCARD_DEBUG=1 for details)", err=True)
+        echo(f"mcard: internal error: {type(exc).__name__}: {one_line(exc, 500)} (set MCARD_DEBUG=1 for details)",
+             err=True)
         sys.exit(EXIT_UNUSABLE)
 
 

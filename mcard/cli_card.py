@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .errors import EXIT_FAILED, McardError
+from .safetext import echo
 
 card = typer.Typer(
     help="Model cards from the registry: render them, check them.",
@@ -19,7 +20,7 @@ card = typer.Typer(
 
 
 def _fail(exc: McardError) -> typer.Exit:
-    typer.echo(f"mcard: {exc}", err=True)
+    echo(f"mcard: {exc}", err=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -31,12 +32,14 @@ def render(
         None, "--variants", help="Folder with one subfolder per branch (or the GGUF/GGML files): sizes are measured."
     ),
     template: Optional[str] = typer.Option(None, "--template", help="A template file (or a name in templates/)."),
+    registry_root: Optional[Path] = typer.Option(
+        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
     from .card import render_card
 
     try:
-        text = render_card(entry, variants_dir=variants, template=template)
+        text = render_card(entry, variants_dir=variants, template=template, registry_root=registry_root)
     except McardError as exc:
         raise _fail(exc) from None
     if output is None:
@@ -56,13 +59,15 @@ def check(
     card_path: Path = typer.Argument(..., metavar="README.md", help="A model card (README.md)."),
     registry: Optional[Path] = typer.Option(None, "--registry", help="Its registry entry: rows and sizes must agree."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    registry_root: Optional[Path] = typer.Option(
+        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Check a card: metadata, model-index round trip and, with --registry, its provided-files table."""
     from . import _output
     from .card_check import check_card
 
     try:
-        report = check_card(card_path, registry_path=registry)
+        report = check_card(card_path, registry_path=registry, registry_root=registry_root)
     except McardError as exc:
         raise _fail(exc) from None
     if json_out:

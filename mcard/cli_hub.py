@@ -12,7 +12,6 @@ unusable input); an interrupt exits 130 and keeps partial files for resuming.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, NoReturn
@@ -24,14 +23,16 @@ from .hub.branches import BranchListing, RefReport, format_size, list_branches
 from .hub.download import FetchResult
 from .hub.download import fetch as fetch_revision
 from .hub.progress import NullReporter, Reporter, RichReporter
+from .safetext import dumps_json, echo, plain
+from .safetext import markup_safe as esc
 
 EXIT_INTERRUPTED = 130
 
 
 def _die(message: str, code: int, as_json: bool) -> NoReturn:
     if as_json:
-        typer.echo(json.dumps({"ok": False, "error": message, "exit_code": code}))
-    typer.echo(f"error: {message}", err=True)
+        typer.echo(dumps_json({"ok": False, "error": message, "exit_code": code}))
+    echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
 
@@ -46,8 +47,6 @@ def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
     except OSError as exc:
         where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
         _die(f"{where}{exc.strerror or exc}", EXIT_FAILED, as_json)
-    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
-        _die(f"unexpected {type(exc).__name__}: {exc}", EXIT_FAILED, as_json)
 
 
 # -- branches -------------------------------------------------------------------------------------
@@ -71,28 +70,30 @@ def _print_branches_table(listing: BranchListing, console: Any = None) -> None:
     styles = {"DISAGREES": "bold red", "error": "red", "agrees": "green", "no config": "yellow"}
     for ref in listing.refs:
         style = styles.get(ref.status)
-        table.add_row(ref.name, ref.kind, ref.commit[:10], ref.name_params.describe(), _config_text(ref),
-                      f"[{style}]{ref.status}[/]" if style else ref.status, str(ref.file_count),
-                      format_size(ref.total_size))
+        table.add_row(esc(ref.name), esc(ref.kind), esc(ref.commit[:10]), esc(ref.name_params.describe()),
+                      esc(_config_text(ref)), f"[{style}]{ref.status}[/]" if style else esc(ref.status),
+                      str(ref.file_count), format_size(ref.total_size))
     console.print(table)
     for ref in listing.refs:  # in full below the table, never cut to fit a column
         for d in ref.disagreements:
-            console.print(f"[bold red]{ref.name}[/]: {d}", highlight=False, soft_wrap=True)
+            console.print(f"[bold red]{esc(ref.name)}[/]: {esc(d)}", highlight=False, soft_wrap=True)
         if ref.error:
-            console.print(f"[red]{ref.name}: error: {ref.error}[/]", highlight=False, soft_wrap=True)
+            console.print(f"[red]{esc(ref.name)}: error: {esc(ref.error)}[/]", highlight=False, soft_wrap=True)
         for note in ref.notes:
-            console.print(f"{ref.name}: {note}", highlight=False, soft_wrap=True, markup=False)
+            console.print(f"{plain(ref.name)}: {plain(note)}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_branches_plain(listing: BranchListing) -> None:
     for ref in listing.refs:
         config = _config_text(ref)
-        typer.echo("\t".join([ref.name, ref.kind, ref.commit, ref.name_params.describe(), config, ref.status,
-                              str(ref.file_count), str(ref.total_size)]))
+        echo("\t".join([ref.name, ref.kind, ref.commit, ref.name_params.describe(), config, ref.status,
+                         str(ref.file_count), str(ref.total_size)]))
         for d in ref.disagreements:
-            typer.echo(f"  disagreement: {d}")
+            echo(f"  disagreement: {d}")
+        for note in ref.notes:
+            echo(f"  note: {note}")
         if ref.error:
-            typer.echo(f"  error: {ref.error}")
+            echo(f"  error: {ref.error}")
 
 
 def branches(
@@ -103,7 +104,7 @@ def branches(
     """List a repo's branches and tags: commit, files, size, and quant parameters from the name vs the config."""
     listing: BranchListing = _guarded(as_json, lambda: list_branches(repo, include_tags=not no_tags))
     if as_json:
-        typer.echo(json.dumps(listing.to_dict(), indent=2, default=str))
+        typer.echo(dumps_json(listing.to_dict(), indent=2))
     elif sys.stdout.isatty():
         _print_branches_table(listing)
     else:
@@ -111,7 +112,7 @@ def branches(
     if not listing.ok:
         for ref in listing.refs:
             if ref.error:
-                typer.echo(f"error: {listing.repo_id}@{ref.name}: {ref.error}", err=True)
+                echo(f"error: {listing.repo_id}@{ref.name}: {ref.error}", err=True)
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -123,19 +124,19 @@ def _print_plan(result: FetchResult) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"{result.repo_id}@{result.revision} (commit {result.commit[:10]}) -> {result.target}")
+        table = Table(title=esc(f"{result.repo_id}@{result.revision} (commit {result.commit[:10]}) -> {result.target}"))
         table.add_column("file")
         table.add_column("size", justify="right")
         table.add_column("status")
         for path, size, status in rows:
-            table.add_row(path, format_size(size), status)
+            table.add_row(esc(path), format_size(size), esc(status))
         Console().print(table)
     else:
         for path, size, status in rows:
-            typer.echo(f"{path}\t{size}\t{status}")
+            echo(f"{path}\t{size}\t{status}")
     for path, reason in result.skipped:
-        typer.echo(f"skip\t{path}\t{reason}")
-    typer.echo(f"total: {len(result.files)} files, {format_size(result.total_size)}; "
+        echo(f"skip\t{path}\t{reason}")
+    echo(f"total: {len(result.files)} files, {format_size(result.total_size)}; "
                f"to download: {format_size(result.to_download)}")
 
 
@@ -169,17 +170,17 @@ def fetch(
         local_dir=local_dir, cache_dir=cache_dir, dry_run=dry_run, allow_pickle=allow_pickle, workers=workers,
         reporter=reporter))
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        typer.echo(dumps_json(result.to_dict(), indent=2))
     elif dry_run:
         _print_plan(result)
     else:
-        typer.echo(result.target)
+        echo(result.target)
         if not quiet:
-            typer.echo(_summary(result), err=True)
+            echo(_summary(result), err=True)
             for path, reason in result.skipped:
-                typer.echo(f"skipped {path}: {reason}", err=True)
+                echo(f"skipped {path}: {reason}", err=True)
     failed = result.failures()
     for f in failed:
-        typer.echo(f"error: {f.error}", err=True)
+        echo(f"error: {f.error}", err=True)
     if failed:
         raise typer.Exit(max(f.failure.exit_code if f.failure else EXIT_FAILED for f in failed))

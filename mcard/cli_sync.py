@@ -10,10 +10,12 @@ from typing import Optional
 import typer
 
 from .errors import EXIT_FAILED, McardError
+from .safetext import dumps_json, echo, plain
+from .safetext import markup_safe as esc
 
 
 def _fail(exc: McardError) -> typer.Exit:
-    typer.echo(f"mcard: {exc}", err=True)
+    echo(f"mcard: {exc}", err=True)
     return typer.Exit(exc.exit_code)
 
 
@@ -35,24 +37,24 @@ def _print_summary(results: list) -> None:
 
     console = make_console()
     for res in results:
-        table = Table(title=f"{res.repo}  ({res.entry})", box=None, header_style="bold", title_justify="left")
+        table = Table(title=esc(f"{res.repo}  ({res.entry})"), box=None, header_style="bold", title_justify="left")
         for col in ("variant", "status", "commit", "measured", "predicted", "validate", "smoke", "max err", "time"):
             table.add_column(col, no_wrap=col == "variant")
         for r in res.records:
             style = "red" if r.status == FAILED else "green" if r.status == "passed" else "dim"
             table.add_row(
-                r.variant, f"[{style}]{r.status}[/]", (r.commit or "-")[:8], _size(r.measured_bytes),
-                _size(r.predicted_bytes), r.validate, r.smoke,
+                esc(r.variant), f"[{style}]{esc(r.status)}[/]", esc((r.commit or "-")[:8]), _size(r.measured_bytes),
+                _size(r.predicted_bytes), esc(r.validate), esc(r.smoke),
                 "-" if r.smoke_max_error is None else f"{r.smoke_max_error:.1e}", f"{r.seconds:.1f}s",
             )
         console.print(table)
         for r in res.records:  # reasons below the table, where they have the whole width
             if r.reason:
-                console.print(f"  {r.variant}: " + (f"[{r.stage}] " if r.stage else "") + r.reason,
+                console.print(plain(f"  {r.variant}: " + (f"[{r.stage}] " if r.stage else "") + r.reason),
                               markup=False)
-        console.print(f"report: {Path(res.report_dir) / 'report.md'}")
+        console.print(f"report: {Path(res.report_dir) / 'report.md'}", markup=False)
         if res.card_path:
-            console.print(f"card:   {res.card_path}")
+            console.print(f"card:   {res.card_path}", markup=False)
         console.print()
 
 
@@ -66,13 +68,15 @@ def sync(
     device: str = typer.Option("auto", "--device", help="Smoke-test device: auto, cuda or cpu."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default $HF_ENDPOINT or huggingface.co)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    registry_root: Optional[Path] = typer.Option(
+        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card."""
     from .sync import SyncOptions
     from .sync import sync as run_sync
 
     options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
-                          endpoint=endpoint, device=device)
+                          endpoint=endpoint, device=device, registry_root=registry_root)
     progress = None
     if not json_out and sys.stderr.isatty():
         def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
@@ -83,7 +87,7 @@ def sync(
         raise _fail(exc) from None
     ok = all(r.ok for r in results)
     if json_out:
-        typer.echo(json.dumps({"ok": ok, "repos": [r.to_dict() for r in results]}, indent=2))
+        typer.echo(dumps_json({"ok": ok, "repos": [r.to_dict() for r in results]}, indent=2))
     else:
         _print_summary(results)
     raise typer.Exit(0 if ok else EXIT_FAILED)
@@ -92,6 +96,8 @@ def sync(
 def plan(
     target: Path = typer.Argument(..., help="A registry folder (or one entry)."),
     fmt: str = typer.Option("github-matrix", "--format", help="github-matrix (one line for $GITHUB_OUTPUT) or json."),
+    registry_root: Optional[Path] = typer.Option(
+        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Emit one CI job per variant: a GitHub Actions matrix, or a JSON list for any CI."""
     from .errors import UnusableInput
@@ -100,7 +106,7 @@ def plan(
     try:
         if fmt not in ("github-matrix", "json"):
             raise UnusableInput(f"--format {fmt!r}: expected github-matrix or json")
-        jobs = plan_jobs(target)
+        jobs = plan_jobs(target, registry_root)
     except McardError as exc:
         raise _fail(exc) from None
     if fmt == "github-matrix":

@@ -20,6 +20,8 @@ from typing import Any
 from .errors import UnusableInput
 from .jsonio import load_json_object
 
+MAX_EVAL_BYTES = 16 * 1024 * 1024  # an lm-eval results file (samples live in other files)
+MAX_EVAL_TASKS = 2000  # tasks in one results file: a card shows a few dozen
 EXPECTED_SHAPE = (
     'expected lm-evaluation-harness results: {"results": {TASK: {"acc,none": X, "acc_stderr,none": Y}}} (v0.4) '
     'or {"results": {TASK: {"acc": X, "acc_stderr": Y}}} (v0.3)'
@@ -87,10 +89,14 @@ def load_lm_eval(
     ``metrics`` defaults to ``["acc"]``; ``tasks`` to every task in the file.
     An unknown shape raises :class:`UnusableInput` saying what was expected.
     """
-    data = load_json_object(path)
+    data = load_json_object(path, MAX_EVAL_BYTES)
     results = data.get("results")
     if not isinstance(results, dict) or not results:
         raise UnusableInput(f"no 'results' object; {EXPECTED_SHAPE}", path)
+    if len(results) > MAX_EVAL_TASKS:
+        raise UnusableInput(f"{len(results)} tasks in 'results' (limit {MAX_EVAL_TASKS}); refused", path)
+    if tasks is not None and len(tasks) > MAX_EVAL_TASKS:
+        raise UnusableInput(f"{len(tasks)} tasks asked for (limit {MAX_EVAL_TASKS}); refused", path)
     metrics = list(metrics or ["acc"])
     n_shot = data.get("n-shot") if isinstance(data.get("n-shot"), dict) else {}
     config = data.get("config") if isinstance(data.get("config"), dict) else {}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnusableInput
+from .untrusted import read_capped, read_text
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -19,6 +20,7 @@ _TOML_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)")
 
 # Configs are small; anything bigger than this is not a config.
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
+MAX_TOML_BYTES = 4 * 1024 * 1024  # a registry entry
 
 
 def reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -47,20 +49,14 @@ def parse_json_bytes(data: bytes, path: str | Path) -> Any:
         raise UnusableInput("malformed JSON: nested too deeply", path) from None
 
 
-def load_json(path: str | Path) -> Any:
+def load_json(path: str | Path, cap: int = MAX_CONFIG_BYTES) -> Any:
+    """Parse a JSON file: a regular file of at most ``cap`` bytes (:func:`mcard.untrusted.read_capped`)."""
     path = Path(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_CONFIG_BYTES:
-            raise UnusableInput(f"{size} bytes is too large for a JSON config", path)
-        data = path.read_bytes()
-    except OSError as exc:
-        raise UnusableInput(f"cannot read: {exc.strerror or exc}", path) from None
-    return parse_json_bytes(data, path)
+    return parse_json_bytes(read_capped(path, cap), path)
 
 
-def load_json_object(path: str | Path) -> dict[str, Any]:
-    value = load_json(path)
+def load_json_object(path: str | Path, cap: int = MAX_CONFIG_BYTES) -> dict[str, Any]:
+    value = load_json(path, cap)
     if not isinstance(value, dict):
         raise UnusableInput(f"expected a JSON object, found {type(value).__name__}", path)
     return value
@@ -69,14 +65,11 @@ def load_json_object(path: str | Path) -> dict[str, Any]:
 def load_toml(path: str | Path) -> dict[str, Any]:
     """Load TOML; a syntax error is reported as ``file:line:column: message``."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UnusableInput(f"cannot read: {exc.strerror or exc}", path) from None
-    except UnicodeDecodeError as exc:
-        raise UnusableInput(f"not UTF-8 text (byte {exc.start})", path) from None
+    text = read_text(path, MAX_TOML_BYTES)
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        raise UnusableInput("TOML nested too deeply", path) from None
     except tomllib.TOMLDecodeError as exc:
         line, col, msg = getattr(exc, "lineno", None), getattr(exc, "colno", None), str(exc)
         found = _TOML_AT.search(msg)

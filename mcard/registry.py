@@ -22,6 +22,7 @@ error is an :class:`UnusableInput` naming the file and the key path.
 from __future__ import annotations
 
 import difflib
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ from typing import Any
 
 from .errors import UnusableInput
 from .evals import EvalEntry, load_lm_eval
+from .hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
 from .jsonio import load_json_object, load_toml
 from .registry_schema import (
     EVAL_FILE_SPEC, EVAL_INLINE_SPEC, LINK_SPEC, LIST, MODEL_SPEC, PROMPT_SPEC, STR, TABLE, TABLE_SPEC, TOP_SPEC,
@@ -165,12 +167,33 @@ def _cell(value: Any, where: str, file: Path) -> str:
     raise UnusableInput(f"{where}: a table cell must be a string or a number, found {kind_of(value)}", file)
 
 
-def load_entry(path: str | Path) -> Entry:
-    """Load and validate a registry entry. Raises :class:`UnusableInput` on any problem."""
+def entry_file(value: str, key: str, entry_path: Path, root: str | Path | None = None) -> Path:
+    """A file named in an entry (``original_card``, ``architecture.config``, an evaluation ``path``).
+
+    It is relative to the entry's folder and must resolve (symlinks followed)
+    inside that folder, or inside ``root`` (``--registry-root``) when given;
+    anything else is refused, so an entry cannot pull ``/etc/passwd`` or
+    ``/proc/self/environ`` into a card.
+    """
+    base = entry_path.parent
+    allowed = Path(root) if root is not None else base
+    if not value or os.path.isabs(value) or value.startswith("~") or "\0" in value:
+        raise UnusableInput(f"{key}: {value!r} must be a relative path (from the entry's folder)", entry_path)
+    real, real_root = os.path.realpath(base / value), os.path.realpath(allowed)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise UnusableInput(f"{key}: {value!r} resolves outside {allowed} (paths in an entry stay inside its "
+                            "folder; pass --registry-root to allow a wider folder)", entry_path)
+    return Path(real)
+
+
+def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Entry:
+    """Load and validate a registry entry. Raises :class:`UnusableInput` on any problem.
+
+    Files the entry names resolve inside its folder, or inside ``registry_root`` (see :func:`entry_file`).
+    """
     path = Path(path)
     data = load_toml(path)
     check_keys(data, TOP_SPEC, "", path)
-    base_dir = path.parent
 
     m = data["model"]
     check_keys(m, MODEL_SPEC, "model", path)
@@ -186,9 +209,10 @@ def load_entry(path: str | Path) -> Entry:
     links = list_of(m.get("links", []), TABLE, "model.links", path)
     for i, link in enumerate(links):
         check_keys(link, LINK_SPEC, f"model.links[{i}]", path)
+    _named(validate_repo_id, m["repo"], "model.repo", path)
     original = None
     if "original_card" in m:
-        original = (base_dir / m["original_card"]).resolve()
+        original = entry_file(m["original_card"], "model.original_card", path, registry_root)
         if not original.is_file():
             raise UnusableInput(f"model.original_card: no such file {m['original_card']!r}", path)
     model = ModelInfo(
@@ -220,7 +244,7 @@ def load_entry(path: str | Path) -> Entry:
                 raise UnusableInput(f"architecture: give either config = PATH or inline keys, not both ({others})", path)
             if not isinstance(a["config"], str):
                 raise UnusableInput(f"architecture.config: expected a string, found {kind_of(a['config'])}", path)
-            cfg_path = base_dir / a["config"]
+            cfg_path = entry_file(a["config"], "architecture.config", path, registry_root)
             arch, arch_source = load_json_object(cfg_path), str(cfg_path)
         else:
             arch, arch_source = dict(a), f"{path}: architecture"
@@ -242,7 +266,7 @@ def load_entry(path: str | Path) -> Entry:
 
     evaluations: list[EvalEntry] = []
     for i, e in enumerate(list_of(data.get("evaluations", []), TABLE, "evaluations", path)):
-        evaluations.extend(_evaluation(e, f"evaluations[{i}]", path, set(seen)))
+        evaluations.extend(_evaluation(e, f"evaluations[{i}]", path, set(seen), registry_root))
 
     tables = []
     for i, t in enumerate(list_of(data.get("tables", []), TABLE, "tables", path)):
@@ -266,6 +290,14 @@ def load_entry(path: str | Path) -> Entry:
         evaluations=sorted(evaluations, key=EvalEntry.sort_key),
         tables=tables,
     )
+
+
+def _named(check: Any, value: str, key: str, path: Path) -> None:
+    """A Hub name (repo, branch, file) checked at load time: the error names the key and the entry."""
+    try:
+        check(value)
+    except UnusableInput as exc:
+        raise UnusableInput(f"{key}: {exc.message}", path) from None
 
 
 def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
@@ -293,6 +325,10 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
                 f"{where}.version: unknown AWQ version {v['version']!r}{hint}; known: {', '.join(AWQ_VERSIONS)}", path)
         if v["bits"] != AWQ_BITS:
             raise UnusableInput(f"{where}.bits: AWQ is {AWQ_BITS}-bit only, found {v['bits']}", path)
+    if "branch" in v:
+        _named(validate_ref_name, v["branch"], f"{where}.branch", path)
+    if "file" in v:
+        _named(validate_repo_file, v["file"], f"{where}.file", path)
     out = RegistryVariant(
         format=fmt,
         family=family,
@@ -329,7 +365,8 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
     return out
 
 
-def _evaluation(e: dict[str, Any], where: str, path: Path, variant_keys: set[str]) -> list[EvalEntry]:
+def _evaluation(e: dict[str, Any], where: str, path: Path, variant_keys: set[str],
+                registry_root: str | Path | None = None) -> list[EvalEntry]:
     if "variant" in e and isinstance(e["variant"], str) and e["variant"] not in variant_keys:
         close = difflib.get_close_matches(e["variant"], sorted(variant_keys), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -339,7 +376,7 @@ def _evaluation(e: dict[str, Any], where: str, path: Path, variant_keys: set[str
         metrics = list_of(e.get("metrics", ["acc"]), STR, f"{where}.metrics", path)
         tasks = list_of(e["tasks"], STR, f"{where}.tasks", path) if "tasks" in e else None
         return load_lm_eval(
-            path.parent / e["path"],
+            entry_file(e["path"], f"{where}.path", path, registry_root),
             metrics=list(metrics),
             tasks=list(tasks) if tasks is not None else None,
             filter_name=e.get("filter", "none"),

@@ -11,7 +11,9 @@ summarise the latest state of every variant of the repo.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -23,6 +25,10 @@ from typing import Any, Callable
 from . import __version__
 from .errors import McardError, UnusableInput
 from .registry import Entry, RegistryVariant, load_entry
+from .safetext import redact
+from .untrusted import read_capped
+
+MAX_RECORD_BYTES = 4 * 1024 * 1024  # one variants/<key>.json record
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # Registry formats that `mcard smoke` has kernels and references for.
@@ -62,9 +68,19 @@ class VariantRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "VariantRecord":
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
+    def from_dict(cls, data: Any) -> "VariantRecord | None":
+        """A record from its JSON form; None when it is not one (a field of the wrong type, missing keys)."""
+        if not isinstance(data, dict):
+            return None
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in fields}
+        for name in ("repo", "variant", "format", "revision"):
+            if not isinstance(values.get(name), str):
+                return None
+        for name, value in values.items():
+            if not _fits(str(fields[name].type), value):
+                return None
+        return cls(**values)
 
 
 @dataclass
@@ -101,6 +117,7 @@ class SyncOptions:
     smoke_layers: int = 2
     smoke_batches: tuple[int, ...] = (1,)
     device: str = "auto"
+    registry_root: Path | None = None  # files named in entries may lie anywhere inside it
 
 
 def entry_paths(target: str | Path) -> list[Path]:
@@ -114,6 +131,19 @@ def entry_paths(target: str | Path) -> list[Path]:
     if not target.is_file():
         raise UnusableInput("no such registry entry or folder", target)
     return [target]
+
+
+def _fits(kind: str, value: Any) -> bool:
+    """Whether a stored value has the field's declared type (``str | None``, ``float``, ``list[str]``...)."""
+    for k in (part.strip() for part in kind.split("|")):
+        if (k == "None" and value is None or k == "str" and isinstance(value, str)
+                or k == "bool" and isinstance(value, bool)
+                or k == "int" and isinstance(value, int) and not isinstance(value, bool)
+                or k == "float" and isinstance(value, (int, float)) and not isinstance(value, bool)
+                and math.isfinite(value)
+                or k == "list[str]" and isinstance(value, list) and all(isinstance(x, str) for x in value)):
+            return True
+    return False
 
 
 def slug(text: str) -> str:
@@ -141,7 +171,7 @@ def sync(target: str | Path, options: SyncOptions | None = None,
 def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
                one_of_many: bool = False) -> RepoSync:
     """Sync one entry. With ``--report DIR`` and several entries, each repo gets ``DIR/<repo>``."""
-    entry = load_entry(path)
+    entry = load_entry(path, options.registry_root)
     if options.report_dir is None:
         report_dir = default_report_dir(entry.model.repo)
     else:
@@ -166,7 +196,7 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
     all_records = store.latest_all()
     store.write_summary(entry, all_records)
     if options.render:
-        result.card_path = str(_render(entry, store, all_records, local_paths))
+        result.card_path = str(_render(entry, store, all_records, local_paths, options.registry_root))
     return result
 
 
@@ -308,13 +338,18 @@ class _Store:
         _atomic_write(self._path(record.variant), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def latest_all(self) -> list[VariantRecord]:
+        """The latest record of every variant in the folder; a corrupt neighbour is left out, not fatal."""
         if not self.variants.is_dir():
             return []
         out = []
         for path in sorted(self.variants.glob("*.json")):
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(data.get("latest"), dict):
-                out.append(VariantRecord.from_dict(data["latest"]))
+            try:
+                data = json.loads(read_capped(path, MAX_RECORD_BYTES).decode("utf-8"))
+            except (McardError, ValueError, RecursionError):
+                continue
+            record = VariantRecord.from_dict(data.get("latest")) if isinstance(data, dict) else None
+            if record is not None:
+                out.append(record)
         return out
 
     def write_summary(self, entry: Entry, records: list[VariantRecord]) -> None:
@@ -346,7 +381,8 @@ def _gb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1e9:.2f} GB"
 
 
-def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path]) -> Path:
+def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path],
+            registry_root: Path | None = None) -> Path:
     from .card import render_card
 
     keys = {v.key for v in entry.variants}
@@ -355,27 +391,28 @@ def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_pat
         if (r.variant in keys and r.variant not in paths and r.status != FAILED and r.local_path
                 and Path(r.local_path).exists()):
             paths[r.variant] = Path(r.local_path)
-    text = render_card(entry.path, variant_paths=paths)
+    text = render_card(entry.path, variant_paths=paths, registry_root=registry_root)
     out = store.root / "README.md"
     _atomic_write(out, text)
     return out
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write a report file: redacted (no token reaches a report), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
+    tmp.write_text(redact(text), encoding="utf-8")
     os.replace(tmp, path)
 
 
 # -- CI plan -------------------------------------------------------------------------
 
 
-def plan_jobs(target: str | Path) -> list[dict[str, Any]]:
+def plan_jobs(target: str | Path, registry_root: str | Path | None = None) -> list[dict[str, Any]]:
     """One job per variant of every entry: what a CI matrix runs with ``mcard sync ENTRY --variant KEY``."""
     jobs = []
     for path in entry_paths(target):
-        entry = load_entry(path)
+        entry = load_entry(path, registry_root)
         for v in entry.variants:
             jobs.append({
                 "entry": path.as_posix(),
@@ -383,6 +420,7 @@ def plan_jobs(target: str | Path) -> list[dict[str, Any]]:
                 "variant": v.key,
                 "format": v.format,
                 "gpu": v.format in SMOKE_FORMATS,
-                "command": f"mcard sync {shlex.quote(path.as_posix())} --variant {shlex.quote(v.key)}",
+                "command": f"mcard sync {shlex.quote(path.as_posix())} --variant {shlex.quote(v.key)}"
+                           + (f" --registry-root {shlex.quote(Path(registry_root).as_posix())}" if registry_root else ""),
             })
     return jobs

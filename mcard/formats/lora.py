@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..arch import MAX_LAYERS, ModelShape
+from .. import untrusted
 from ..errors import UnusableInput
 from ..report import Report, Runtime, Severity
 from ..safetensors_io import DTYPE_BYTES
@@ -72,13 +73,13 @@ def targets(target_modules: Any, module: str) -> bool:
     if isinstance(target_modules, str):
         if target_modules == "all-linear":
             return not module.endswith("lm_head")
-        return re.fullmatch(target_modules, module) is not None
+        return untrusted.fullmatch(target_modules, module)  # a pattern from a file: bounded in time
     return any(module == t or module.endswith("." + t) for t in target_modules)
 
 
 def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
     for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?{key}$", module):
+        if untrusted.fullmatch(rf"(?:.*\.)?(?:{key})", module):
             return value
     return default
 
@@ -117,18 +118,26 @@ def _check_config(cfg: dict[str, Any], report: Report) -> bool:
     tm = cfg.get("target_modules")
     if isinstance(tm, str):
         try:
-            re.compile(tm)
-        except re.error as exc:
-            bad("target_modules", f"target_modules regex does not compile: {exc}")
+            untrusted.compile_pattern(tm)
+        except untrusted.PatternError as exc:
+            bad("target_modules", f"target_modules regex: {exc}")
             ok = False
     elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
         bad("target_modules", f"target_modules {tm!r} is neither a list of names nor a regex string")
         ok = False
     for key in ("rank_pattern", "alpha_pattern"):
         pat = cfg.get(key) or {}
-        if not isinstance(pat, dict) or not all(isinstance(v, (int, float)) and v > 0 for v in pat.values()):
+        if not isinstance(pat, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                and math.isfinite(v) and v > 0 for v in pat.values()):
             bad(key, f"{key} must map module patterns to positive numbers")
             ok = False
+            continue
+        for pattern in pat:
+            try:
+                untrusted.compile_pattern(rf"(?:.*\.)?(?:{pattern})")
+            except untrusted.PatternError as exc:
+                bad(f"{key}/{pattern[:60]}", f"{key} key: {exc}")
+                ok = False
     ltt = cfg.get("layers_to_transform")
     if ltt is not None and not (_is_index(ltt) or (isinstance(ltt, list) and all(_is_index(x) for x in ltt))):
         bad("layers_to_transform", f"layers_to_transform {ltt!r} is neither a layer index nor a list of them")
@@ -208,6 +217,13 @@ def _base_shape(variant: Variant, report: Report) -> tuple[ModelShape | None, st
 
 # -- validate ------------------------------------------------------------------------------
 def check(variant: Variant, report: Report) -> None:
+    try:
+        _check(variant, report)
+    except untrusted.PatternError as exc:  # a target_modules or rank_pattern regex that runs away
+        report.error("bad-adapter-config", CONFIG_NAME, "target_modules", str(exc))
+
+
+def _check(variant: Variant, report: Report) -> None:
     report.format = NAME
     cfg = _adapter_config(variant)
     report.runtimes = runtimes()

@@ -26,11 +26,12 @@ from __future__ import annotations
 import os
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 from ..errors import McardError, UnusableInput
-from .model import SHA256_RE, RemoteFile, Revision, safe_child, safe_relpath
+from ..pathguard import Target
+from ..untrusted import read_capped
+from .model import SHA256_RE, RemoteFile, Revision, safe_relpath
 from .refs import COMMIT_RE, RepoSpec, validate_revision
 
 CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
@@ -41,13 +42,6 @@ CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
 def repo_folder_name(repo_id: str) -> str:
     """``models--org--name``, as huggingface_hub names a model repo's cache folder."""
     return "--".join(["models", *repo_id.split("/")])
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _link_or_copy(blob: Path, pointer: Path) -> None:
@@ -71,6 +65,7 @@ class CacheLayout:
         self.cache_dir = Path(cache_dir)
         self.storage = self.cache_dir / repo_folder_name(rev.repo_id)
         self.snapshot = self.storage / "snapshots" / rev.commit
+        self.target = Target(self.cache_dir)  # blobs, snapshots, refs and .locks: all checked
 
     @property
     def root(self) -> Path:
@@ -89,33 +84,38 @@ class CacheLayout:
     def partial_path(self, rf: RemoteFile) -> Path:
         return self.storage / "blobs" / f"{rf.etag}.incomplete"
 
+    @property
+    def lock_dir(self) -> Path:
+        return self.cache_dir / ".locks" / repo_folder_name(self.rev.repo_id)
+
     def lock_path(self, rf: RemoteFile) -> Path:
-        return self.cache_dir / ".locks" / repo_folder_name(self.rev.repo_id) / f"{rf.etag}.lock"
+        return self.lock_dir / f"{rf.etag}.lock"
 
     def user_path(self, rf: RemoteFile) -> Path:
         return self.snapshot.joinpath(*rf.path.split("/"))
 
     def is_cached(self, rf: RemoteFile) -> bool:
         blob = self.blob(rf)
-        return blob.is_file() and blob.stat().st_size == rf.size
+        return not blob.is_symlink() and blob.is_file() and blob.stat().st_size == rf.size
 
     def prepare(self) -> None:
-        """Create the folders (called once, before any download)."""
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        """Create the folders (called once, before any download), refusing any that lead out of the cache."""
+        self.target.mkdirs(self.cache_dir)
         tag = self.cache_dir / "CACHEDIR.TAG"
-        if not tag.exists():
+        if not os.path.lexists(tag):
             try:
-                tag.write_text(CACHEDIR_TAG)
+                with self.target.open(tag, "wb") as fh:
+                    fh.write(CACHEDIR_TAG.encode())
             except OSError:
                 pass
-        (self.storage / "blobs").mkdir(parents=True, exist_ok=True)
-        self.snapshot.mkdir(parents=True, exist_ok=True)
+        self.target.mkdirs(self.storage / "blobs")
+        self.target.mkdirs(self.snapshot)
+        self.target.mkdirs(self.lock_dir)
 
     def finish(self, rf: RemoteFile) -> Path:
         """Point the snapshot entry at the (verified) blob; return the user-visible path."""
-        pointer = safe_child(self.snapshot, rf.path)
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        safe_child(self.snapshot, rf.path)  # again, now that the parents exist
+        pointer = self.target.child(f"{self.snapshot.relative_to(self.cache_dir).as_posix()}/{rf.path}")
+        self.target.mkdirs(pointer.parent)
         blob = self.blob(rf)
         if not (pointer.is_symlink() and os.path.realpath(pointer) == os.path.realpath(blob)):
             _link_or_copy(blob, pointer)
@@ -125,8 +125,8 @@ class CacheLayout:
         """Record ``refs/<branch or tag>`` = commit (not for a bare commit), atomically."""
         if self.rev.kind != "commit":
             ref = self.storage / "refs" / validate_revision(self.rev.name)
-            if not ref.is_file() or ref.read_text().strip() != self.rev.commit:
-                _atomic_write(ref, self.rev.commit)
+            if ref.is_symlink() or not ref.is_file() or ref.read_text().strip() != self.rev.commit:
+                self.target.write_atomic(self.target.check(ref), self.rev.commit)
 
 
 class LocalDirLayout:
@@ -138,6 +138,7 @@ class LocalDirLayout:
         self.rev = rev
         self.local_dir = Path(local_dir)
         self.meta_dir = self.local_dir / ".cache" / "huggingface" / "download"
+        self.target = Target(self.local_dir)  # final files and bookkeeping alike
 
     @property
     def root(self) -> Path:
@@ -152,7 +153,7 @@ class LocalDirLayout:
         return self.meta_dir.joinpath(*rf.path.split("/")).with_name(rf.path.rsplit("/", 1)[-1] + suffix)
 
     def final_path(self, rf: RemoteFile) -> Path:
-        return safe_child(self.local_dir, rf.path)
+        return self.target.child(rf.path)
 
     def partial_path(self, rf: RemoteFile) -> Path:
         return self._meta(rf, f".{rf.etag}.incomplete")
@@ -166,22 +167,24 @@ class LocalDirLayout:
     def is_cached(self, rf: RemoteFile) -> bool:
         path, meta = self.user_path(rf), self._meta(rf, ".metadata")
         try:
-            lines = meta.read_text().splitlines()
+            self.target.check(meta)
+            lines = read_capped(meta, 4096).decode("utf-8", "replace").splitlines()
             stat = path.stat()
-        except OSError:
+        except (OSError, UnusableInput):
             return False
         return (len(lines) >= 3 and lines[1].strip() == rf.etag and stat.st_size == rf.size
                 and stat.st_mtime - 1 <= float(lines[2] or 0) and not path.is_symlink())
 
     def prepare(self) -> None:
-        self.meta_dir.mkdir(parents=True, exist_ok=True)
+        self.target.mkdirs(self.meta_dir)
         gitignore = self.meta_dir.parent / ".gitignore"
-        if not gitignore.exists():
-            gitignore.write_text("*")
+        if not os.path.lexists(gitignore):
+            with self.target.open(gitignore, "wb") as fh:
+                fh.write(b"*")
 
     def finish(self, rf: RemoteFile) -> Path:
         """Write the metadata that makes ``hf download --local-dir`` treat the file as up to date."""
-        _atomic_write(self._meta(rf, ".metadata"), f"{self.rev.commit}\n{rf.etag}\n{time.time()}\n")
+        self.target.write_atomic(self._meta(rf, ".metadata"), f"{self.rev.commit}\n{rf.etag}\n{time.time()}\n")
         return self.user_path(rf)
 
     def complete(self) -> None:
@@ -190,12 +193,11 @@ class LocalDirLayout:
 
 def prepare_final(layout: CacheLayout | LocalDirLayout, rf: RemoteFile) -> Path:
     """Create the parent folder of ``rf``'s final path, refusing symlinked parents that lead outside."""
-    final = layout.final_path(rf)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(layout, LocalDirLayout):
-        final = safe_child(layout.local_dir, rf.path)
-    layout.partial_path(rf).parent.mkdir(parents=True, exist_ok=True)
-    return final
+    final = layout.target.check(layout.final_path(rf))
+    layout.target.mkdirs(final.parent)
+    layout.target.mkdirs(layout.partial_path(rf).parent)
+    layout.target.mkdirs(layout.lock_path(rf).parent)
+    return layout.target.check(final)
 
 
 def cached_revision(cache_dir: Path, spec: RepoSpec) -> tuple[Revision, list[tuple[RemoteFile, Path]]]:

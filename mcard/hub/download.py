@@ -16,6 +16,7 @@ alone (:func:`mcard.hub.cache.cached_revision`).
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -23,12 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from filelock import FileLock
-
 from ..errors import CheckFailed, McardError
 from .cache import CacheLayout, LocalDirLayout, cached_revision, prepare_final
 from .env import resolve_env
-from .model import RemoteFile, safe_child
+from ..pathguard import Target
+from .model import RemoteFile
 from .progress import NullReporter, Reporter
 from .refs import parse_repo_spec
 from .remote import HubClient
@@ -131,8 +131,7 @@ def _one_file(client: HubClient, layout: Layout, rf: RemoteFile, policy: RetryPo
     """Fetch one file under its lock; never raises for per-file problems."""
     try:
         final = prepare_final(layout, rf)
-        layout.lock_path(rf).parent.mkdir(parents=True, exist_ok=True)
-        with FileLock(str(layout.lock_path(rf))):
+        with layout.target.lock(layout.lock_path(rf)):
             if layout.is_cached(rf):
                 return _cached_result(layout, rf, layout.finish(rf))
             reporter.file_started(rf.path, rf.size)
@@ -141,7 +140,7 @@ def _one_file(client: HubClient, layout: Layout, rf: RemoteFile, policy: RetryPo
                     client.http, client.file_url(layout.rev.repo_id, layout.rev.commit, rf.path), rf,
                     layout.partial_path(rf), final, policy=policy,
                     advance=lambda n: reporter.advance(rf.path, n),
-                    reset=lambda pos: reporter.file_position(rf.path, pos), cancel=cancel)
+                    reset=lambda pos: reporter.file_position(rf.path, pos), cancel=cancel, target=layout.target)
             finally:
                 reporter.file_done(rf.path, "done")
             local = layout.finish(rf)
@@ -254,9 +253,13 @@ def _fetch_offline(cache_dir: Path, spec: Any, names: Sequence[str], include: Se
         source = by_path[rf.path][1]
         local = source
         if local_dir is not None and not dry_run:
-            dest = safe_child(Path(local_dir), rf.path)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, dest)
+            guard = Target(Path(local_dir))
+            dest = guard.child(rf.path)
+            guard.mkdirs(dest.parent)
+            tmp = dest.with_name(dest.name + ".incomplete")
+            with open(source, "rb") as src, guard.open(tmp, "wb") as out:
+                shutil.copyfileobj(src, out)
+            os.replace(tmp, dest)
             local = dest
         sha = rf.sha256 or _file_sha256(source)
         result.files.append(FileResult(rf.path, rf.size, "cached", str(local), sha, rf.blob_id or None, rf.lfs))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..errors import UnusableInput
 
@@ -87,16 +85,3 @@ def check_listing(files: list[RemoteFile], where: str) -> list[RemoteFile]:
                 raise UnusableInput(f"the server listing has {'/'.join(parts[:i])!r} both as a file and as the "
                                     f"folder of {f.path!r}", where)
     return files
-
-
-def safe_child(root: Path, relpath: str) -> Path:
-    """``root/relpath`` after checking that no existing component is a symlink leading outside ``root``."""
-    target = root.joinpath(*relpath.split("/"))
-    real_root = os.path.realpath(root)
-    probe = target.parent
-    while not probe.exists() and probe != root:
-        probe = probe.parent
-    real = os.path.realpath(probe)
-    if real != real_root and not real.startswith(real_root + os.sep):
-        raise UnusableInput(f"refusing to write outside {root}: {relpath!r} resolves to {real}")
-    return target

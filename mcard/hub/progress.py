@@ -72,7 +72,9 @@ class RichReporter:
         self._overall = self._progress.add_task(f"total ({files} files)", total=total_bytes)
 
     def file_started(self, path: str, size: int) -> None:
-        name = path if len(path) <= 40 else "…" + path[-39:]
+        from ..safetext import markup_safe
+
+        name = markup_safe(path if len(path) <= 40 else "…" + path[-39:])  # a listed name is server text
         with self._lock:
             self._tasks[path] = self._progress.add_task(name, total=size)
             self._positions[path] = 0

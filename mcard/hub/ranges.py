@@ -25,7 +25,8 @@ import httpx
 
 from ..errors import McardError, UnusableInput
 from ..net import stream
-from .model import RemoteFile, Revision, safe_child
+from ..pathguard import Target
+from .model import RemoteFile, Revision
 from .remote import HubClient
 from .transfer import Transient, check_status
 
@@ -129,22 +130,23 @@ class SparseMirror:
 
     def __init__(self, root: Path, reader: RangeReader) -> None:
         self.root, self.reader = root, reader
+        self.target = Target(root)
         self._lock = threading.Lock()
         self.have: dict[str, list[tuple[int, int]]] = {}  # file -> byte ranges written
 
     def path(self, rf: RemoteFile) -> Path:
-        return safe_child(self.root, rf.path)
+        return self.target.child(rf.path)
 
     def create(self, rf: RemoteFile) -> None:
-        target = self.path(rf)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with open(target, "wb") as fh:
+        path = self.path(rf)
+        self.target.mkdirs(path.parent)
+        with self.target.open(path, "wb") as fh:
             fh.truncate(rf.size)
 
     def write(self, rf: RemoteFile, offset: int, data: bytes) -> None:
         if not data:
             return
-        fd = os.open(self.path(rf), os.O_WRONLY)
+        fd = self.target.open_fd(self.path(rf), os.O_WRONLY)
         try:
             os.pwrite(fd, data, offset)
         finally:

@@ -39,10 +39,60 @@ class RepoSpec:
 def validate_repo_id(repo_id: str) -> str:
     """Return ``repo_id`` if it is a well-formed ``[org/]name``; raise UnusableInput otherwise."""
     parts = repo_id.split("/")
-    ok = 1 <= len(parts) <= 2 and all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts)
+    ok = (1 <= len(parts) <= 2 and all(_REPO_PART.match(p) and "--" not in p and ".." not in p for p in parts)
+          and not repo_id.endswith(".git"))
     if not ok:
         raise UnusableInput(f"not a Hub repo id (expected org/name): {repo_id!r}")
     return repo_id
+
+
+# Characters a shell gives meaning to: refused in registry names, so a name is safe wherever CI pastes it.
+_SHELL_CHARS = set("\"'`$;&|<>(){}!#\\") | {" ", "\t"}
+
+
+def validate_ref_name(name: str, where: str = "branch") -> str:
+    """A branch or tag name by git's ref-name rules (``git check-ref-format``) and without shell characters.
+
+    Refused: empty or over 255 bytes, control characters, space, ``~ ^ : ? * [ \\``,
+    ``..``, ``@{``, ``//``, a leading or trailing ``/`` or ``.``, a component
+    starting with ``.`` or ending in ``.lock``, ``@`` alone, and the shell
+    characters ``" ' ` $ ; & | < > ( ) { } ! #``.
+    """
+    bad = next((c for c in name if ord(c) < 32 or ord(c) == 127 or c in "~^:?*[" or c in _SHELL_CHARS), None)
+    parts = name.split("/")
+    problem = (
+        "is empty" if not name
+        else "is longer than 255 bytes" if len(name.encode()) > 255
+        else f"contains {bad!r}" if bad is not None
+        else "contains '..', '@{' or '//'" if ".." in name or "@{" in name or "//" in name
+        else "starts or ends with '/' or '.'" if name[0] in "/." or name[-1] in "/."
+        else "has a component starting with '.' or ending in '.lock'"
+        if any(p.startswith(".") or p.endswith(".lock") for p in parts)
+        else "is '@'" if name == "@" else None
+    )
+    if problem:
+        raise UnusableInput(f"{where} name {name[:80]!r} {problem} (git and Hub ref-name rules)")
+    return name
+
+
+def validate_repo_file(path: str, where: str = "file") -> str:
+    """A file path in a repo: relative, ``/``-separated, no ``.``/``..`` components, no control or shell characters."""
+    from .model import MAX_NAME_BYTES, MAX_PATH_BYTES
+
+    parts = path.split("/")
+    bad = next((c for c in path if ord(c) < 32 or ord(c) == 127 or c in _SHELL_CHARS or c in "*?["), None)
+    problem = (
+        "is empty" if not path
+        else f"is longer than {MAX_PATH_BYTES} bytes" if len(path.encode()) > MAX_PATH_BYTES
+        else f"contains {bad!r}" if bad is not None
+        else "is not a relative path with '/' separators" if path.startswith("/") or re.match(r"^[A-Za-z]:", path)
+        else "has an empty, '.' or '..' component" if any(p in ("", ".", "..") for p in parts)
+        else f"has a name longer than {MAX_NAME_BYTES} bytes" if any(len(p.encode()) > MAX_NAME_BYTES for p in parts)
+        else "is inside .git/" if parts[0] == ".git" else None
+    )
+    if problem:
+        raise UnusableInput(f"{where} {path[:80]!r} {problem} (Hub file-path rules)")
+    return path
 
 
 def validate_revision(revision: str) -> str:

@@ -33,6 +33,7 @@ import httpx
 
 from ..errors import CheckFailed, McardError
 from ..net import stream
+from ..pathguard import Target
 from .model import RemoteFile
 
 CHUNK = 1 << 16  # hash and write in 64 KiB batches: few calls, little lost if the process is killed
@@ -140,8 +141,8 @@ class _Hooks:
         self.reset = reset or (lambda pos: None)
 
 
-def _rehash(partial: Path, verifier: Verifier, cancel: threading.Event | None) -> None:
-    with open(partial, "rb") as f:
+def _rehash(partial: Path, verifier: Verifier, cancel: threading.Event | None, target: Target) -> None:
+    with target.open(partial, "rb") as f:
         while chunk := f.read(READ_CHUNK):
             if cancel is not None and cancel.is_set():
                 raise McardError("interrupted", partial)
@@ -156,7 +157,7 @@ def _range_ok(response: httpx.Response, offset: int, size: int) -> bool:
 
 
 def _attempt(client: httpx.Client, url: str, headers: dict[str, str], partial: Path, verifier: Verifier,
-             hooks: _Hooks, cancel: threading.Event | None, outcome: Outcome) -> None:
+             hooks: _Hooks, cancel: threading.Event | None, outcome: Outcome, target: Target) -> None:
     """One GET; appends to ``partial`` (resume) or rewrites it. Raises Transient when worth retrying."""
     rf, offset = verifier.rf, verifier.count
     req = dict(headers)
@@ -172,19 +173,19 @@ def _attempt(client: httpx.Client, url: str, headers: dict[str, str], partial: P
             verifier.reset()
             outcome.restarts += 1
             hooks.reset(0)
-        _stream_body(resp, partial, "ab" if verifier.count else "wb", verifier, hooks, cancel, outcome)
+        _stream_body(resp, partial, "ab" if verifier.count else "wb", verifier, hooks, cancel, outcome, target)
     if verifier.count < rf.size:
         raise Transient(f"{rf.path}: connection closed after {verifier.count} of {rf.size} bytes")
 
 
 def _stream_body(resp: httpx.Response, partial: Path, mode: str, verifier: Verifier, hooks: _Hooks,
-                 cancel: threading.Event | None, outcome: Outcome) -> None:
+                 cancel: threading.Event | None, outcome: Outcome, target: Target) -> None:
     """Hash and append the body in ~1 MiB batches; on any interruption the batch so far is kept."""
     rf = verifier.rf
     encoded = resp.headers.get("content-encoding", "identity").lower() not in ("", "identity")
     pieces = resp.iter_bytes() if encoded else resp.iter_raw()  # raw: no decoder work for plain bodies
     buffer = bytearray()
-    with open(partial, mode) as f:
+    with target.open(partial, mode) as f:
 
         def flush() -> None:
             if buffer:
@@ -219,26 +220,30 @@ class _Restart(Exception):
 def download_verified(client: httpx.Client, url: str, rf: RemoteFile, partial: Path, final: Path, *,
                       headers: dict[str, str] | None = None, policy: RetryPolicy | None = None,
                       advance: Callable[[int], None] | None = None, reset: Callable[[int], None] | None = None,
-                      cancel: threading.Event | None = None, sleep: Callable[[float], None] = time.sleep) -> Outcome:
+                      cancel: threading.Event | None = None, sleep: Callable[[float], None] = time.sleep,
+                      target: Target | None = None) -> Outcome:
     """Download ``url`` into ``final`` through ``partial``, verified against ``rf``.
 
     On a hash mismatch the partial file is deleted and :class:`CheckFailed`
     names the file, the expected and the actual digest (a mismatch after
     resuming an older partial file is retried once from byte 0 first). On
     transient failures beyond the retry budget the partial file is kept for
-    the next run and :class:`McardError` is raised.
+    the next run and :class:`McardError` is raised. The partial file is opened
+    through ``target`` (:class:`mcard.pathguard.Target`, default: its folder),
+    never through a symlink.
     """
+    target = target or Target(partial.parent)
     policy = policy or RetryPolicy()
     hooks = _Hooks(advance, reset)
     base = dict(headers or {})
-    partial.parent.mkdir(parents=True, exist_ok=True)
+    target.mkdirs(partial.parent)
     verifier = Verifier(rf)
     outcome = Outcome(sha256="", resumed_from=0, received=0, restarts=0)
-    if partial.exists():
-        if partial.stat().st_size > rf.size:
+    if os.path.lexists(partial):
+        if not partial.is_symlink() and partial.stat().st_size > rf.size:
             partial.unlink()
         else:
-            _rehash(partial, verifier, cancel)
+            _rehash(partial, verifier, cancel, target)
             outcome.resumed_from = verifier.count
     hooks.reset(verifier.count)
     failures = 0
@@ -246,11 +251,11 @@ def download_verified(client: httpx.Client, url: str, rf: RemoteFile, partial: P
     while True:
         try:
             if verifier.count < rf.size or rf.size == 0 and not partial.exists():
-                _attempt(client, url, base, partial, verifier, hooks, cancel, outcome)
+                _attempt(client, url, base, partial, verifier, hooks, cancel, outcome, target)
         except _Restart:
             if outcome.restarts > 2:
                 raise McardError("server keeps answering resume requests wrongly", rf.path) from None
-            _truncate(partial)
+            _truncate(partial, target)
             verifier.reset()
             outcome.restarts += 1
             hooks.reset(0)
@@ -273,8 +278,8 @@ def download_verified(client: httpx.Client, url: str, rf: RemoteFile, partial: P
         raise CheckFailed(problem, rf.path)
 
 
-def _truncate(partial: Path) -> None:
-    with open(partial, "wb"):
+def _truncate(partial: Path, target: Target) -> None:
+    with target.open(partial, "wb"):
         pass
 
 
