@@ -37,6 +37,7 @@ ALIGN = 32  # ggjt tensor data alignment
 # Block bytes of the legacy types before ggjt v3 (f32 scales): type -> bytes per 32 values.
 _OLD_BLOCKS = {"Q4_0": 20, "Q4_1": 24, "Q5_0": 24, "Q5_1": 28, "Q8_0": 36}
 _MAX_NAME = 512
+MAX_VOCAB = 1 << 22  # 4M tokens: 16 times the largest vocabulary in use
 # predict_size's estimate of the vocabulary text: bytes of token text per token (LLaMA's
 # SentencePiece vocab with ▁ written as a space averages about 5.5); lengths and scores are exact.
 _VOCAB_TEXT_BYTES_PER_TOKEN = 5.5
@@ -93,7 +94,7 @@ def read(path: str | Path) -> GgmlFile:
             raise UnusableInput(f"{magic} version {version} is unknown", path)
         keys = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
         hp = dict(zip(keys, struct.unpack("<7i", take(28, "hparams"))))
-        if (not 0 < hp["n_vocab"] * 4 <= size or hp["n_embd"] <= 0 or not 0 < hp["n_layer"] <= MAX_LAYERS
+        if (not 0 < hp["n_vocab"] * 4 <= size or hp["n_vocab"] > MAX_VOCAB or hp["n_embd"] <= 0 or not 0 < hp["n_layer"] <= MAX_LAYERS
                 or hp["n_head"] <= 0 or hp["n_mult"] <= 0):
             raise UnusableInput(f"implausible GGML hparams {hp}", path)
         for i in range(hp["n_vocab"]):

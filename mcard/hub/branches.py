@@ -24,7 +24,7 @@ from .cache import cached_revision, repo_folder_name
 from .env import resolve_env
 from .model import RemoteFile, Revision
 from .refs import Disagreement, QuantParams, RepoSpec, compare_params, params_from_branch, params_from_configs
-from .refs import COMMIT_RE, parse_repo_spec
+from .refs import COMMIT_RE, parse_repo_spec, unusable_numbers
 from .remote import HubClient
 from .transfer import RetryPolicy
 
@@ -98,6 +98,10 @@ def _parse_config(data: bytes, where: str, report: RefReport) -> dict[str, Any] 
 
 def _check(report: RefReport, configs: dict[str, dict[str, Any] | None]) -> None:
     """Fill the parameter fields and disagreements of ``report`` from the parsed configs."""
+    for source, cfg in configs.items():
+        section = cfg.get("quantization_config") if source == "config.json" and isinstance(cfg, dict) else cfg
+        for key in unusable_numbers(section):
+            report.notes.append(f"{source}: {key} is not a finite number ({str(section[key])[:20]}); ignored")
     report.name_params = params_from_branch(report.name)
     report.config_params = params_from_configs(configs.get("quantize_config.json"), configs.get("config.json"))
     for source, params in report.config_params.items():

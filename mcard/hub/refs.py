@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -214,7 +215,23 @@ def _as_bool(value: Any) -> bool | None:
 
 
 def _as_number(value: Any) -> float | None:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    """A finite number, or None (``1e999``, ``NaN`` and ``Infinity`` in a config state nothing usable)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond float range
+        return None
+    return number if math.isfinite(number) and abs(number) < 2**53 else None
+
+
+def unusable_numbers(data: Any) -> list[str]:
+    """Quant keys of a config mapping whose value is a number that is not finite (reported, then ignored)."""
+    if not isinstance(data, dict):
+        return []
+    return [key for key in ("bits", "w_bit", "group_size", "q_group_size", "head_bits")
+            if isinstance(data.get(key), (int, float)) and not isinstance(data.get(key), bool)
+            and _as_number(data[key]) is None]
 
 
 def _params_from_mapping(data: dict[str, Any], default_method: str | None) -> QuantParams:

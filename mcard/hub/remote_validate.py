@@ -136,7 +136,7 @@ def _ggml_headers(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
         if (magic == "ggmf" and version != 1) or (magic == "ggjt" and version not in (1, 2, 3)):
             return
         n_vocab, n_embd, _m, n_head, n_layer, _r, _ft = struct.unpack("<7i", take(28))
-        if not 0 < n_vocab * 4 <= size or n_embd <= 0 or n_layer <= 0 or n_head <= 0:
+        if not 0 < n_vocab * 4 <= size or n_vocab > ggml.MAX_VOCAB or n_embd <= 0 or n_layer <= 0 or n_head <= 0:
             return
         for _ in range(n_vocab):
             n = struct.unpack("<I", take(4))[0]

@@ -39,6 +39,7 @@ from ..errors import McardError, UnusableInput
 from .limits import NetLimits
 
 CAP_KEY = "mcard.cap"  # request extension: the byte cap of this response's body
+MAX_FILE_BYTES = 1 << 41  # as mcard.hub.model.MAX_LISTED_SIZE: no Hub file is larger
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
@@ -138,8 +139,16 @@ class NetSession:
                     self._pages[nxt] = int(request.extensions.get("mcard.page", 1)) + 1
 
     def body_limits(self, request: Any, status: int) -> tuple[int, float | None]:
-        """(byte cap, whole-response seconds or None) of this response."""
+        """(byte cap, whole-response seconds or None) of this response.
+
+        A request that names its cap gets it; a file download huggingface_hub makes
+        (a ``/resolve/`` URL) gets the largest file size a listing may state (it
+        verifies size and hash itself); any other request gets the metadata cap
+        and time limit.
+        """
         cap = request.extensions.get(CAP_KEY)
+        if cap is None and status < 400 and "/resolve/" in request.url.path:
+            return MAX_FILE_BYTES, None
         if cap is None or status >= 400:
             return self.limits.api_body_bytes if cap is None else min(int(cap), self.limits.api_body_bytes), \
                 self.limits.response_seconds

@@ -36,6 +36,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import json
@@ -60,7 +61,7 @@ class Tricks:
     content_range_echo: bool = False
     endless_body: tuple[str, ...] = ()
     gzip_bomb: tuple[str, ...] = ()
-    gzip_bomb_bytes: int = 256 << 20
+    gzip_bomb_bytes: int = 64 << 20
     redirect_loop: tuple[str, ...] = ()
     redirect_other: tuple[str, ...] = ()
     range_total: int | None = None
@@ -78,6 +79,8 @@ class Sparse:
 
     size: int
     runs: tuple[tuple[int, bytes], ...] = ()
+    fill: bytes = b""  # repeated from ``fill_from`` on, under the runs (zeros when empty)
+    fill_from: int = 0
 
     def __len__(self) -> int:
         return self.size
@@ -85,11 +88,22 @@ class Sparse:
     def __getitem__(self, key: slice) -> bytes:
         start, stop = key.start or 0, min(key.stop if key.stop is not None else self.size, self.size)
         out = bytearray(max(0, stop - start))
+        if self.fill and stop > self.fill_from:
+            a = max(start, self.fill_from)
+            phase = (a - self.fill_from) % len(self.fill)
+            reps = (stop - a + phase) // len(self.fill) + 1
+            out[a - start:] = (self.fill * reps)[phase:phase + stop - a]
         for offset, data in self.runs:
             a, b = max(start, offset), min(stop, offset + len(data))
             if a < b:
                 out[a - start:b - start] = data[a - offset:b - offset]
         return bytes(out)
+
+
+@functools.lru_cache(maxsize=4)
+def _bomb(size: int) -> bytes:
+    """``size`` zero bytes, gzip-compressed (about 1000 times smaller)."""
+    return gzip.compress(b"\0" * size, compresslevel=9)
 
 
 def _commit(repo: str, branch: str) -> str:
@@ -117,6 +131,9 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # a client that hangs up mid-answer is what these tests provoke
+
 
 class _Base:
     """A threaded loopback HTTP server with ``.endpoint``; a context manager."""
@@ -142,6 +159,7 @@ class _Base:
 
 class _Quiet(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stalls
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
         pass
@@ -164,7 +182,7 @@ class _RecorderHandler(_Quiet):
         if "/api/" in self.path:
             self._send(200, b"[]", {"Content-Type": "application/json"})
         else:
-            self._send(200, b"{}", {"Content-Type": "application/octet-stream"})
+            self._send(200, owner.payload.get(self.path, b"{}"), {"Content-Type": "application/octet-stream"})
 
     do_GET = do_HEAD = _handle
 
@@ -176,6 +194,7 @@ class TokenRecorder(_Base):
 
     def __init__(self) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
+        self.payload: dict[str, bytes] = {}  # path -> bytes served (what a CDN holds)
         self.lock = threading.Lock()
         host = "127.0.0.2"
         try:
@@ -216,13 +235,17 @@ class _HubHandler(_Quiet):
             self._send(302, b"", {"Location": self.path})
             return
         if any(h in path for h in tricks.redirect_other):
+            parts = path.strip("/").split("/")
+            files = hub.files("/".join(parts[:2]), parts[3]) if len(parts) > 4 else None
+            if files is not None and "/".join(parts[4:]) in files:
+                hub.other.payload[self.path] = bytes(files["/".join(parts[4:])])
             self._send(302, b"", {"Location": hub.other.endpoint + self.path})
             return
         if any(h in path for h in tricks.endless_body):
             self._endless()
             return
         if any(h in path for h in tricks.gzip_bomb):
-            body = gzip.compress(b"\0" * tricks.gzip_bomb_bytes, compresslevel=9)
+            body = _bomb(tricks.gzip_bomb_bytes)
             self._send(200, body, {"Content-Encoding": "gzip", "Content-Type": "application/json"})
             return
         parts = path.strip("/").split("/")
