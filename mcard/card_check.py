@@ -84,7 +84,7 @@ def parse_gb(cell: str) -> float | None:
 
 
 MAX_FRONT_MATTER = 1024 * 1024  # bytes of YAML metadata
-MAX_META_NODES = 50_000  # YAML nodes in it
+MAX_META_NODES = 20_000  # YAML nodes in it
 MAX_META_LIST = 2000  # items of any one list (tags, languages, results): huggingface_hub is quadratic in them
 
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
+from ..errors import UnusableInput
+
 QK_K = 256
 
 # ftype name -> (general.file_type id, base ggml type). Names as llama-quantize spells them.
@@ -59,12 +61,16 @@ LAYER_ROLES: dict[str, str] = {
 NORM_ROLES = ("attn_norm", "ffn_norm", "output_norm")
 
 
+class UnknownType(UnusableInput, ValueError):
+    """A GGUF/GGML type or mix mcard does not know: one line, exit 2 (and a ValueError for library callers)."""
+
+
 def canonical_ftype(ftype: str) -> str:
-    """Normalise ``q4_k_m``/``Q4_K_M``/``q4_K`` to a key of :data:`FTYPES`; ValueError if unknown."""
-    key = ftype.strip().upper().replace("-", "_")
+    """Normalise ``q4_k_m``/``Q4_K_M``/``q4_K`` to a key of :data:`FTYPES`; :class:`UnknownType` if unknown."""
+    key = str(ftype).strip().upper().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in FTYPES:
-        raise ValueError(f"unknown GGUF/GGML type {ftype!r} (known: {', '.join(FTYPES)})")
+        raise UnknownType(f"unknown GGUF/GGML type {str(ftype)[:40]!r} (known: {', '.join(FTYPES)})")
     return key
 
 
