@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import re
 import shlex
 import time
@@ -25,6 +24,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import McardError, UnusableInput
 from .registry import Entry, RegistryVariant, load_entry
+from .pathguard import Target
 from .safetext import redact
 from .untrusted import read_capped
 
@@ -335,7 +335,7 @@ class _Store:
         data["latest"] = record.to_dict()
         if record.status == PASSED:
             data["last_pass"] = record.to_dict()
-        _atomic_write(self._path(record.variant), json.dumps(data, indent=2, sort_keys=True) + "\n")
+        _atomic_write(self.root, self._path(record.variant), json.dumps(data, indent=2, sort_keys=True) + "\n")
 
     def latest_all(self) -> list[VariantRecord]:
         """The latest record of every variant in the folder; a corrupt neighbour is left out, not fatal."""
@@ -360,8 +360,8 @@ class _Store:
             "ok": all(r.status != FAILED for r in records if r.variant in order),
             "variants": [r.to_dict() for r in records],
         }
-        _atomic_write(self.root / "report.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
-        _atomic_write(self.root / "report.md", summary_markdown(entry.model.repo, records))
+        _atomic_write(self.root, self.root / "report.json", json.dumps(doc, indent=2, sort_keys=True) + "\n")
+        _atomic_write(self.root, self.root / "report.md", summary_markdown(entry.model.repo, records))
 
 
 def summary_markdown(repo: str, records: list[VariantRecord]) -> str:
@@ -393,16 +393,14 @@ def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_pat
             paths[r.variant] = Path(r.local_path)
     text = render_card(entry.path, variant_paths=paths, registry_root=registry_root)
     out = store.root / "README.md"
-    _atomic_write(out, text)
+    _atomic_write(store.root, out, text)
     return out
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write a report file: redacted (no token reaches a report), atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(redact(text), encoding="utf-8")
-    os.replace(tmp, path)
+def _atomic_write(root: Path, path: Path, text: str) -> None:
+    """Write a report file under ``root``: redacted (no token reaches a report), atomically, never through a
+    symlink out of the report folder (:class:`mcard.pathguard.Target`)."""
+    Target(root).write_atomic(path, redact(text))
 
 
 # -- CI plan -------------------------------------------------------------------------
