@@ -27,6 +27,7 @@ from urllib.parse import quote
 _SECRETS: set[str] = set()
 _LOCK = threading.Lock()
 _TOKEN_SHAPE = re.compile(r"hf_[A-Za-z0-9]{20,}")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 MIN_SECRET = 6  # shorter values are not treated as secrets (they would mask ordinary words)
 
@@ -51,8 +52,12 @@ def _secrets() -> list[str]:
 
 
 def redact(text: Any) -> str:
-    """``str(text)`` with every known token, and anything shaped like one, replaced by ``***``."""
+    """``str(text)`` with every known token, and anything shaped like one, replaced by ``***``.
+
+    Lone surrogates (from a JSON ``"\\ud800"``) are shown as ``\\ud800``: they cannot be written as UTF-8.
+    """
     out = text if isinstance(text, str) else str(text)
+    out = _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", out)
     for secret in _secrets():
         if secret in out:
             out = out.replace(secret, "***")
@@ -125,13 +130,22 @@ def redact_process_output() -> Callable[[], None]:
     a pipe or a CI log (rich tables, JSON, errors, warnings) is redacted even
     where a message was built without :func:`plain`.
     """
+    import logging
+
     saved = sys.stdout, sys.stderr
     if not isinstance(sys.stdout, RedactingWriter):
         sys.stdout = RedactingWriter(sys.stdout)  # type: ignore[assignment]
     if not isinstance(sys.stderr, RedactingWriter):
         sys.stderr = RedactingWriter(sys.stderr)  # type: ignore[assignment]
+    # huggingface_hub's warnings (retries, URLs) go through the same step, to the stderr of this command
+    handlers = [h for h in logging.getLogger("huggingface_hub").handlers if type(h) is logging.StreamHandler]
+    streams = [h.stream for h in handlers]
+    for handler in handlers:
+        handler.stream = sys.stderr  # no flush of the old stream: it may be closed (in-process test runs)
 
     def restore() -> None:
+        for handler, stream in zip(handlers, streams):
+            handler.stream = stream
         sys.stdout, sys.stderr = saved
 
     return restore

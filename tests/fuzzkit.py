@@ -10,6 +10,12 @@ Used by ``tests/test_fuzz_validate.py`` (a few hundred examples) and runnable as
 a longer campaign::
 
     python tests/fuzzkit.py --count 20000 --seed 1
+
+The structure-aware campaigns through the CLI (:mod:`fuzzcli`: registry entries,
+cards, variants, hostile Hub listings), where a printed ``internal error`` or a
+traceback is a failure, run with ``--kind``::
+
+    python tests/fuzzkit.py --kind listing --count 2000 --seed 1
 """
 
 from __future__ import annotations
@@ -547,7 +553,15 @@ if __name__ == "__main__":
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--root", default=None)
     ap.add_argument("--only", default=None)
+    ap.add_argument("--kind", default="api", choices=["api", "registry", "card", "validate", "listing"],
+                    help="api: inspect/dequantize in-process; the others: CLI campaigns (fuzzcli.py)")
     args = ap.parse_args()
+    if args.kind != "api":
+        import fuzzcli
+
+        failed = fuzzcli.campaign(args.kind, args.count, args.seed, args.root)
+        print(f"{args.count} {args.kind} cases, {len(failed)} failures")
+        sys.exit(1 if failed else 0)
     root = Path(args.root or tempfile.mkdtemp(prefix="mcard-fuzz-"))
     root.mkdir(parents=True, exist_ok=True)
     found = campaign(args.count, args.seed, root, args.only)

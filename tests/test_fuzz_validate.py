@@ -28,6 +28,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import fuzzcli
 import fuzzkit
 from mcard import api
 from mcard.arch import tiny_config
@@ -71,6 +72,23 @@ def test_mutated_variants_never_crash(seeds, name, rnd):
 def test_campaign_loop_runs(tmp_path):
     """The plain random loop (what `python tests/fuzzkit.py` runs) finds nothing on a short run."""
     assert fuzzkit.campaign(60, seed=7, root=tmp_path) == []
+
+
+# -- the CLI campaigns (tests/fuzzcli.py): an internal error, a traceback or a printed token is a failure -------
+@pytest.mark.parametrize("kind, count", [("registry", 30), ("card", 20), ("validate", 15), ("listing", 12)])
+def test_cli_campaign_share_finds_no_internal_error(tmp_path, kind, count):
+    found: list[str] = []
+    assert fuzzcli.campaign(kind, count, seed=11, root=tmp_path, report=found.append) == [], found
+
+
+def test_cli_campaign_counts_internal_errors_as_failures(tmp_path, monkeypatch):
+    import mcard.card_check
+
+    card = tmp_path / "README.md"
+    card.write_text("---\nlicense: mit\n---\n# x\n")
+    assert fuzzcli.run_cli(["card", "check", str(card)]) is None
+    monkeypatch.setattr(mcard.card_check, "check_card", lambda *a, **k: {}["missing"])
+    assert fuzzcli.run_cli(["card", "check", str(card)]).startswith("KeyError at ")
 
 
 # -- helpers for the regressions -----------------------------------------------------------------

@@ -83,8 +83,10 @@ class HubClient:
             except Exception as exc:  # noqa: BLE001 - every failure becomes one line
                 code = _status(exc)
                 transient = code is not None and (code == 429 or code >= 500) or _is_transport_error(exc)
-                budget = min(self.policy.max_retries, 2) if type(exc).__name__ == "ConnectError" \
-                    else self.policy.max_retries  # a refused connection is most likely a wrong endpoint
+                # a refused connection is most likely a wrong endpoint; huggingface_hub has already retried
+                # a dropped or timed-out listing five times, with backoff
+                budget = min(self.policy.max_retries, 2 if type(exc).__name__ == "ConnectError" else 1) \
+                    if _is_transport_error(exc) else self.policy.max_retries
                 if transient and failures < budget:
                     failures += 1
                     response = getattr(exc, "response", None)

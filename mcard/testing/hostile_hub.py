@@ -266,7 +266,8 @@ class _HubHandler(_Quiet):
             pass
 
     def _json(self, value: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(200, json.dumps(value).encode(), {"Content-Type": "application/json", **(headers or {})})
+        body = json.dumps(value, default=str).encode()  # hostile values too (a date as a size)
+        self._send(200, body, {"Content-Type": "application/json", **(headers or {})})
 
     def _api(self, hub: "HostileHub", parts: list[str], query: dict[str, list[str]]) -> None:
         if len(parts) < 3:
@@ -289,7 +290,7 @@ class _HubHandler(_Quiet):
             page = int(query.get("page", ["0"])[0] or 0)
             entries = [] if page else [_entry(p, d) for p, d in sorted(files.items())] + list(hub.tricks.tree_extra)
             for e in entries:
-                if e.get("path") in hub.tricks.size_override:
+                if isinstance(e, dict) and isinstance(e.get("path"), str) and e["path"] in hub.tricks.size_override:
                     e["size"] = hub.tricks.size_override[e["path"]]
                     if "lfs" in e:
                         e["lfs"]["size"] = e["size"]
