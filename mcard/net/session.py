@@ -20,8 +20,11 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import sys
 import threading
+from dataclasses import replace
 from collections.abc import Iterator
 from typing import Any
 
@@ -78,8 +81,9 @@ def _hf_session() -> NetSession:
         from huggingface_hub import constants
 
         endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
-        if endpoint not in _DEFAULT:
-            _DEFAULT[endpoint] = NetSession(endpoint, None)
+        if endpoint not in _DEFAULT:  # not a run: per-request rules only, no run deadline or request count
+            limits = replace(NetLimits.from_env(), deadline=math.inf, max_requests=sys.maxsize)
+            _DEFAULT[endpoint] = NetSession(endpoint, None, limits)
         return _DEFAULT[endpoint]
 
 
