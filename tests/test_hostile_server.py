@@ -218,3 +218,19 @@ def test_non_finite_config_numbers_are_noted_on_their_branch_only(hub, tricks):
     bad = refs["gptq-4bit-32g"]
     assert any("group_size is not a finite number" in n for n in bad["notes"])
     assert any("head_bits is not a finite number" in n for n in bad["notes"])
+
+
+def test_huggingface_hub_outside_an_mcard_run_keeps_its_token_home(hub, tricks):
+    """Library users calling huggingface_hub in a process that uses mcard: the token still reaches their endpoint,
+    and never a next-page link on another host."""
+    from huggingface_hub import HfApi
+
+    from mcard.net import install_hf_client
+
+    install_hf_client()
+    tricks(next_page="other")
+    api = HfApi(endpoint=hub.endpoint, token=TOKEN)
+    assert [b.name for b in api.list_repo_refs(REPO).branches][:1] == ["main"]
+    files = [f.path for f in api.list_repo_tree(REPO, revision="main", recursive=True)]
+    assert "config.json" in files and hub.other.seen and hub.other.seen_tokens() == []
+    assert _sent_token(hub)

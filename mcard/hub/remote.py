@@ -111,7 +111,11 @@ class HubClient:
             return McardError(f"{what}: huggingface_hub was imported with HF_HUB_OFFLINE set; "
                               "unset it in the environment of this process")
         first = self.env.scrub(str(exc)).strip().splitlines()
-        return McardError(f"{what}: {name}: {first[0] if first else ''}".rstrip(": "))
+        detail = f"{name}: {first[0][:200] if first else ''}".rstrip(": ")
+        if code is None and isinstance(exc, (KeyError, TypeError, ValueError, AttributeError, IndexError)):
+            # huggingface_hub could not read the answer (a tree entry without "path", a size that is a string)
+            return UnusableInput(f"{what}: the server's answer is not a Hub API answer ({detail})")
+        return McardError(f"{what}: {detail}")
 
     def _no_repo(self, repo_id: str) -> Callable[[], McardError]:
         return lambda: UnusableInput(
@@ -169,7 +173,8 @@ class HubClient:
         for entry in entries:
             if not hasattr(entry, "blob_id"):
                 continue  # a folder
-            files[entry.path] = _remote_file(entry, where)
+            rf = _remote_file(entry, where)
+            files[rf.path] = rf
         return check_listing(sorted(files.values(), key=lambda f: f.path), where)
 
     def file_url(self, repo_id: str, commit: str, path: str) -> str:
@@ -202,7 +207,9 @@ class HubClient:
 
 
 def _remote_file(entry: Any, where: str) -> RemoteFile:
-    path = safe_relpath(str(entry.path), where)
+    if not isinstance(entry.path, str):
+        raise UnusableInput(f"server listing gives an entry a path that is not a string: {str(entry.path)[:80]}", where)
+    path = safe_relpath(entry.path, where)
     blob_id = str(entry.blob_id or "").lower()
     size = entry.size
     lfs = getattr(entry, "lfs", None)

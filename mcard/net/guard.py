@@ -10,7 +10,12 @@ listing:
 * **the token rule**: ``Authorization`` goes only to the origin (scheme, host,
   port) of the endpoint; it is removed from any request to another origin
   (a redirect to a CDN, a next-page link, an LFS URL). mcard's own requests
-  never carry the token themselves: the guard adds it for the endpoint;
+  never carry the token themselves: the guard adds it for the endpoint.
+  Outside an mcard run (``strict=False``: huggingface_hub used directly in a
+  process that also uses mcard) the guard does not know the endpoint, and
+  removes the token from what it can tell is foreign: a next-page link that
+  points to another origin than the page that announced it (redirects to
+  another origin already lose it in the client);
 * **time**: connect and read timeouts on every request (a caller's longer or
   missing timeout is clamped), a whole-response limit for metadata, and a
   session deadline past which no request starts and no read waits;
@@ -70,14 +75,16 @@ def _where(url: Any) -> str:
 class NetSession:
     """Counters, deadline and the token rule of one run against one endpoint (thread-safe)."""
 
-    def __init__(self, endpoint: str, token: str | None = None, limits: NetLimits | None = None) -> None:
+    def __init__(self, endpoint: str, token: str | None = None, limits: NetLimits | None = None,
+                 strict: bool = True) -> None:
         self.endpoint = endpoint
+        self.strict = strict
         self.origin = origin(endpoint)
         self.token = token or None
         self.limits = limits or NetLimits.from_env()
         self.started = time.monotonic()
         self.requests = 0
-        self._pages: dict[str, int] = {}
+        self._pages: dict[str, tuple[int, tuple[str, str, int]]] = {}  # next URL -> (page, announcing origin)
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:  # never the token
@@ -98,14 +105,15 @@ class NetSession:
             self.requests += 1
             if self.requests > self.limits.max_requests:
                 raise NetRefused(f"more than {self.limits.max_requests} requests in one run; stopping")
-            page = self._pages.pop(url, 1)
+            page, announcer = self._pages.pop(url, (1, None))
         if page > self.limits.max_pages:
             raise NetRefused(f"{_where(url)}: the listing goes on past {self.limits.max_pages} pages; refused")
         request.extensions = {**request.extensions, "mcard.page": page}
-        if origin(url) == self.origin:
+        here = origin(url)
+        if here == self.origin and self.strict:
             if self.token and "authorization" not in request.headers:
                 request.headers["Authorization"] = f"Bearer {self.token}"
-        else:
+        elif self.strict or (announcer is not None and announcer != here):
             for name in ("authorization", "cookie"):
                 if name in request.headers:
                     del request.headers[name]
@@ -136,7 +144,7 @@ class NetSession:
         if nxt:
             with self._lock:
                 if len(self._pages) < 10_000:
-                    self._pages[nxt] = int(request.extensions.get("mcard.page", 1)) + 1
+                    self._pages[nxt] = (int(request.extensions.get("mcard.page", 1)) + 1, origin(request.url))
 
     def body_limits(self, request: Any, status: int) -> tuple[int, float | None]:
         """(byte cap, whole-response seconds or None) of this response.

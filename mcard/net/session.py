@@ -7,9 +7,11 @@
 * :func:`install_hf_client` (called by :func:`open_session`) sets
   huggingface_hub's client factory once per process: its client keeps
   huggingface_hub's own request hooks and gets the guarded transport. Outside
-  any mcard session the guard still applies, with the endpoint from
-  ``HF_ENDPOINT`` (or huggingface_hub's default) as the only origin that may
-  receive a token.
+  any mcard session the guard still bounds time and bytes and removes the
+  token from next-page links to a foreign origin, but it does not know the
+  endpoint, so other requests keep the Authorization huggingface_hub set
+  (mcard code that calls huggingface_hub, such as publishing, opens a session
+  with :func:`open_session` to get the strict rule).
 * :func:`stream` opens one request of mcard's client with a byte cap and turns
   every non-transport ``httpx`` failure (too many redirects, an invalid URL, a
   body that does not decode) into a one-line :class:`~mcard.errors.McardError`;
@@ -83,7 +85,7 @@ def _hf_session() -> NetSession:
         endpoint = (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
         if endpoint not in _DEFAULT:  # not a run: per-request rules only, no run deadline or request count
             limits = replace(NetLimits.from_env(), deadline=math.inf, max_requests=sys.maxsize)
-            _DEFAULT[endpoint] = NetSession(endpoint, None, limits)
+            _DEFAULT[endpoint] = NetSession(endpoint, None, limits, strict=False)
         return _DEFAULT[endpoint]
 
 
