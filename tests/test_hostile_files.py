@@ -193,6 +193,19 @@ def test_regex_matching_has_a_time_limit():
 
 
 # -- 11. inputs that ended in internal errors ----------------------------------------------------------------------
+def test_rich_markup_in_names_and_values_is_printed_as_written(tmp_path):
+    card = _card(tmp_path, 'license: "[/]"\nbase_model: "[bold]org/x"\npipeline_tag: "[/red]"')
+    code, out = _cli("card", "check", card)
+    assert code in (0, 1) and "[/]" in out and "[/red]" in out
+    from mcard.formats import gptq
+
+    gptq.write_variant(tmp_path / "v", tiny_config())
+    cfg = json.loads((tmp_path / "v" / "quantize_config.json").read_text())
+    cfg["checkpoint_format"] = "[/]"
+    (tmp_path / "v" / "quantize_config.json").write_text(json.dumps(cfg))
+    code, out = _cli("validate", tmp_path / "v")
+    assert code in (0, 1) and "[/]" in out
+
 def test_rank_pattern_key_that_is_not_a_regex_is_a_finding(tmp_path):
     code, out = _cli("validate", _adapter(tmp_path, rank_pattern={"(": 4}), "--json")
     found = [f for f in json.loads(out)["findings"] if f["code"] == "bad-adapter-config"]
@@ -229,7 +242,7 @@ def test_lzma_member_in_a_pickle_zip(tmp_path, corrupt):
     if corrupt:
         data = bytearray(path.read_bytes())
         start = data.index(b"archive/data.pkl") + len("archive/data.pkl")
-        data[start + 20:start + 60] = b"\xff" * 40
+        data[start + 7:start + 15] = b"\xff" * 8  # inside the LZMA stream: "Corrupt input data"
         path.write_bytes(bytes(data))
     code, out = _cli("validate", tmp_path)
     assert code == 1 and "pickle" in out
