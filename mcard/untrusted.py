@@ -118,17 +118,17 @@ def compile_pattern(pattern: str) -> Any:
 
 def fullmatch(pattern: str, text: str, seconds: float = REGEX_SECONDS) -> bool:
     """``re.fullmatch(pattern, text)`` with a time limit; :class:`PatternError` when it is over."""
-    try:
-        return compile_pattern(pattern).fullmatch(text, timeout=seconds) is not None
-    except TimeoutError:
-        raise PatternError(f"pattern {pattern[:60]!r} takes more than {seconds:g} s to match {text[:60]!r} "
-                           "(catastrophic backtracking)") from None
+    return _timed("fullmatch", pattern, text, seconds)
 
 
 def search(pattern: str, text: str, seconds: float = REGEX_SECONDS) -> bool:
     """``re.search`` with the same limits as :func:`fullmatch`."""
+    return _timed("search", pattern, text, seconds)
+
+
+def _timed(how: str, pattern: str, text: str, seconds: float) -> bool:
     try:
-        return compile_pattern(pattern).search(text, timeout=seconds) is not None
+        return getattr(compile_pattern(pattern), how)(text, timeout=seconds) is not None
     except TimeoutError:
         raise PatternError(f"pattern {pattern[:60]!r} takes more than {seconds:g} s to match {text[:60]!r} "
                            "(catastrophic backtracking)") from None
