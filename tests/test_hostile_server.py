@@ -234,3 +234,18 @@ def test_huggingface_hub_outside_an_mcard_run_keeps_its_token_home(hub, tricks):
     files = [f.path for f in api.list_repo_tree(REPO, revision="main", recursive=True)]
     assert "config.json" in files and hub.other.seen and hub.other.seen_tokens() == []
     assert _sent_token(hub)
+
+
+def test_requests_honour_the_proxy_environment_through_the_guard(hub, tricks, tmp_path):
+    """A publisher's CI behind a proxy: mcard's client and huggingface_hub's still go through HTTP_PROXY."""
+    from huggingface_hub import close_session
+
+    close_session()  # huggingface_hub builds its one client on first use: here, with the proxy set
+    try:
+        code, out = _cli(hub, "fetch", REPO, "--dry-run", "--cache-dir", str(tmp_path),
+                         HTTP_PROXY=hub.other.endpoint, NO_PROXY="", no_proxy="")
+    finally:
+        close_session()
+    assert code == 2 and hub.other.seen  # the proxy (the recorder) answered for the Hub: not a Hub answer
+    assert all(path.startswith(hub.endpoint) for _m, path, _a in hub.other.seen)
+    assert not hub.requests()

@@ -28,7 +28,7 @@ import sys
 import threading
 from dataclasses import replace
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 
@@ -42,16 +42,31 @@ _DEFAULT: dict[str, NetSession] = {}
 _INSTALLED: list[bool] = []
 
 
+def transports(module: Any, session_of: Callable[[], NetSession], **options: Any) -> dict[str, Any]:
+    """``transport=`` and ``mounts=`` for a client of ``module``: every route, proxied or direct, is guarded.
+
+    A client given its own transport ignores ``HTTP(S)_PROXY``/``ALL_PROXY``/``NO_PROXY``; they are read here
+    (as httpx reads them) and each proxy gets a guarded transport of its own.
+    """
+    try:
+        proxies = module._utils.get_environment_proxies()
+    except Exception:  # noqa: BLE001 - an httpx without the helper: direct connections only
+        proxies = {}
+    mounts = {pattern: None if url is None else
+              guarded_transport(module, session_of, module.HTTPTransport(proxy=url, **options))
+              for pattern, url in proxies.items()}
+    return {"transport": guarded_transport(module, session_of, module.HTTPTransport(**options)), "mounts": mounts}
+
+
 class Net:
     """A session with mcard's own client over its guard (close it, or use :func:`open_session`)."""
 
     def __init__(self, session: NetSession, max_connections: int = 16) -> None:
         self.session = session
         lim = session.limits
-        inner = httpx.HTTPTransport(limits=httpx.Limits(max_connections=max_connections,
-                                                        max_keepalive_connections=max_connections))
+        pool = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self.client = httpx.Client(
-            transport=guarded_transport(httpx, lambda: session, inner),
+            **transports(httpx, lambda: session, limits=pool),
             timeout=httpx.Timeout(lim.read_timeout, connect=lim.connect_timeout),
             follow_redirects=True, max_redirects=lim.max_redirects, headers={"User-Agent": "mcard"},
         )
@@ -114,7 +129,7 @@ def install_hf_client() -> None:
     def factory() -> Any:
         return module.Client(event_hooks=hooks, follow_redirects=True, max_redirects=lim.max_redirects,
                              timeout=module.Timeout(lim.read_timeout, connect=lim.connect_timeout),
-                             transport=guarded_transport(module, _hf_session))
+                             **transports(module, _hf_session))
 
     set_client_factory(factory)
 
