@@ -80,7 +80,7 @@ def _print_one(report: Report, out: Console) -> None:
 
 def print_size(est: SizeEstimate, per_tensor: bool = False, out: Console | None = None) -> None:
     out = out or console()
-    params = " ".join(f"{k}={v}" for k, v in est.params.items())
+    params = " ".join(f"{k}={v}" for k, v in est.params.items() if not isinstance(v, (dict, list)))
     out.print(f"[bold]{est.format}[/] {params}")
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("part")
@@ -92,6 +92,8 @@ def print_size(est: SizeEstimate, per_tensor: bool = False, out: Console | None 
     out.print(table)
     if est.ram_bytes is not None:
         out.print(f"Max RAM required, no GPU offloading: {est.ram_bytes / 1e9:.2f} GB")
+    for note in est.notes:
+        out.print(note, markup=False, highlight=False)
     if per_tensor:
         t = Table(box=None, show_header=True, header_style="bold")
         for col in ("tensor", "type", "bytes"):

@@ -87,6 +87,8 @@ def size(
     act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="GPTQ desc_act."),
     qtype: Optional[str] = typer.Option(None, "--type", "-t", help="GGUF/GGML type or mix: Q4_K_M, Q8_0, q4_0..."),
     double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bitsandbytes nested absmax."),
+    writer: Optional[str] = typer.Option(None, "--writer", help="GPTQ writer: autogptq (bias on every linear) or gptqmodel (no bias)."),
+    split_max_size: Optional[str] = typer.Option(None, "--split-max-size", help="GGUF: shard sizes gguf-split writes for N[M|G] (e.g. 50G)."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="List every tensor."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -98,6 +100,7 @@ def size(
         k: v
         for k, v in {
             "bits": bits, "group_size": group_size, "desc_act": act_order, "type": qtype, "double_quant": double_quant,
+            "writer": writer, "split_max_size": split_max_size,
         }.items()
         if v is not None
     }

@@ -3,24 +3,29 @@
 The header (magic, version, kv pairs, tensor infos) is parsed by :mod:`._gguf_header`
 (re-exported here as :func:`read`, :class:`GgufFile`, :class:`GgufTensor`) with every
 length checked against the file size, so a truncated data section still yields findings.
-Facts (type ids, block sizes, value types) come from the ``gguf`` package; the type
-mixes from :mod:`._kquant`.
+Type and file-type facts come from :mod:`._ggml_types` (the ``gguf`` package plus the
+types newer than it), the type mixes from :mod:`._gguf_mix`, the split layouts (gguf-split
+shards, raw ``-split-a`` parts) from :mod:`._gguf_split`: a model split over several files
+is validated and dequantized as one.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from gguf import GGUFWriter, quants
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
 from ..arch import ModelShape
 from ..errors import UnusableInput
-from ..report import Report, Runtime
+from ..report import FileEntry, Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
-from ..variant import Variant
+from ..variant import Variant, sniff
+from . import _ggml_types as gt
+from . import _gguf_split as split
 from . import _kquant as kq
 from ._gguf_header import GgufFile, GgufTensor, read
 
@@ -41,40 +46,73 @@ def tensor_types(path: str | Path) -> dict[str, str]:
     return {t.name: t.type for t in read(path).tensors}
 
 
-def load_tensor(path: str | Path, name: str) -> tuple[str, np.ndarray, tuple[int, int]]:
-    """(type, raw block bytes uint8 [rows, bytes_per_row], (rows, cols)) of one tensor."""
-    g = read(path)
+def _read_span(paths: list[Path], offset: int, n: int) -> bytes:
+    """``n`` bytes at ``offset`` of the concatenation of ``paths`` (raw ``-split-a`` parts)."""
+    out = b""
+    for p in paths:
+        size = p.stat().st_size
+        if offset < size and len(out) < n:
+            with p.open("rb") as fh:
+                fh.seek(offset)
+                out += fh.read(n - len(out))
+        offset = max(0, offset - size)
+    return out
+
+
+def load_tensor(path: str | Path, name: str, parts: list[Path] | None = None) -> tuple[str, np.ndarray, tuple[int, int]]:
+    """(type, raw block bytes uint8 [rows, bytes_per_row], (rows, cols)) of one tensor.
+
+    ``parts``: the raw byte parts of a file split with ``split -b`` (``path`` is the first).
+    """
+    paths = parts or [Path(path)]
+    g = read(paths[0], file_size=sum(p.stat().st_size for p in paths) if parts else None)
     t = g.tensor(name)
+    if not t.known:
+        raise UnusableInput(f"tensor {name!r} has ggml type id {t.type_id}, which this mcard cannot decode "
+                            f"(known: {', '.join(gt.TYPES)})", path)
     if t.offset + t.nbytes > g.file_size:
         raise UnusableInput(f"tensor {name!r} runs past the end of the file (truncated?)", path)
-    block = GGML_QUANT_SIZES[GGMLQuantizationType[t.type]][0]
+    block = gt.block(t.type)[0]
     if t.rows <= 0 or t.cols <= 0 or t.cols % block:
         raise UnusableInput(f"tensor {name!r} of type {t.type} with dims {list(t.shape)} cannot be decoded", path)
-    with open(path, "rb") as fh:
-        fh.seek(t.offset)
-        raw = np.frombuffer(fh.read(t.nbytes), np.uint8)
+    raw = np.frombuffer(_read_span(paths, t.offset, t.nbytes), np.uint8)
     return t.type, raw.reshape(t.rows, -1), (t.rows, t.cols)
 
 
-def dequantize_tensor(path: str | Path, name: str) -> np.ndarray:
-    """float32 [rows, cols] via gguf.quants.dequantize."""
-    tname, raw, (rows, cols) = load_tensor(path, name)
+def _decode(raw: np.ndarray, tname: str, name: str, path: str | Path) -> np.ndarray:
+    if tname in gt.DEQUANTIZERS:
+        elems, nbytes = gt.block(tname)
+        return gt.DEQUANTIZERS[tname](raw.reshape(-1, nbytes))
     try:
-        out = quants.dequantize(raw, GGMLQuantizationType[tname])
-    except NotImplementedError:
-        raise UnusableInput(f"gguf cannot dequantize {tname} (tensor {name})", path) from None
+        return quants.dequantize(raw, GGMLQuantizationType[tname])
+    except (NotImplementedError, KeyError):
+        raise UnusableInput(f"tensor {name!r}: dequantizing {tname} is not supported (gguf cannot decode it)",
+                            path) from None
+
+
+def dequantize_tensor(path: str | Path, name: str, parts: list[Path] | None = None) -> np.ndarray:
+    """float32 [rows, cols] via gguf.quants.dequantize (and mcard's own decoders for newer types)."""
+    tname, raw, (rows, cols) = load_tensor(path, name, parts)
+    out = _decode(raw, tname, name, path)
     return np.asarray(out, np.float32).reshape(rows, cols)
 
 
-def _single_file(variant: Variant) -> Path:
-    files = variant.files_of("gguf")
-    if len(files) != 1:
-        raise UnusableInput(f"expected one GGUF file, found {len(files)}: name the file", variant.path)
-    return variant.abspath(files[0])
-
-
 def dequantize(variant: Variant, name: str) -> np.ndarray:
-    return dequantize_tensor(_single_file(variant), name)
+    """One tensor of the variant's GGUF model (a single file, a shard set or raw parts)."""
+    models = _models(variant)
+    if len(models) != 1:
+        names = ", ".join(m.name for m in models)
+        raise UnusableInput(f"expected one GGUF model, found {len(models)} ({names}): name the file", variant.path)
+    m = models[0]
+    paths = [variant.abspath(rel) for rel in m.files]
+    if m.kind == "parts":
+        if m.missing:
+            raise UnusableInput(f"raw parts missing: {', '.join(m.missing)}", variant.path)
+        return dequantize_tensor(paths[0], name, paths)
+    for p in paths:
+        if any(t.name == name for t in read(p).tensors):
+            return dequantize_tensor(p, name)
+    raise UnusableInput(f"no tensor {name!r} in {m.name}", variant.path)
 
 
 def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
@@ -85,7 +123,7 @@ def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, np.float32)
     rows, cols = x.shape
-    elems, _nb = kq.block(type_name)
+    elems, _nb = gt.block(type_name)
     if cols % elems:
         raise ValueError(f"{type_name} needs rows that are multiples of {elems}, got {cols}")
     if type_name in kq.PACKERS:
@@ -110,14 +148,18 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[tuple[int, ...], str,
     return out
 
 
-def expected_types(shape: ModelShape, ftype: str, rules: str = "current") -> dict[str, str]:
-    """Tensor name -> ggml type per llama.cpp's rules (:func:`._kquant.role_type`)."""
+def expected_types(shape: ModelShape, ftype: str, rules: str = "current", has_imatrix: bool = False) -> dict[str, str]:
+    """Tensor name -> ggml type per llama.cpp's rules (:func:`._gguf_mix.role_type`).
+
+    Raises :class:`._gguf_mix.NoFallback` where llama-quantize refuses ``ftype`` for these rows.
+    """
     gqa = max(1, shape.num_heads // max(1, shape.num_kv_heads))
-    is_70b = shape.model_type == "llama" and shape.num_layers == 80
+    # llama.cpp's LLM_TYPE_70B: 80 layers with grouped-query attention (80 layers without it are 65B)
+    is_70b = shape.model_type == "llama" and shape.num_layers == 80 and shape.num_heads != shape.num_kv_heads
     has_output = not shape.tie_word_embeddings
     return {
         name: kq.role_type(role, layer, shape.num_layers, ftype, ne0=dims[0], n_gqa=gqa, is_70b=is_70b,
-                           has_output=has_output, rules=rules)
+                           has_output=has_output, rules=rules, has_imatrix=has_imatrix)
         for name, (dims, role, layer) in expected_tensors(shape).items()
     }
 
@@ -126,39 +168,93 @@ def _pad(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def predict_size(shape: ModelShape, type: str = "Q4_K_M", **_: Any) -> SizeEstimate:
+def quantize_order(names: list[str]) -> list[str]:
+    """Tensor names in the order llama-quantize writes them: per layer (non-layer ones first), then by name."""
+    def key(name: str) -> tuple[int, str]:
+        layer = name.split(".")[1] if name.startswith("blk.") else ""
+        return (int(layer) if layer.isdigit() else -1, name)
+    return sorted(names, key=key)
+
+
+def kv_estimate(shape: ModelShape) -> tuple[int, int, int]:
+    """(estimate, low, high) of a llama-family file's kv section without its tokenizer files.
+
+    The vocabulary dominates: per token 8 bytes of string length, its text, a score and a
+    type (SentencePiece) or BPE merges. The bounds: at least 13 bytes a token (one-byte
+    text, no score), at most 64 (long tokens plus two merges each) and 64 kB of chat
+    template and names.
+    """
+    est = _KV_BASE_BYTES + _VOCAB_BYTES_PER_TOKEN * shape.vocab_size
+    return est, 13 * shape.vocab_size, 64 * shape.vocab_size + 65536
+
+
+def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | int | None = None,
+                 kv_bytes: int | None = None, model_dir: str | Path | None = None,
+                 config_doc: dict[str, Any] | None = None, imatrix: bool = False, **_: Any) -> SizeEstimate:
     """Predicted GGUF file size for ``shape`` quantized as ``type`` (an ftype: Q4_K_M, Q8_0...).
 
     Exact: tensor data bytes with 32-byte alignment padding, and the tensor-info table.
-    Estimated: the kv section (``_KV_BASE_BYTES`` plus ``_VOCAB_BYTES_PER_TOKEN`` per
-    vocabulary token; real vocabularies vary with token lengths and BPE merges).
+    The kv section is exact when ``kv_bytes`` gives it (see :func:`._gguf_kv.kv_bytes`, from
+    the tokenizer files); otherwise estimated (:func:`kv_estimate`), and ``params`` says so
+    with the bounds. ``imatrix``: quantized with an importance matrix (a few choices
+    differ; the kv section then names its files, so it stays an estimate). ``model_dir``/``config_doc``: the model's folder and config.json, whose
+    tokenizer files make the kv section exact where :mod:`._gguf_kv` models them. ``split_max_size`` (``50G``, ``1M`` or bytes): the shard sizes
+    ``gguf-split --split-max-size`` writes, in ``params["shards"]``.
     """
     ftype = kq.canonical_ftype(type)
-    types = expected_types(shape, ftype)
+    types = expected_types(shape, ftype, has_imatrix=imatrix)
+    layout = expected_tensors(shape)
     parts: dict[str, int] = {}
     tensors = []
     info = 0
     data = 0
-    for name, (dims, role, _layer) in expected_tensors(shape).items():
-        nb = kq.tensor_bytes(types[name], dims)
+    for name in quantize_order(list(layout)):
+        dims, role, _layer = layout[name]
+        nb = gt.tensor_bytes(types[name], dims)
         kind = "norms" if role in kq.NORM_ROLES else role
         parts[kind] = parts.get(kind, 0) + _pad(nb, GGUF_DEFAULT_ALIGNMENT)
         tensors.append((name, types[name], nb))
-        info += 8 + len(name) + 4 + 8 * len(dims) + 4 + 8
+        info += split.tensor_info_bytes(name, len(dims))
         data += _pad(nb, GGUF_DEFAULT_ALIGNMENT)
-    meta = _pad(24 + _KV_BASE_BYTES + _VOCAB_BYTES_PER_TOKEN * shape.vocab_size + info, GGUF_DEFAULT_ALIGNMENT)
+    params: dict[str, Any] = {"type": ftype}
+    if imatrix:
+        params["imatrix"] = True
+    notes = []
+    if kv_bytes is None and model_dir is not None and config_doc is not None and not imatrix:
+        from ._gguf_kv import kv_size
+
+        kv_bytes = kv_size(Path(model_dir), config_doc, shape)
+    if kv_bytes is None:
+        kv, low, high = kv_estimate(shape)
+        params["kv"] = {"exact": False, "bytes": kv, "low": low, "high": high}
+        notes.append(f"metadata: the kv section ({kv:,} bytes) is an estimate: a real one is {low:,} to {high:,} "
+                     "bytes (the total moves with it); put the tokenizer files (tokenizer.model or tokenizer.json, "
+                     "tokenizer_config.json) beside config.json for an exact figure")
+    else:
+        kv = kv_bytes
+        params["kv"] = {"exact": True, "bytes": kv}
+    meta = _pad(24 + kv + info, GGUF_DEFAULT_ALIGNMENT)
     parts["metadata"] = meta
     total = meta + data
-    return SizeEstimate(NAME, {"type": ftype}, total, parts, tensors, ram_bytes=total + RAM_OVERHEAD_BYTES)
+    if split_max_size is not None:
+        max_bytes = split_max_size if isinstance(split_max_size, int) else split.parse_max_size(split_max_size)
+        dims_of = {n: layout[n][0] for n in layout}
+        shards = split.shard_sizes(kv, [(n, len(dims_of[n]), nb) for n, _t, nb in tensors], max_bytes=max_bytes)
+        params["split_max_size"] = max_bytes
+        params["shards"] = shards
+        total = sum(shards)
+        notes.append(f"gguf-split --split-max-size {split_max_size}: {len(shards)} shard(s) of "
+                     + ", ".join(f"{n:,}" for n in shards) + " bytes (-00001-of-" + f"{len(shards):05d}.gguf ...)")
+    return SizeEstimate(NAME, params, total, parts, tensors, ram_bytes=total + RAM_OVERHEAD_BYTES, notes=notes)
 
 
 def runtimes(types: set[str] | list[str] | dict[str, str]) -> list[Runtime]:
     used = set(types.values()) if isinstance(types, dict) else set(types)
-    known = {t.name for t in GGMLQuantizationType}
-    odd = sorted(used - known)
+    odd = sorted(used - set(gt.TYPES))
     tf_missing = sorted(used - _TRANSFORMERS_TYPES)
     return [
-        Runtime("llama.cpp", not odd, "GGUF v2/v3 with known ggml types" if not odd else f"unknown types {odd}"),
+        Runtime("llama.cpp", not odd, "GGUF v2/v3 with known ggml types" if not odd
+                else f"ggml types {odd} unknown to mcard: needs a llama.cpp that knows them"),
         Runtime("transformers", not tf_missing,
                 "gguf_file= dequantizes to full precision on load (needs the gguf package)" if not tf_missing
                 else f"its GGUF loader does not dequantize {tf_missing}"),
@@ -168,15 +264,34 @@ def runtimes(types: set[str] | list[str] | dict[str, str]) -> list[Runtime]:
 
 # -- validate -------------------------------------------------------------------------------
 def detect(variant: Variant) -> bool:
-    return bool(variant.files_of("gguf"))
+    return bool(variant.files_of("gguf")) or any(split.parse_raw_part(rel) is not None for rel in variant.files)
 
 
-def shape_from_kv(g: GgufFile) -> ModelShape | None:
-    """A llama-family ModelShape from the ``{arch}.*`` hparams, or None for other architectures."""
-    arch = g.kv.get("general.architecture")
+def _models(variant: Variant) -> list[split.GgufModel]:
+    """The GGUF models of a variant: single files, gguf-split shard sets, raw byte parts.
+
+    Naming one shard or part of a set names the whole set: its siblings in the folder join it.
+    """
+    files = variant.files_of("gguf")
+    raw = [rel for rel in variant.files if split.parse_raw_part(rel) is not None and rel not in files]
+    if variant.single_file and split.is_split_name(variant.single_file):
+        own = split.group([variant.single_file])[0]
+        siblings = [p.name for p in variant.root.iterdir() if p.is_file() and split.is_split_name(p.name)]
+        return [m for m in split.group(sorted(siblings)) if m.name == own.name]
+    return split.group(files + raw)
+
+
+def shape_from_kv(g: GgufFile | dict[str, Any], tensor_names: set[str] | None = None) -> ModelShape | None:
+    """A llama-family ModelShape from the ``{arch}.*`` hparams, or None for other architectures.
+
+    ``g``: a parsed file, or the kv pairs of a split model's first shard with ``tensor_names``
+    the union of its shards' tensors.
+    """
+    kv = g.kv if isinstance(g, GgufFile) else g
+    names = {t.name for t in g.tensors} if isinstance(g, GgufFile) else (tensor_names or set())
+    arch = kv.get("general.architecture")
     if arch not in ("llama", "mistral", "qwen2"):
         return None
-    kv = g.kv
     tokens = kv.get("tokenizer.ggml.tokens")
     cfg = {
         "model_type": "llama" if arch == "mistral" else arch,
@@ -188,58 +303,142 @@ def shape_from_kv(g: GgufFile) -> ModelShape | None:
         "head_dim": kv.get(f"{arch}.attention.key_length"),
         "vocab_size": kv.get(f"{arch}.vocab_size") or (
             tokens[1] if isinstance(tokens, tuple) else len(tokens) if isinstance(tokens, list) else None),
-        "tie_word_embeddings": not any(t.name == "output.weight" for t in g.tensors),
+        "tie_word_embeddings": "output.weight" not in names,
         "attention_bias": arch == "qwen2",
     }
     try:  # the same bounds as config.json: positive integers, a plausible layer count
-        return ModelShape.from_config(cfg, g.path)
+        return ModelShape.from_config(cfg, getattr(g, "path", "config"))
     except UnusableInput:
         return None
 
 
 def check(variant: Variant, report: Report) -> None:
     report.format = NAME
-    files = variant.files_of("gguf")
-    if len(files) == 1:
-        _check_file(variant, files[0], report)
+    models = _models(variant)
+    listed = {e.path for e in report.files}
+    for m in models:  # shards or parts beside a single named one
+        for rel in m.files:
+            if rel not in listed:
+                report.files.append(FileEntry(rel, variant.size(rel), sniff(variant.abspath(rel))))
+    if len(models) == 1:
+        _check_model(variant, models[0], report)
         return
-    for rel in files:
-        part = Report(path=str(variant.abspath(rel)), format=NAME)
-        _check_file(variant, rel, part)
+    for m in models:
+        part = Report(path=str(variant.abspath(m.name)), format=NAME)
+        part.files = [e for e in report.files if e.path in m.files]
+        _check_model(variant, m, part)
         report.parts.append(part)
-    report.params = {"files": len(files)}
+    report.params = {"files": sum(len(m.files) for m in models), "models": len(models)}
     report.predicted_bytes = None
 
 
-def _check_file(variant: Variant, rel: str, report: Report) -> None:
-    g = read(variant.abspath(rel))
-    ftype = g.file_type
-    report.params = {"version": g.version, "architecture": g.kv.get("general.architecture"),
-                     "file_type": ftype or g.kv.get("general.file_type"), "tensors": len(g.tensors) + len(g.bad_types)}
-    report.config_source = rel
-    for entry in report.files:
-        if entry.path == rel:
-            entry.expected_size = None
-    for name, tid in g.bad_types:
-        report.error("bad-type", rel, name, f"unknown ggml type id {tid}")
-    _check_layout(g, rel, report)
-    for t in g.tensors:
-        elems = kq.block(t.type)[0]
-        if t.cols % elems:
-            report.error("bad-shape", rel, t.name, f"row length {t.cols} is not a multiple of {t.type}'s block of {elems}")
-    shape = shape_from_kv(g)
-    if shape is None:
-        report.info("unknown-architecture", rel, "general.architecture",
-                    f"architecture {g.kv.get('general.architecture')!r}: tensor set and mix not checked")
+@dataclass
+class _Model:
+    """One model's parsed headers: (label, file) per GGUF file, and every tensor with its file's label."""
+
+    files: list[tuple[str, GgufFile]]
+    tensors: dict[str, tuple[str, GgufTensor]]
+
+    @property
+    def kv(self) -> dict[str, Any]:
+        return self.files[0][1].kv
+
+
+def _open_model(variant: Variant, m: split.GgufModel, report: Report) -> _Model | None:
+    """Read every header of the model; findings for missing or inconsistent shards and parts."""
+    if m.kind == "parts":
+        for name in m.missing:
+            report.error("missing-part", name, "", f"raw part {name} of {m.name} is missing: `cat` cannot join the file")
+        first = m.files[0]
+        if split.parse_raw_part(first)[1] != 0 or sniff(variant.abspath(first)) != "gguf":  # type: ignore[index]
+            report.error("missing-part", f"{m.name}-split-a", "", f"the first part of {m.name} (with its GGUF header) is missing")
+            return None
+        total = sum(variant.size(rel) for rel in m.files)
+        g = read(variant.abspath(first), file_size=total)
+        report.info("split", m.name, "", f"raw byte parts {', '.join(m.files)} ({total} bytes) joined with cat as {m.name}")
+        files = [(m.name, g)]
     else:
-        _check_tensor_set(g, shape, rel, report)
+        files = [(rel, read(variant.abspath(rel))) for rel in m.files]
+    if m.kind == "shards":
+        _check_shards(m, files, report)
+    tensors: dict[str, tuple[str, GgufTensor]] = {}
+    for rel, g in files:
+        for t in g.tensors:
+            if t.name in tensors:
+                report.error("duplicate-tensor", rel, t.name, f"tensor also stored in {tensors[t.name][0]}")
+                continue
+            tensors[t.name] = (rel, t)
+    return _Model(files, tensors)
+
+
+def _check_shards(m: split.GgufModel, files: list[tuple[str, GgufFile]], report: Report) -> None:
+    """gguf-split's kv keys: split.no matches the name, split.count and split.tensors.count agree."""
+    for name in m.missing:
+        report.error("missing-shard", name, "", f"shard {name} of {m.name} is missing: llama.cpp needs all {m.count}")
+    total = sum(len(g.tensors) for _rel, g in files)
+    for rel, g in files:
+        _prefix, index, count = split.parse_shard_name(rel)  # type: ignore[misc]
+        info = g.split
+        if info is None:
+            report.error("bad-split", rel, "split.no", f"named as shard {index + 1} of {count} but has no "
+                         f"{split.KV_SPLIT_NO}/{split.KV_SPLIT_COUNT}/{split.KV_SPLIT_TENSORS_COUNT} keys")
+            continue
+        no, n, n_tensors = info
+        if no != index:
+            report.error("bad-split", rel, split.KV_SPLIT_NO, f"split.no {no}, but the name says shard {index + 1} (split.no {index})")
+        if n != count:
+            report.error("bad-split", rel, split.KV_SPLIT_COUNT, f"split.count {n}, but the name says {count} shards")
+        if not m.missing and n_tensors != total:
+            report.error("bad-split", rel, split.KV_SPLIT_TENSORS_COUNT,
+                         f"split.tensors.count {n_tensors}, but the {len(files)} shards hold {total} tensors")
+    report.info("split", m.name, "", f"gguf-split shard set: {len(files)} of {m.count} shards, {total} tensors")
+
+
+def _has_imatrix(kv: dict[str, Any]) -> bool:
+    """llama-quantize records an importance matrix in the ``quantize.imatrix.*`` keys."""
+    return any(k.startswith("quantize.imatrix.") for k in kv)
+
+
+def _check_model(variant: Variant, m: split.GgufModel, report: Report) -> None:
+    model = _open_model(variant, m, report)
+    report.config_source = m.files[0] if m.kind != "parts" else m.name
+    if model is None:
+        return
+    kv = model.kv
+    ftype = gt.FTYPE_BY_ID.get(kv.get("general.file_type")) if isinstance(kv.get("general.file_type"), int) else None
+    report.params = {"version": model.files[0][1].version, "architecture": kv.get("general.architecture"),
+                     "file_type": ftype or kv.get("general.file_type"), "tensors": len(model.tensors)}
+    if len(m.files) > 1:
+        report.params.update(split=m.kind, files=len(m.files))
+    if _has_imatrix(kv):
+        report.params["imatrix"] = True
+    for entry in report.files:
+        if entry.path in m.files:
+            entry.expected_size = None
+    for rel, g in model.files:
+        _check_layout(g, rel, report)
+    unknown = [(rel, t) for rel, t in model.tensors.values() if not t.known]
+    for rel, t in unknown:
+        report.error("bad-type", rel, t.name, f"unknown ggml type id {t.type_id} (a newer llama.cpp's?): "
+                     f"not checked; it occupies {t.nbytes} bytes up to the next tensor "
+                     f"({t.nbytes * 8 / max(1, t.rows * t.cols):.2f} bits per weight)")
+    for rel, t in model.tensors.values():
+        if t.known and t.cols % gt.block(t.type)[0]:
+            report.error("bad-shape", rel, t.name,
+                         f"row length {t.cols} is not a multiple of {t.type}'s block of {gt.block(t.type)[0]}")
+    shape = shape_from_kv(kv, set(model.tensors))
+    if shape is None:
+        report.info("unknown-architecture", model.files[0][0], "general.architecture",
+                    f"architecture {kv.get('general.architecture')!r}: tensor set and mix not checked")
+    else:
+        _check_tensor_set(model, shape, report)
         if ftype is not None:
-            _check_mix(g, shape, ftype, rel, report)
-            _check_predicted(g, shape, ftype, rel, report)
+            _check_mix(model, shape, ftype, report)
+            _check_predicted(model, shape, ftype, report)
         else:
-            report.info("mix-mismatch", rel, "general.file_type",
-                        f"general.file_type {g.kv.get('general.file_type')!r} not modelled: mix not checked")
-    report.runtimes = runtimes({t.type for t in g.tensors})
+            report.info("mix-mismatch", model.files[0][0], "general.file_type",
+                        f"general.file_type {kv.get('general.file_type')!r} not modelled: mix not checked")
+    report.runtimes = runtimes({t.type for _rel, t in model.tensors.values()})
 
 
 def _check_layout(g: GgufFile, rel: str, report: Report) -> None:
@@ -264,60 +463,93 @@ def _check_layout(g: GgufFile, rel: str, report: Report) -> None:
         report.warning("file-size", rel, "", f"file is {g.file_size} bytes, {g.file_size - padded} more than its header implies")
 
 
-def _check_tensor_set(g: GgufFile, shape: ModelShape, rel: str, report: Report) -> None:
+def _check_tensor_set(model: _Model, shape: ModelShape, report: Report) -> None:
     expected = expected_tensors(shape)
-    have = {t.name: t for t in g.tensors}
+    first = model.files[0][0]
     for name, (dims, _role, _layer) in expected.items():
-        t = have.get(name)
-        if t is None:
-            report.error("missing-tensor", rel, name, f"expected from the hparams, dims {list(dims)}")
-        elif tuple(t.shape) != dims:
-            report.error("wrong-shape", rel, name, f"dims {list(t.shape)}, the hparams imply {list(dims)}")
-    for name in have:
+        found = model.tensors.get(name)
+        if found is None:
+            report.error("missing-tensor", first, name, f"expected from the hparams, dims {list(dims)}")
+        elif tuple(found[1].shape) != dims:
+            report.error("wrong-shape", found[0], name, f"dims {list(found[1].shape)}, the hparams imply {list(dims)}")
+    for name, (rel, _t) in model.tensors.items():
         if name not in expected and name != "rope_freqs.weight":
             report.error("unexpected-tensor", rel, name, "not a tensor llama.cpp expects for these hparams")
 
 
-def _check_mix(g: GgufFile, shape: ModelShape, ftype: str, rel: str, report: Report) -> None:
-    have = {t.name: t.type for t in g.tensors}
-    current = expected_types(shape, ftype)
+def _rule_sets(shape: ModelShape, ftype: str, imatrix: bool) -> list[tuple[str, dict[str, str]]]:
+    """(label, expected types) per rule version llama.cpp has used, newest first (see :mod:`._gguf_mix`)."""
+    out = []
+    for rules in kq.RULES:
+        for with_imatrix in (imatrix, not imatrix):
+            try:
+                types = expected_types(shape, ftype, rules, has_imatrix=with_imatrix)
+            except kq.NoFallback:
+                continue
+            label = kq.RULE_LABELS[rules] + ("" if with_imatrix == imatrix else
+                                            " with an importance matrix" if with_imatrix else " without an importance matrix")
+            out.append((label, types))
+            if rules == "2023" and "output.weight" in types:  # early GGUF: 2023 mixes with a Q6_K output
+                current = expected_types(shape, ftype, "current")
+                out.append(("2023 GGUF (output Q6_K)", dict(types, **{"output.weight": current["output.weight"]})))
+    return out
+
+
+def _check_mix(model: _Model, shape: ModelShape, ftype: str, report: Report) -> None:
+    first = model.files[0][0]
+    have = {n: t.type for n, (_rel, t) in model.tensors.items() if t.known}
+    imatrix = _has_imatrix(model.kv)
+    sets = _rule_sets(shape, ftype, imatrix)
+    if not sets:
+        report.info("mix", first, "", f"llama-quantize cannot write {ftype} for these row lengths "
+                    "(no fallback type): tensor types not checked against a mix")
+        return
+    label, current = sets[0]
     diffs = {n: (have[n], e) for n, e in current.items() if n in have and have[n] != e}
     if not diffs:
-        report.info("mix", rel, "", f"tensor types match llama.cpp's current {ftype} mix")
+        report.info("mix", first, "", f"tensor types match llama.cpp's {label} {ftype} mix")
         return
-    old = expected_types(shape, ftype, rules="2023")
-    old_q6 = dict(old, **{n: current[n] for n in ("output.weight",) if n in current})
-    for label, rules in (("2023 (first k-quant)", old), ("2023 GGUF (output Q6_K)", old_q6)):
+    for label, rules in sets[1:]:
         if all(have.get(n, e) == e for n, e in rules.items()):
-            report.warning("mix-mismatch", rel, "",
+            report.warning("mix-mismatch", first, "",
                            f"{len(diffs)} tensor types follow llama.cpp's older {label} {ftype} rules, not the current ones")
             return
     if set(diffs) <= {"output.weight", "token_embd.weight"}:
-        report.warning("mix-mismatch", rel, ", ".join(sorted(diffs)),
+        report.warning("mix-mismatch", first, ", ".join(sorted(diffs)),
                        "types differ from the mix only where llama-quantize allows overrides "
                        + "; ".join(f"{n}: {a} (mix {e})" for n, (a, e) in sorted(diffs.items())))
         return
     for name, (actual, exp) in sorted(diffs.items())[:20]:
-        report.error("mix-mismatch", rel, name, f"type {actual}, llama.cpp's {ftype} mix gives {exp}")
+        report.error("mix-mismatch", model.tensors[name][0], name, f"type {actual}, llama.cpp's {ftype} mix gives {exp}")
     if len(diffs) > 20:
-        report.error("mix-mismatch", rel, "", f"... and {len(diffs) - 20} more tensors differ from the {ftype} mix")
+        report.error("mix-mismatch", first, "", f"... and {len(diffs) - 20} more tensors differ from the {ftype} mix")
 
 
-def _check_predicted(g: GgufFile, shape: ModelShape, ftype: str, rel: str, report: Report) -> None:
-    types = {t.name: t.type for t in g.tensors}
-    data = sum(_pad(kq.tensor_bytes(types.get(n, e), d), g.alignment)
-               for (n, (d, _r, _l)), e in zip(expected_tensors(shape).items(), expected_types(shape, ftype).values()))
-    mix_data = sum(_pad(nb, GGUF_DEFAULT_ALIGNMENT) for _n, _t, nb in predict_size(shape, ftype).tensors)
-    predicted = g.data_start + mix_data
+def _check_predicted(model: _Model, shape: ModelShape, ftype: str, report: Report) -> None:
+    """Each file's own header size plus its tensors' data at the mix's types, padded."""
+    try:
+        mix = expected_types(shape, ftype, has_imatrix=_has_imatrix(model.kv))
+    except kq.NoFallback:
+        return
+    dims = {n: d for n, (d, _r, _l) in expected_tensors(shape).items()}
+    predicted = with_own = 0
+    for rel, g in model.files:
+        predicted += g.data_start
+        with_own += g.data_start
+        for t in g.tensors:
+            if t.name in dims:
+                predicted += _pad(gt.tensor_bytes(mix[t.name], dims[t.name]), g.alignment)
+            with_own += _pad(t.nbytes, g.alignment)
     report.predicted_bytes = predicted
-    actual = g.file_size
+    actual = sum(g.file_size for _rel, g in model.files)
+    where = model.files[0][0] if len(model.files) == 1 else ""
     if actual == predicted:
-        report.info("size", rel, "", f"size {actual} bytes equals the prediction for {ftype} exactly")
+        report.info("size", where, "", f"size {actual} bytes equals the prediction for {ftype} exactly")
     else:
         delta = actual - predicted
         sev = report.warning if abs(delta) > 0.01 * predicted else report.info
-        sev("size", rel, "", f"size {actual} bytes vs predicted {predicted} for {ftype} ({delta:+d}); "
-            f"with the file's own tensor types: {g.data_start + data}")
+        sev("size", where, "", f"size {actual} bytes vs predicted {predicted} for {ftype} ({delta:+d}); "
+            f"with the file's own tensor types: {with_own}")
 
 
 # -- builder --------------------------------------------------------------------------------
