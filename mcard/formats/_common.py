@@ -69,8 +69,14 @@ def fp_tensors(shape: ModelShape, dtype: str) -> Expected:
     return {name: ((dtype,) if dtype else FLOAT_DTYPES, dims) for name, dims in shape.other_tensors().items()}
 
 
-def predicted_file_bytes(entries: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None) -> int:
-    return predict_file_size([(n, d, s) for n, (d, s) in entries.items()], metadata)
+def predicted_file_bytes(entries: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None,
+                         order: list[str] | None = None) -> int:
+    return predict_file_size([(n, d, s) for n, (d, s) in entries.items()], metadata, order)
+
+
+def file_order(variant: Variant) -> list[str]:
+    """The variant's tensor names in the order of their data in the files (what its writer chose)."""
+    return [name for name, (_rel, info) in sorted(variant.tensors.items(), key=lambda kv: (kv[1][0], kv[1][1].begin))]
 
 
 def check_predicted_size(report: Report, variant: Variant, predicted: int) -> None:
