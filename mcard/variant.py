@@ -6,6 +6,7 @@ particular quantization format beyond recognising file kinds by their magic.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ _MAGICS: list[tuple[bytes, str]] = [
     (b"PK\x03\x04", "pickle"),  # torch.save zip archive (holds a pickle)
 ]
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+_RAW_GGUF_PART = re.compile(r".+\.gguf-split-[a-z]{1,2}$")
 _SKIP_DIRS = {".git", ".cache", "__pycache__"}
 
 CONFIG_NAMES = (
@@ -42,6 +44,8 @@ def sniff(path: Path) -> str:
     name = path.name
     if name.endswith(".safetensors"):
         return "safetensors"
+    if _RAW_GGUF_PART.match(name):  # a byte part of a GGUF file split with `split` (only part a has the header)
+        return "gguf"
     if name.endswith(".json"):
         return "json"
     try:

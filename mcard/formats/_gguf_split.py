@@ -113,6 +113,26 @@ def group(files: list[str]) -> list[GgufModel]:
     return sorted(out, key=lambda m: m.name)
 
 
+def variants(files: list[tuple[str, int]]) -> list[dict]:
+    """GGUF variants of a file listing [(path, size)]: a shard set or raw parts count once, with their total size.
+
+    Each: ``name``, ``kind`` (file, shards, parts), ``files``, ``size``, ``missing`` (names absent).
+    """
+    sizes = dict(files)
+    names = [p for p in sizes if p.endswith(".gguf") or parse_raw_part(p) is not None]
+    return [{"name": m.name, "kind": m.kind, "files": m.files, "size": sum(sizes[f] for f in m.files),
+             "missing": m.missing} for m in group(names)]
+
+
+def expand(name: str, available: list[str]) -> list[str]:
+    """Every file of the shard set or raw parts ``name`` belongs to, among ``available`` (else just ``name``)."""
+    if not is_split_name(name):
+        return [name]
+    mine = group([name])[0].name
+    pool = [p for p in available if is_split_name(p)] + ([name] if name not in available else [])
+    return next((m.files for m in group(pool) if m.name == mine), [name])
+
+
 def _letters(index: int) -> str:
     return chr(ord("a") + index) if index < 26 else chr(ord("a") + index // 26 - 1) + chr(ord("a") + index % 26)
 

@@ -1,0 +1,67 @@
+"""Split GGUF as one variant: grouping, the Hub side (fetch selection, branches, card rows) and the
+byte layout gguf-split writes (checked against llama.cpp's own shards in tests/fixtures/llamacpp)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mcard.card_rows import measure
+from mcard.errors import UnusableInput
+from mcard.formats import _gguf_header, _gguf_split
+from mcard.hub.model import RemoteFile
+from mcard.hub.selection import select_files
+
+SHARDS = sorted((Path(__file__).parent / "fixtures" / "llamacpp" / "smol576").glob("*-of-*.gguf"))
+
+
+def test_names_and_grouping():
+    assert _gguf_split.shard_name("m-Q4_K_M", 0, 3) == "m-Q4_K_M-00001-of-00003.gguf"
+    assert _gguf_split.parse_shard_name("dir/m-Q4_K_M-00002-of-00003.gguf") == ("dir/m-Q4_K_M", 1, 3)
+    assert _gguf_split.parse_shard_name("m-00004-of-00003.gguf") is None
+    assert _gguf_split.parse_raw_part("m.Q8_0.gguf-split-b") == ("m.Q8_0.gguf", 1)
+    models = _gguf_split.group(["a.gguf", "m-00001-of-00003.gguf", "m-00003-of-00003.gguf", "x.gguf-split-a",
+                                "x.gguf-split-b"])
+    by = {m.name: m for m in models}
+    assert by["m-*-of-00003.gguf"].missing == ["m-00002-of-00003.gguf"] and by["m-*-of-00003.gguf"].kind == "shards"
+    assert by["x.gguf"].files == ["x.gguf-split-a", "x.gguf-split-b"] and by["a.gguf"].kind == "file"
+    assert _gguf_split.parse_max_size("50G") == 50 * 10**9 and _gguf_split.parse_max_size("1M") == 10**6
+    with pytest.raises(UnusableInput):
+        _gguf_split.parse_max_size("50GB")
+
+
+def test_split_kv_bytes_are_what_gguf_split_wrote():
+    """The three split keys, byte for byte as llama.cpp's gguf-split appends them (a writer can reuse this)."""
+    g = _gguf_header.read(SHARDS[1])
+    kv = SHARDS[1].read_bytes()[24:24 + g.kv_bytes]
+    assert kv == _gguf_split.split_kv(1, 3, g.kv["split.tensors.count"])
+    assert g.split == (1, 3, 11)
+
+
+def test_plan_by_size_and_by_tensor_count():
+    sizes = [100, 40, 40, 100, 8]
+    assert _gguf_split.plan(sizes, max_bytes=130) == [[0], [1, 2], [3], [4]]  # padded to 32: 128, 64, 64, 128, 32
+    assert _gguf_split.plan(sizes, max_tensors=2) == [[0, 1], [2, 3], [4]]
+    assert _gguf_split.plan([100, 200], max_bytes=150) == [[0], [1]]  # a shard may pass the size, as gguf-split's
+    with pytest.raises(UnusableInput, match="larger than the split size"):  # gguf-split: "one of splits have 0 tensors"
+        _gguf_split.plan([200, 10], max_bytes=150)
+
+
+def test_fetch_selection_takes_the_whole_set():
+    listing = [RemoteFile(p.name, p.stat().st_size, "0" * 40) for p in SHARDS] + [RemoteFile("README.md", 10, "1" * 40)]
+    chosen = select_files(listing, "repo@main", names=[SHARDS[0].name])
+    assert [f.path for f in chosen.files] == [p.name for p in SHARDS]
+
+
+def test_branches_and_card_count_a_shard_set_once(tmp_path):
+    from mcard.hub.branches import RefReport, _gguf
+
+    ref = RefReport("main", "branch", "0" * 40)
+    _gguf(ref, [(p.name, p.stat().st_size) for p in SHARDS] + [("other.gguf", 5)])
+    assert [(v["kind"], len(v["files"])) for v in ref.gguf_variants] == [("file", 1), ("shards", 3)]
+    assert ref.gguf_variants[1]["size"] == sum(p.stat().st_size for p in SHARDS)
+    for p in SHARDS:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    size, _runtimes = measure(tmp_path / SHARDS[0].name)  # a card row measures the whole set
+    assert size == sum(p.stat().st_size for p in SHARDS)
