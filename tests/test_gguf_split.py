@@ -65,3 +65,14 @@ def test_branches_and_card_count_a_shard_set_once(tmp_path):
         (tmp_path / p.name).write_bytes(p.read_bytes())
     size, _runtimes = measure(tmp_path / SHARDS[0].name)  # a card row measures the whole set
     assert size == sum(p.stat().st_size for p in SHARDS)
+
+
+def test_write_shards_is_byte_identical_to_gguf_split(tmp_path):
+    """mcard's splitter (for publishers: the Hub's 50 GB limit) writes what llama.cpp's gguf-split wrote."""
+    src = SHARDS[0].parent / "smol576-Q2_0.gguf"
+    written = _gguf_split.write_shards(src, tmp_path / "smol576-Q2_0", max_tensors=4)
+    assert [p.name for p in written] == [p.name for p in SHARDS]
+    for ours, theirs in zip(written, SHARDS):
+        assert ours.read_bytes() == theirs.read_bytes(), ours.name
+    with pytest.raises(UnusableInput, match="already a shard"):
+        _gguf_split.write_shards(SHARDS[0], tmp_path / "again", max_tensors=4)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import re
 import struct
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from ..errors import UnusableInput
 
@@ -204,3 +204,56 @@ def split_kv(index: int, count: int, n_tensors: int) -> bytes:
         else:
             out += struct.pack("<IH", 2, index if key == KV_SPLIT_NO else count)
     return out
+
+
+def write_shards(src: str | Path, out_prefix: str | Path, max_bytes: int | None = None,
+                 max_tensors: int | None = None) -> list[Path]:
+    """Split the GGUF file ``src`` into ``<out_prefix>-0000i-of-0000N.gguf`` exactly as ``gguf-split --split`` does.
+
+    The first shard keeps every kv pair (copied byte for byte) and all shards get the
+    split keys; tensors keep the source's order, data padded to the alignment with zeros.
+    A writer that must keep files under the Hub's 50 GB passes ``max_bytes=HUB_MAX_FILE_BYTES``
+    (or less: the limit counts tensor data only, the header comes on top).
+    """
+    from ._gguf_header import read
+
+    src, out_prefix = Path(src), Path(out_prefix)
+    g = read(src)
+    if g.split is not None:
+        raise UnusableInput("already a shard of a split model", src)
+    with src.open("rb") as fh:
+        head = fh.read(24 + g.kv_bytes)
+    n_kv = struct.unpack_from("<Q", head, 16)[0]
+    kv = head[24:24 + g.kv_bytes]
+    assignment = plan([t.nbytes for t in g.tensors], max_bytes, max_tensors)
+    count = len(assignment)
+    paths = []
+    with src.open("rb") as fin:
+        for i, idx in enumerate(assignment):
+            infos, offset = b"", 0
+            for j in idx:
+                t = g.tensors[j]
+                name = t.name.encode()
+                infos += struct.pack("<Q", len(name)) + name + struct.pack("<I", len(t.shape))
+                infos += struct.pack(f"<{len(t.shape)}Q", *t.shape) + struct.pack("<IQ", t.type_id, offset)
+                offset += _pad(t.nbytes, g.alignment)
+            shard_kv = (kv if i == 0 else b"") + split_kv(i, count, len(g.tensors))
+            meta = b"GGUF" + struct.pack("<IQQ", 3, len(idx), (n_kv if i == 0 else 0) + len(SPLIT_KEYS))
+            meta += shard_kv + infos
+            meta += bytes(_pad(len(meta), g.alignment) - len(meta))
+            path = out_prefix.parent / shard_name(out_prefix.name, i, count)
+            with path.open("wb") as fout:
+                fout.write(meta)
+                for j in idx:
+                    t = g.tensors[j]
+                    fin.seek(t.offset)
+                    left = t.nbytes
+                    while left:
+                        chunk = fin.read(min(left, 64 << 20))
+                        if not chunk:
+                            raise UnusableInput(f"tensor {t.name} runs past the end of the file", src)
+                        fout.write(chunk)
+                        left -= len(chunk)
+                    fout.write(bytes(_pad(t.nbytes, g.alignment) - t.nbytes))
+            paths.append(path)
+    return paths
