@@ -76,3 +76,4 @@ def test_write_shards_is_byte_identical_to_gguf_split(tmp_path):
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
     with pytest.raises(UnusableInput, match="already a shard"):
         _gguf_split.write_shards(SHARDS[0], tmp_path / "again", max_tensors=4)
+

@@ -229,3 +229,53 @@ def test_naming_one_raw_part_validates_the_joined_file(tmp_path):
     (tmp_path / f"{src.name}-split-b").write_bytes(blob[half:])
     report = api.inspect(tmp_path / f"{src.name}-split-b")
     assert report.ok and report.predicted_bytes == len(blob) and len(report.files) == 2
+
+
+def test_bpe_tokenizer_kv_range_holds_the_real_kv_section(tmp_path):
+    """A tokenizer.json (BPE) folder: tokens and merges counted exactly; a kv section written with
+    gguf's own writer, as convert_hf_to_gguf's gpt2 path fills it, lies within the stated range."""
+    import json
+
+    from gguf import GGUFWriter
+
+    from mcard.arch import ModelShape
+    from mcard.formats import gguf
+
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 300, "tie_word_embeddings": True}
+    vocab = {f"\u0120tok{i}": i for i in range(290)}
+    merges = [f"\u0120t ok{i}" for i in range(200)]
+    added = [{"id": 290, "content": "<|endoftext|>"}]
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+                                                          "added_tokens": added}))
+    shape = ModelShape.from_config(cfg)
+    est = gguf.predict_size(shape, "Q8_0", model_dir=tmp_path, config_doc=cfg)
+    kv = est.params["kv"]
+    w = GGUFWriter(str(tmp_path / "real.gguf"), "llama")
+    w.add_type("model")
+    w.add_name("Tiny BPE")
+    w.add_size_label("25K")
+    for add, value in ((w.add_block_count, 2), (w.add_context_length, 2048), (w.add_embedding_length, 64),
+                       (w.add_feed_forward_length, 128), (w.add_head_count, 4), (w.add_head_count_kv, 2),
+                       (w.add_vocab_size, 300), (w.add_rope_dimension_count, 16)):
+        add(value)
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("smollm")
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])] + ["<|endoftext|>"]
+    tokens += [f"[PAD{i}]" for i in range(len(tokens), 300)]
+    w.add_token_list(tokens)
+    w.add_token_types([1] * 300)
+    w.add_token_merges(merges)
+    w.add_bos_token_id(290)
+    w.add_eos_token_id(290)
+    w.add_quantization_version(2)
+    w.add_file_type(7)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.close()
+    from mcard.formats import _gguf_header
+
+    real = _gguf_header.read(tmp_path / "real.gguf").kv_bytes
+    assert kv["exact"] is False and kv["low"] <= real <= kv["high"] and kv["high"] - kv["low"] < 1000

@@ -148,4 +148,51 @@ def kv_size(model_dir: Path, cfg: dict[str, Any], shape: ModelShape, imatrix: bo
     return total
 
 
-__all__ = ["kv_size", "sentencepiece_pieces", "size_label"]
+def bpe_kv_range(model_dir: Path, shape: ModelShape) -> tuple[int, int, int] | None:
+    """(estimate, low, high) of the kv section for a BPE ``tokenizer.json`` folder (convert's gpt2 path).
+
+    The tokens (vocabulary and added tokens, ``[PAD<i>]`` up to ``vocab_size``), their
+    types and the merges are counted exactly; what stays open is the pre-tokenizer's name
+    (convert recognises it by hashing the tokenizer's output), the special token ids it
+    finds, the chat template and the ``general.*`` fields from the folder name and model card.
+    """
+    path = Path(model_dir) / "tokenizer.json"
+    if not path.is_file():
+        return None
+    doc = load_json_object(path)
+    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    vocab = model.get("vocab") if isinstance(model.get("vocab"), dict) else None
+    if model.get("type") != "BPE" or vocab is None:
+        return None
+    texts: dict[int, str] = {i: t for t, i in vocab.items() if isinstance(i, int)}
+    for added in doc.get("added_tokens") or []:
+        if isinstance(added, dict) and isinstance(added.get("id"), int) and isinstance(added.get("content"), str):
+            texts[added["id"]] = added["content"]
+    n = shape.vocab_size
+    tokens = sum(8 + len(texts[i].encode()) if i in texts else 8 + len(f"[PAD{i}]") for i in range(n))
+    merges = model.get("merges") or []
+    merge_bytes = sum(8 + len((m if isinstance(m, str) else " ".join(map(str, m))).encode()) for m in merges)
+    tok_cfg_path = Path(model_dir) / "tokenizer_config.json"
+    tok_cfg = load_json_object(tok_cfg_path) if tok_cfg_path.is_file() else {}
+    template = tok_cfg.get("chat_template") if isinstance(tok_cfg.get("chat_template"), str) else ""
+    exact = (_key("tokenizer.ggml.tokens") + 12 + tokens + _key("tokenizer.ggml.token_type") + 12 + 4 * n
+             + (_key("tokenizer.ggml.merges") + 12 + merge_bytes if merges else 0)
+             + _key("tokenizer.ggml.model") + _string("gpt2")
+             + (_key("tokenizer.chat_template") + _string(template) if template else 0)
+             + sum(_key(k) + 4 for k in ("general.quantization_version", "general.file_type", "llama.block_count",
+                                          "llama.context_length", "llama.embedding_length", "llama.feed_forward_length",
+                                          "llama.attention.head_count", "llama.attention.head_count_kv",
+                                          "llama.vocab_size", "llama.rope.dimension_count", "llama.rope.freq_base",
+                                          "llama.attention.layer_norm_rms_epsilon"))
+             + _key("general.architecture") + _string("llama") + _key("general.type") + _string("model"))
+    # open: tokenizer.ggml.pre (up to ~24 characters), up to 6 special ids and 3 add_* flags,
+    # general.name/basename/size_label/finetune (~200 bytes), model card fields (its front matter)
+    card = Path(model_dir) / "README.md"
+    card_bytes = min(card.stat().st_size, 1 << 16) if card.is_file() else 0
+    low = exact + _key("tokenizer.ggml.pre") + _string("")
+    high = exact + _key("tokenizer.ggml.pre") + _string("x" * 24) + 6 * (_key("tokenizer.ggml.padding_token_id") + 4) \
+        + 3 * (_key("tokenizer.ggml.add_bos_token") + 1) + 400 + 2 * card_bytes
+    return (low + high) // 2, low, high
+
+
+__all__ = ["kv_size", "sentencepiece_pieces", "size_label", "bpe_kv_range"]

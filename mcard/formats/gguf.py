@@ -225,11 +225,17 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
 
         kv_bytes = kv_size(Path(model_dir), config_doc, shape)
     if kv_bytes is None:
-        kv, low, high = kv_estimate(shape)
+        from ._gguf_kv import bpe_kv_range
+
+        ranged = bpe_kv_range(Path(model_dir), shape) if model_dir is not None else None
+        kv, low, high = ranged or kv_estimate(shape)
         params["kv"] = {"exact": False, "bytes": kv, "low": low, "high": high}
         notes.append(f"metadata: the kv section ({kv:,} bytes) is an estimate: a real one is {low:,} to {high:,} "
-                     "bytes (the total moves with it); put the tokenizer files (tokenizer.model or tokenizer.json, "
-                     "tokenizer_config.json) beside config.json for an exact figure")
+                     "bytes (the total moves with it); "
+                     + ("tokens and merges counted from tokenizer.json; the pre-tokenizer name, special ids and "
+                        "general.* fields are not" if ranged else
+                        "put the tokenizer files (tokenizer.model or tokenizer.json, tokenizer_config.json) beside "
+                        "config.json for an exact figure"))
     else:
         kv = kv_bytes
         params["kv"] = {"exact": True, "bytes": kv}
