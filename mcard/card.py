@@ -217,8 +217,8 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
                      v.made_with or "-", v.description]
         elif entry.family == "bnb":
             cells = [v.branch, v.format, v.double_quant, size, runtimes_cell(r.runtimes), v.description]
-        elif entry.family == "gguf":
-            cells = [v.file, v.type, v.bits if v.bits is not None else "-", size, gb_text(r.ram, r.predicted),
+        elif entry.family == "gguf":  # a split variant (shards, raw parts) is one row, named as the set
+            cells = [split_display_name(v.file) if v.file else v.file, v.type, v.bits if v.bits is not None else "-", size, gb_text(r.ram, r.predicted),
                      v.description]
         elif entry.family == "lora":
             cells = [v.branch, v.r if v.r is not None else "-", format_value(v.alpha) if v.alpha is not None else "-",
@@ -228,6 +228,12 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
             cells = [v.branch, v.format, size, v.description]
         out.append([_md_cell(c) for c in cells])
     return out
+
+
+def split_display_name(name: str) -> str:
+    from .formats._gguf_split import display_name
+
+    return display_name(name)
 
 
 def context(entry: Entry, variants_dir: Path | None = None,
@@ -242,6 +248,7 @@ def context(entry: Entry, variants_dir: Path | None = None,
         v = r.variant
         variants.append({
             "key": v.key, "branch": v.branch, "file": v.file, "format": v.format, "bits": v.bits,
+            "split_name": split_display_name(v.file) if v.file and split_display_name(v.file) != v.file else None,
             "group_size": v.group_size, "desc_act": v.desc_act, "sym": v.sym, "type": v.type,
             "version": v.version, "zero_point": v.zero_point, "double_quant": v.double_quant,
             "made_with": v.made_with, "description": v.description, "dataset": v.dataset,

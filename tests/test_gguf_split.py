@@ -77,3 +77,50 @@ def test_write_shards_is_byte_identical_to_gguf_split(tmp_path):
     with pytest.raises(UnusableInput, match="already a shard"):
         _gguf_split.write_shards(SHARDS[0], tmp_path / "again", max_tensors=4)
 
+
+
+def test_card_names_a_split_variant_as_its_set():
+    assert _gguf_split.display_name("m.Q4_K_M-00001-of-00003.gguf") == "m.Q4_K_M-*-of-00003.gguf"
+    assert _gguf_split.display_name("m.Q8_0.gguf-split-a") == "m.Q8_0.gguf-split-*"
+    assert _gguf_split.display_name("m.Q4_K_M.gguf") == "m.Q4_K_M.gguf"
+
+
+def test_card_row_of_a_shard_set(tmp_path):
+    """mcard card: a variant given by its first shard is one row, named as the set, with the total size."""
+    from mcard.card import render_card
+
+    for p in SHARDS:
+        (tmp_path / p.name).write_bytes(p.read_bytes())
+    entry = tmp_path / "smol.toml"
+    entry.write_text(f"""[model]
+repo = "org/smol576-GGUF"
+name = "Smol576 GGUF"
+creator = "org"
+base_model = "org/smol576"
+license = "apache-2.0"
+description = "Tiny."
+prompt = "none"
+
+[architecture]
+model_type = "llama"
+hidden_size = 576
+intermediate_size = 32
+num_hidden_layers = 1
+num_attention_heads = 1
+num_key_value_heads = 1
+head_dim = 32
+vocab_size = 96
+tie_word_embeddings = true
+
+[[variants]]
+file = "{SHARDS[0].name}"
+format = "gguf"
+type = "Q2_0"
+bits = 2
+""")
+    card = render_card(entry, variant_paths={SHARDS[0].name: tmp_path / SHARDS[0].name})
+    rows = [line for line in card.splitlines() if "smol576-Q2_0" in line and line.startswith("|")]
+    total = sum(p.stat().st_size for p in SHARDS)
+    assert len(rows) == 1 and "smol576-Q2_0-*-of-00003.gguf" in rows[0], rows
+    assert f"| {total / 1e6:.2f} MB |" in rows[0], rows
+    assert 'allow_patterns=["smol576-Q2_0-*-of-00003.gguf"]' in card and f"{SHARDS[0].name}` brings the" in card

@@ -137,6 +137,15 @@ def _letters(index: int) -> str:
     return chr(ord("a") + index) if index < 26 else chr(ord("a") + index // 26 - 1) + chr(ord("a") + index % 26)
 
 
+def display_name(name: str) -> str:
+    """How a card names a variant given by one of its files: a shard set or raw parts as the whole set."""
+    shard = parse_shard_name(name)
+    if shard is not None:
+        return f"{shard[0]}-*-of-{shard[2]:05d}.gguf" if shard[2] > 1 else name
+    part = parse_raw_part(name)
+    return f"{part[0]}-split-*" if part is not None else name
+
+
 def parse_max_size(text: str) -> int:
     """``--split-max-size``: ``N`` followed by ``M`` (10^6 bytes) or ``G`` (10^9), as gguf-split reads it."""
     m = re.fullmatch(r"\s*(\d+)\s*([MG])\s*", str(text))
