@@ -125,6 +125,15 @@ def test_split_max_size_predicts_gguf_split_shards():
     est = gguf.predict_size(shape, "F32", split_max_size="1M", kv_bytes=kv_bytes)
     assert est.params["shards"] == facts["shards"]
     assert est.total_bytes == sum(facts["shards"])
+    # and from the command line, the kv section computed from the tokenizer files beside config.json
+    from typer.testing import CliRunner
+
+    from mcard.cli import app
+
+    out = CliRunner().invoke(app, ["size", str(HERE / "llama256" / "config.json"), "--format", "gguf", "--type", "F32",
+                                   "--split-max-size", "1M", "--json"])
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["params"]["shards"] == facts["shards"]
 
 
 def _patch_type(path: Path, name: str, type_id: int) -> None:
