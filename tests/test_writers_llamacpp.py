@@ -188,6 +188,7 @@ def test_shard_set_problems(tmp_path):
     report = api.inspect(tmp_path)
     assert not report.ok
     assert any(f.code == "missing-shard" and "00002-of-00003" in f.file for f in report.all_findings())
+    assert report.predicted_bytes is None and any("size not predicted" in f.message for f in report.all_findings())
     # a shard renamed out of place: split.no disagrees with its name
     shutil.copy(HERE / SHARDS[1], tmp_path / Path(SHARDS[1]).name)
     (tmp_path / Path(SHARDS[2]).name).rename(tmp_path / "x")

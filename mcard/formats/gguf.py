@@ -440,7 +440,10 @@ def _check_model(variant: Variant, m: split.GgufModel, report: Report) -> None:
         _check_tensor_set(model, shape, report)
         if ftype is not None:
             _check_mix(model, shape, ftype, report)
-            _check_predicted(model, shape, ftype, report)
+            if m.missing:
+                report.info("size", m.name, "", f"size not predicted: {len(m.missing)} of the set's {m.count} files are missing")
+            else:
+                _check_predicted(model, shape, ftype, report)
         else:
             report.info("mix-mismatch", model.files[0][0], "general.file_type",
                         f"general.file_type {kv.get('general.file_type')!r} not modelled: mix not checked")
