@@ -27,6 +27,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
+from gguf.constants import GGUFValueType
+
 from ..errors import UnusableInput
 
 KV_SPLIT_NO = "split.no"
@@ -39,8 +41,11 @@ HUB_MAX_FILE_BYTES = 50 * 1000**3  # the Hub's limit per file
 
 _SHARD = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _RAW_PART = re.compile(r"^(?P<joined>.+\.gguf)-split-(?P<letter>[a-z]{1,2})$")
-# value type ids (GGUFValueType): uint16 = 2, int32 = 5; kv pair = key length (8) + key + type (4) + value
-_SPLIT_KV_BYTES = sum(8 + len(k) + 4 + (4 if k == KV_SPLIT_TENSORS_COUNT else 2) for k in SPLIT_KEYS)
+# the split keys' value types: split.no and split.count uint16, split.tensors.count int32
+_SPLIT_TYPES = {KV_SPLIT_NO: (GGUFValueType.UINT16, "<H"), KV_SPLIT_COUNT: (GGUFValueType.UINT16, "<H"),
+                KV_SPLIT_TENSORS_COUNT: (GGUFValueType.INT32, "<i")}
+# a kv pair: key length (uint64), key, value type (uint32), value
+_SPLIT_KV_BYTES = sum(8 + len(k) + 4 + struct.calcsize(_SPLIT_TYPES[k][1]) for k in SPLIT_KEYS)
 
 
 def shard_name(prefix: str, index: int, count: int) -> str:
@@ -205,13 +210,11 @@ def shard_sizes(kv_bytes: int, tensors: list[tuple[str, int, int]], max_bytes: i
 
 def split_kv(index: int, count: int, n_tensors: int) -> bytes:
     """The three split kv pairs as gguf-split appends them to a shard's header."""
+    values = {KV_SPLIT_NO: index, KV_SPLIT_COUNT: count, KV_SPLIT_TENSORS_COUNT: n_tensors}
     out = b""
     for key in SPLIT_KEYS:
-        out += struct.pack("<Q", len(key)) + key.encode()
-        if key == KV_SPLIT_TENSORS_COUNT:
-            out += struct.pack("<Ii", 5, n_tensors)
-        else:
-            out += struct.pack("<IH", 2, index if key == KV_SPLIT_NO else count)
+        vtype, fmt = _SPLIT_TYPES[key]
+        out += struct.pack("<Q", len(key)) + key.encode() + struct.pack("<I", int(vtype)) + struct.pack(fmt, values[key])
     return out
 
 
