@@ -27,7 +27,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from gguf.constants import GGUFValueType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
 from ..errors import UnusableInput
 
@@ -36,7 +36,7 @@ KV_SPLIT_COUNT = "split.count"
 KV_SPLIT_TENSORS_COUNT = "split.tensors.count"
 SPLIT_KEYS = (KV_SPLIT_NO, KV_SPLIT_TENSORS_COUNT, KV_SPLIT_COUNT)  # their order in a written shard
 DEFAULT_MAX_TENSORS = 128
-ALIGNMENT = 32  # GGUF_DEFAULT_ALIGNMENT, which gguf-split pads each tensor to
+ALIGNMENT = GGUF_DEFAULT_ALIGNMENT  # 32: gguf-split pads each tensor to it
 HUB_MAX_FILE_BYTES = 50 * 1000**3  # the Hub's limit per file
 
 _SHARD = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
