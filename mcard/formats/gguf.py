@@ -6,7 +6,7 @@ length checked against the file size, so a truncated data section still yields f
 Type and file-type facts come from :mod:`._ggml_types` (the ``gguf`` package plus the
 types newer than it), the type mixes from :mod:`._gguf_mix`, the split layouts (gguf-split
 shards, raw ``-split-a`` parts) from :mod:`._gguf_split`: a model split over several files
-is validated and dequantized as one.
+is validated (:mod:`._gguf_check`) and dequantized as one.
 """
 
 from __future__ import annotations
