@@ -91,7 +91,18 @@ def test_card_row_of_a_shard_set(tmp_path):
 
     for p in SHARDS:
         (tmp_path / p.name).write_bytes(p.read_bytes())
-    entry = tmp_path / "smol.toml"
+    entry = _entry(tmp_path)
+    card = render_card(entry, variant_paths={SHARDS[0].name: tmp_path / SHARDS[0].name})
+    rows = [line for line in card.splitlines() if "smol576-Q2_0" in line and line.startswith("|")]
+    total = sum(p.stat().st_size for p in SHARDS)
+    assert len(rows) == 1 and "smol576-Q2_0-*-of-00003.gguf" in rows[0], rows
+    assert f"| {total / 1e6:.2f} MB |" in rows[0], rows
+    assert 'allow_patterns=["smol576-Q2_0-*-of-00003.gguf"]' in card and f"{SHARDS[0].name}` brings the" in card
+
+
+def _entry(folder: Path) -> Path:
+    """A registry entry whose one GGUF variant is the smol576 Q2_0 shard set, named by its first shard."""
+    entry = folder / "smol.toml"
     entry.write_text(f"""[model]
 repo = "org/smol576-GGUF"
 name = "Smol576 GGUF"
@@ -118,9 +129,20 @@ format = "gguf"
 type = "Q2_0"
 bits = 2
 """)
-    card = render_card(entry, variant_paths={SHARDS[0].name: tmp_path / SHARDS[0].name})
-    rows = [line for line in card.splitlines() if "smol576-Q2_0" in line and line.startswith("|")]
-    total = sum(p.stat().st_size for p in SHARDS)
-    assert len(rows) == 1 and "smol576-Q2_0-*-of-00003.gguf" in rows[0], rows
-    assert f"| {total / 1e6:.2f} MB |" in rows[0], rows
-    assert 'allow_patterns=["smol576-Q2_0-*-of-00003.gguf"]' in card and f"{SHARDS[0].name}` brings the" in card
+    return entry
+
+
+def test_sync_fetches_validates_and_measures_a_shard_set(tmp_path):
+    """mcard sync on a Hub repo (olah on loopback) holding a shard set: one variant, all shards, the total size."""
+    from mcard.sync import SyncOptions, sync
+    from mcard.testing.hubserver import OlahServer, build_git_repo
+
+    build_git_repo(tmp_path / "mirrors", "org/smol576-GGUF", {"main": {p.name: p for p in SHARDS} | {"README.md": b"# x\n"}})
+    entry = _entry(tmp_path)
+    with OlahServer(tmp_path / "mirrors") as server:
+        [result] = sync(entry, SyncOptions(smoke=False, report_dir=tmp_path / "report", cache_dir=tmp_path / "cache",
+                                           endpoint=server.endpoint, device="cpu"))
+    assert result.ok, [r.__dict__ for r in result.records]
+    [record] = result.records
+    assert record.variant == SHARDS[0].name and not record.validate_errors
+    assert record.measured_bytes == sum(p.stat().st_size for p in SHARDS)
