@@ -124,8 +124,9 @@ class RegistryVariant:
 
     def size_params(self) -> dict[str, Any]:
         """Keyword arguments for :func:`mcard.size.predict_size`."""
-        if self.format == "gptq":
-            return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act}
+        if self.format == "gptq":  # made_with = "GPTQModel": its layout (no bias, its tensor order)
+            writer = "gptqmodel" if (self.made_with or "").lower().startswith("gptqmodel") else "autogptq"
+            return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act, "writer": writer}
         if self.format == "awq":
             return {"bits": self.bits, "group_size": self.group_size, "version": self.version or AWQ_VERSIONS[0]}
         if self.format in ("nf4", "fp4"):  # the quant type is implied by the format name

@@ -69,3 +69,39 @@ def test_corrupted_gptqmodel_checkpoint_is_caught(tmp_path):
     save_file(tensors, str(path), {"format": "pt"})
     codes = {f.code for f in api.inspect(tmp_path / "v").all_findings() if f.severity.value == "error"}
     assert {"g_idx-mismatch", "missing-tensor"} <= codes
+
+
+def test_registry_made_with_gptqmodel_predicts_its_layout(tmp_path):
+    from mcard.registry import load_entry
+    from mcard.size import predict_size
+
+    cfg = json.loads((HERE / "4bit-g32" / "config.json").read_text())
+    arch = "\n".join(f"{k} = {json.dumps(cfg[k])}" for k in ("model_type", "hidden_size", "intermediate_size",
+                                                               "num_hidden_layers", "num_attention_heads",
+                                                               "num_key_value_heads", "vocab_size", "tie_word_embeddings"))
+    entry = tmp_path / "e.toml"
+    entry.write_text(f"""[model]
+repo = "org/tiny-GPTQ"
+name = "Tiny GPTQ"
+creator = "org"
+base_model = "org/tiny"
+license = "apache-2.0"
+description = "Tiny."
+prompt = "none"
+
+[architecture]
+{arch}
+dtype = "bfloat16"
+
+[[variants]]
+branch = "main"
+format = "gptq"
+bits = 4
+group_size = 32
+desc_act = false
+made_with = "GPTQModel 7.3.6"
+""")
+    [v] = load_entry(entry).variants
+    assert v.size_params()["writer"] == "gptqmodel"
+    est = predict_size(load_entry(entry).architecture, "gptq", **v.size_params())
+    assert est.total_bytes == (HERE / "4bit-g32" / "model.safetensors").stat().st_size
