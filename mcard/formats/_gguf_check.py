@@ -196,12 +196,12 @@ def _rule_sets(shape: ModelShape, ftype: str, imatrix: bool) -> list[tuple[str, 
                 types = expected_types(shape, ftype, rules, has_imatrix=with_imatrix)
             except kq.NoFallback:
                 continue
-            label = kq.RULE_LABELS[rules] + ("" if with_imatrix == imatrix else
+            label = ("" if rules == "current" else "older ") + kq.RULE_LABELS[rules] + ("" if with_imatrix == imatrix else
                                             " with an importance matrix" if with_imatrix else " without an importance matrix")
             out.append((label, types))
             if rules == "2023" and "output.weight" in types:  # early GGUF: 2023 mixes with a Q6_K output
                 current = expected_types(shape, ftype, "current")
-                out.append(("2023 GGUF (output Q6_K)", dict(types, **{"output.weight": current["output.weight"]})))
+                out.append(("older 2023 GGUF (output Q6_K)", dict(types, **{"output.weight": current["output.weight"]})))
     return out
 
 
@@ -222,7 +222,8 @@ def _check_mix(model: _Model, shape: ModelShape, ftype: str, report: Report) -> 
     for label, rules in sets[1:]:
         if all(have.get(n, e) == e for n, e in rules.items()):
             report.warning("mix-mismatch", first, "",
-                           f"{len(diffs)} tensor types follow llama.cpp's older {label} {ftype} rules, not the current ones")
+                           f"{len(diffs)} tensor types follow llama.cpp's {label} {ftype} rules, not the current "
+                           f"ones{' with the importance matrix the file records' if imatrix else ''}")
             return
     if set(diffs) <= {"output.weight", "token_embd.weight"}:
         report.warning("mix-mismatch", first, ", ".join(sorted(diffs)),
