@@ -6,12 +6,12 @@ for commented examples)::
     [model]          repo, name, license (required); creator, base_model,
                      base_model_name, description, prompt, system_message,
                      original_card, quantized_by, tags, pipeline_tag, inference,
-                     language, notes, links
+                     language, notes, links, license_file
     [architecture]   config = "path/to/config.json", or config.json keys inline
     [[variants]]     format (required); branch / file; bits, group_size, desc_act,
                      sym, checkpoint_format, version, zero_point, double_quant,
                      type, r, alpha, dropout, target_modules, made_with,
-                     description, size, ram, dataset, seq_len, damp_percent
+                     description, size, ram, dataset, seq_len, damp_percent, source
     [[evaluations]]  dataset, metric, value (inline) or path (lm-eval JSON)
     [[tables]]       title, columns, rows, caption
 
@@ -88,6 +88,7 @@ class ModelInfo:
     language: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     links: list[dict[str, str]] = field(default_factory=list)
+    license_file: str | None = None  # the license text to package as LICENSE, relative to the entry
 
 
 @dataclass
@@ -116,6 +117,7 @@ class RegistryVariant:
     dataset: str | None = None
     seq_len: int | None = None
     damp_percent: float | None = None
+    source: str | None = None  # the quantizer's output (folder or file) to package, relative to the entry
 
     @property
     def key(self) -> str:
@@ -209,6 +211,7 @@ def load_entry(path: str | Path) -> Entry:
         language=list(list_of(m.get("language", []), STR, "model.language", path)),
         notes=list(list_of(m.get("notes", []), STR, "model.notes", path)),
         links=[dict(link) for link in links],
+        license_file=m.get("license_file"),
     )
 
     arch, arch_source = None, None
@@ -318,6 +321,7 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         dataset=v.get("dataset"),
         seq_len=v.get("seq_len"),
         damp_percent=v.get("damp_percent"),
+        source=v.get("source"),
     )
     if out.bits is None and out.type:
         found = re.search(r"(\d+)", out.type)
