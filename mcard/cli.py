@@ -125,6 +125,7 @@ def _register_optional() -> None:
         ("cli_card", ("card",)),
         ("cli_smoke", ("smoke",)),
         ("cli_sync", ("sync", "plan", "demo")),
+        ("cli_publish", ("package", "publish")),
     ):
         try:
             module = __import__(f"mcard.{module_name}", fromlist=["*"])
