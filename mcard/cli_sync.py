@@ -66,13 +66,23 @@ def sync(
     device: str = typer.Option("auto", "--device", help="Smoke-test device: auto, cuda or cpu."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default $HF_ENDPOINT or huggingface.co)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    publish: bool = typer.Option(False, "--publish", help="Package -> validate -> smoke -> publish -> verify, from --from."),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="With --publish: the quantizer outputs (DIR/<branch>/, DIR/<file>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --publish: the package folder (default packages/<repo>)."),
+    create: bool = typer.Option(False, "--create", help="With --publish: create the repo when missing."),
+    private: bool = typer.Option(False, "--private", help="With --publish --create: a private repo."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="With --publish: publish to this repo instead of the entry's."),
 ) -> None:
-    """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card."""
+    """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card.
+
+    With --publish: package the variants from --from, validate, smoke-test, publish and fetch them back.
+    """
     from .sync import SyncOptions
     from .sync import sync as run_sync
 
     options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
-                          endpoint=endpoint, device=device)
+                          endpoint=endpoint, device=device, publish=publish, from_dir=from_dir, package_dir=out,
+                          create=create, private=private, repo=repo)
     progress = None
     if not json_out and sys.stderr.isatty():
         def progress(record) -> None:  # noqa: ANN001 - a VariantRecord

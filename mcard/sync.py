@@ -57,6 +57,8 @@ class VariantRecord:
     local_path: str | None = None
     seconds: float = 0.0
     tool_version: str = __version__
+    publish: str = "-"  # sync --publish: published, unchanged, failed, -
+    uploaded_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,6 +103,12 @@ class SyncOptions:
     smoke_layers: int = 2
     smoke_batches: tuple[int, ...] = (1,)
     device: str = "auto"
+    publish: bool = False  # package -> validate -> smoke -> publish -> verify (mcard.sync_publish)
+    from_dir: Path | None = None
+    package_dir: Path | None = None
+    create: bool = False
+    private: bool = False
+    repo: str | None = None
 
 
 def entry_paths(target: str | Path) -> list[Path]:
@@ -141,6 +149,10 @@ def sync(target: str | Path, options: SyncOptions | None = None,
 def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
                one_of_many: bool = False) -> RepoSync:
     """Sync one entry. With ``--report DIR`` and several entries, each repo gets ``DIR/<repo>``."""
+    if options.publish:
+        from .sync_publish import publish_entry
+
+        return publish_entry(path, options, progress, one_of_many)
     entry = load_entry(path)
     if options.report_dir is None:
         report_dir = default_report_dir(entry.model.repo)
