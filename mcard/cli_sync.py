@@ -128,11 +128,16 @@ def demo(
     from .demo import run_demo
 
     typer.echo("mcard demo: building tiny GPTQ/AWQ/GGUF/QLoRA repos and serving them on 127.0.0.1 ...", err=True)
+    republished: list = []
     try:
-        results, folder = run_demo(out, broken=broken, smoke=not no_smoke)
+        results, folder = run_demo(out, broken=broken, smoke=not no_smoke, republished=republished)
     except McardError as exc:
         raise _fail(exc) from None
     _print_summary(results)
+    for again in republished:  # the publish step's rerun: nothing to send, no new commit
+        typer.echo(f"republished {again.repo} unchanged: {again.uploaded_bytes} bytes sent, "
+                   f"{sum(1 for b in again.branches if b.commit != b.head)} new commits, "
+                   f"{'verified' if again.ok else 'NOT verified'}")
     ok = all(r.ok for r in results)
     typer.echo(f"Registry entries: {folder / 'registry'}")
     typer.echo(f"Reports and cards: {folder / 'reports'}/<repo>/ (report.md, report.json, README.md)")

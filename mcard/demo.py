@@ -183,10 +183,17 @@ def _write_registry(registry: Path, config: dict[str, Any], broken: bool) -> Non
 
 
 def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
-             progress: Any = None) -> tuple[list[Any], Path]:
-    """Build, serve, ``sync --render``; returns the sync results and the output folder."""
+             progress: Any = None, publish: bool = True, republished: list[Any] | None = None) -> tuple[list[Any], Path]:
+    """Build, serve, ``sync --render``, then the publish step; returns the sync results and the output folder.
+
+    With ``publish``, :func:`mcard.demo_publish.publish_step` packages the tiny
+    variants, publishes them to the local Hub and fetches them back; its sync
+    results follow the others, and the unchanged republish of each repo
+    (:class:`mcard.publish.PublishResult`) is appended to ``republished``.
+    """
+    from .demo_publish import DEMO_TOKEN, publish_step
     from .sync import SyncOptions, sync
-    from .testing.hubserver import OlahServer
+    from .testing.hub import LocalHub
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +203,13 @@ def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
         registry.mkdir(exist_ok=True)
         for entry in repos.registry.glob("*.toml"):
             (registry / entry.name).write_text(entry.read_text())
-        with OlahServer(repos.mirrors) as hub:
+        with LocalHub(repos.mirrors, token=DEMO_TOKEN) as hub:
             options = SyncOptions(render=True, smoke=smoke, report_dir=out / "reports", force=True,
                                   endpoint=hub.endpoint, cache_dir=out / "hf-cache")
             results = sync(registry, options, progress=progress)
+            if publish:
+                published, again = publish_step(Path(tmp), out, hub.endpoint, smoke, progress)
+                results += published
+                if republished is not None:
+                    republished.extend(again)
     return results, out

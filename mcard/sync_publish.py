@@ -27,6 +27,7 @@ def _fail(record: VariantRecord, stage: str, reason: str) -> None:
 
 def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
                   one_of_many: bool = False) -> RepoSync:
+    from .card_rows import predict
     from .package import package
     from .publish import publish
 
@@ -42,6 +43,11 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
     chosen = [v for v in entry.variants if options.variant in (None, v.key)]
     records = {v.key: VariantRecord(repo, v.key, v.format, v.branch, published_bytes=v.size, stage="package")
                for v in chosen}
+    for v in chosen:
+        try:
+            records[v.key].predicted_bytes = predict(entry, v)[0]
+        except McardError:
+            pass
 
     pkg = None
     try:
