@@ -78,7 +78,8 @@ def package(
         if not c.ok:
             typer.echo(f"validate failed (packaged with --allow-failing): {c.variant}: "
                        f"{(c.source_errors or c.package_errors or [''])[0]}", err=True)
-    typer.echo(f"package: {pkg.root} ({len(pkg.branches)} branches, "
+    n = len(pkg.branches)
+    typer.echo(f"package: {pkg.root} ({n} branch{'es' if n != 1 else ''}, "
                f"{_size(sum(f.size for b in pkg.branches for f in b.files))})")
 
 

@@ -365,6 +365,14 @@ def _check_collisions(branch: str, items: list[_Item]) -> None:
 
 
 def _write_item(item: _Item, folder: Path) -> list[PackagedFile]:
+    """Write one planned file (or its shards); an OSError names the file in the package."""
+    try:
+        return _write(item, folder)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, f"{folder.name}/{item.path}") from None
+
+
+def _write(item: _Item, folder: Path) -> list[PackagedFile]:
     from .package_shard import write_shards
 
     dest = folder / item.path
@@ -524,7 +532,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
         _move_into_place(staging, out_path)
         pkg.root = out_path
     except OSError as exc:
-        where = f" writing {exc.filename}" if exc.filename else ""
+        where = f" ({exc.filename})" if exc.filename else ""
         raise McardError(f"cannot write the package{where}: {exc.strerror or exc}; {out_path} is unchanged") from None
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -189,3 +189,5 @@ def test_demo_command(tmp_path):
     assert "All variants passed." in run.stdout
     cards = sorted((tmp_path / "d" / "reports").glob("*/README.md"))
     assert len(cards) == 4
+    # the publish step: four repos packaged, published, fetched back; republished for free
+    assert run.stdout.count("-published  (") == 4 and run.stdout.count(" unchanged: 0 bytes sent, 0 new commits, verified") == 4

@@ -98,6 +98,7 @@ class WriteStats:
     commits: list[tuple[str, str, str]] = field(default_factory=list)  # (repo, branch, commit)
     commit_body_bytes: int = 0
     log: list[tuple[str, str, int]] = field(default_factory=list)  # (method, path, status)
+    errors: list[str] = field(default_factory=list)  # tracebacks of requests that failed unexpectedly
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add_lfs(self, oid: str, n: int) -> None:
@@ -116,6 +117,7 @@ class WriteStats:
             self.commits.clear()
             self.commit_body_bytes = 0
             self.log.clear()
+            self.errors.clear()
 
 
 class _Dropped(Exception):
@@ -158,6 +160,13 @@ class HubWriteServer(ThreadingHTTPServer):
             self._thread = None
         self.server_close()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Keep an unexpected handler failure (with its traceback) in ``stats.errors`` instead of printing it."""
+        import traceback
+
+        with self.stats.lock:
+            self.stats.errors.append(traceback.format_exc())
+
     def sign(self, repo_id: str, oid: str, size: int, expires: int) -> str:
         msg = f"{repo_id}\n{oid}\n{size}\n{expires}".encode()
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
@@ -190,6 +199,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         segs = [unquote(s) for s in url.path.split("/")[1:]]
         self._status = 0
+        self._remaining: list[int] | None = None  # set once the body is being read
         try:
             route = self._route(method, segs)
             if route is None:
@@ -267,6 +277,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self.rfile.readline(16)
                 return data
 
+            self._remaining = [1]  # unknown: a refused chunked body closes the connection
             return read_chunked
         remaining = [int(self.headers.get("Content-Length") or 0)]
 
@@ -292,12 +303,16 @@ class _Handler(BaseHTTPRequestHandler):
         return b"".join(parts)
 
     def _drain(self) -> None:
-        """Read what is left of a body we refuse, so the connection can be reused."""
-        remaining = getattr(self, "_remaining", None)
-        if remaining is not None and 0 < remaining[0] <= 64 << 20:
-            self.rfile.read(remaining[0])
-            remaining[0] = 0
-        elif remaining is not None and remaining[0] > 0:
+        """Read what is left of a body we refuse, so the connection can be reused (or close it)."""
+        if self._remaining is None:  # not read at all
+            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                self.close_connection = True
+                return
+            self._remaining = [int(self.headers.get("Content-Length") or 0)]
+        if 0 < self._remaining[0] <= 64 << 20:
+            self.rfile.read(self._remaining[0])
+            self._remaining[0] = 0
+        elif self._remaining[0] > 0 or self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self.close_connection = True
 
     def _json_body(self) -> Any:
