@@ -109,7 +109,7 @@ def _custom_entry(tmp_path: Path, cfg: dict, tokenizer_bytes: int = 0) -> Path:
     (tmp_path / "quantized" / "q4" / "tokenizer_config.json").write_text('{"from": "quantizer"}')
     (tmp_path / "quantized" / "q4" / "notes.txt").write_text("not a model file")
     entry = tmp_path / "entry.toml"
-    entry.write_text(f"""
+    entry.write_text("""
 [model]
 repo = "me/tiny-GPTQ"
 name = "Tiny GPTQ"
@@ -207,3 +207,24 @@ def test_a_full_disk_leaves_the_previous_package_whole(tmp_path: Path, tiny_cfg:
     assert full.returncode == 1 and "cannot write the package" in _one_line(full) and "is unchanged" in full.stderr
     assert {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".out")) == []
+
+
+def test_bitsandbytes_and_awq_configs(tmp_path: Path, tiny_cfg: dict) -> None:
+    from mcard.formats import awq, bnb
+
+    bnb.write_variant(tmp_path / "from" / "main", tiny_cfg, quant_type="nf4", double_quant=False)
+    awq.write_variant(tmp_path / "awq-from" / "main", tiny_cfg, group_size=64)
+    for name, fmt, extra in (("nf4", "nf4", "double_quant = false"), ("awq", "awq", "bits = 4\ngroup_size = 64")):
+        entry = tmp_path / f"{name}.toml"
+        entry.write_text(f'[model]\nrepo = "me/tiny-{name}"\nname = "t"\nlicense = "mit"\n\n'
+                         f'[[variants]]\nformat = "{fmt}"\n{extra}\n')
+        src = tmp_path / ("from" if name == "nf4" else "awq-from")
+        package(entry, src, tmp_path / f"out-{name}")
+        qc = json.loads((tmp_path / f"out-{name}" / "main" / "config.json").read_text())["quantization_config"]
+        if name == "nf4":
+            assert (qc["quant_method"], qc["load_in_4bit"], qc["bnb_4bit_quant_type"],
+                    qc["bnb_4bit_use_double_quant"]) == ("bitsandbytes", True, "nf4", False)
+        else:
+            assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["version"]) == ("awq", 4, 64, "gemm")
+        assert not (tmp_path / f"out-{name}" / "main" / "quantize_config.json").exists()
+        assert inspect(tmp_path / f"out-{name}" / "main").ok

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -182,6 +183,13 @@ def test_refusals_come_before_any_upload(hub: LocalHub, published: dict[str, Any
     assert json.loads(not_mine.stdout) == {"ok": False, "exit_code": 1, "error": not_mine.stderr.strip()[7:]}
     with pytest.raises(UnusableInput, match="pass --create"):
         publish(out, repo="alice/nowhere", endpoint=hub.endpoint, token=ALICE)
+    with pytest.raises(UnusableInput, match="not a valid repo id"):
+        publish(out, repo="alice/no spaces", endpoint=hub.endpoint, token=ALICE)
+    dropped = tmp_path / "pkg"
+    shutil.copytree(out, dropped)
+    (dropped / "main" / "optimizer.pt").write_bytes(b"PK\x03\x04" + bytes(64))
+    with pytest.raises(UnusableInput, match="pickle"):
+        publish(dropped, endpoint=hub.endpoint, token=ALICE)
     no_token = _mcard(hub, "publish", entry, "--packaged", out, token=None)
     assert no_token.returncode == 2 and "no Hub token" in _one_line(no_token)
     rejected = _mcard(hub, "publish", entry, "--packaged", out, token="hf_wrong_secret_value")
@@ -252,6 +260,14 @@ def test_a_commit_cut_by_the_network_lands_whole_or_not_at_all(hub: LocalHub, tm
     hub.stats.clear()
     check = publish(tmp_path / "out", repo="alice/cut-after", endpoint=hub.endpoint, token=ALICE)
     assert check.ok and check.branches[0].commit == landed and not hub.stats.commits  # no second commit
+
+
+def test_read_back_catches_a_hub_that_stored_other_bytes(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
+    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    hub.faults.alter_file = "config.json"
+    run = _mcard(hub, "publish", str(tmp_path / "entry.toml"), "--packaged", str(tmp_path / "out"), "--create",
+                 "--repo", "alice/altered")
+    assert run.returncode == 1 and "config.json" in _one_line(run) and "the Hub lists" in run.stderr
 
 
 def test_sync_publish_packages_smokes_publishes_and_fetches_back(hub: LocalHub, built: demo.DemoRepos,

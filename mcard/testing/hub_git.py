@@ -31,20 +31,13 @@ from pathlib import Path
 from typing import Callable
 
 from ..hub.rules import DEFAULT_LFS_PATTERNS, check_branch, check_path, check_repo_id, gitattributes_text, lfs_patterns
+from .hub_http import HubError
 from .hubserver import lfs_pointer
 
 ZERO = "0" * 40
 _POINTER = re.compile(rb"^version https://git-lfs\.github\.com/spec/v1\noid sha256:([0-9a-f]{64})\nsize ([0-9]+)\n$")
 _OID = re.compile(r"^[0-9a-f]{64}$")
 _COMMIT = re.compile(r"^[0-9a-f]{5,40}$")
-
-
-class HubError(Exception):
-    """An answer the Hub gives as an HTTP error: status, message, optional ``X-Error-Code``."""
-
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code = status, message, code
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ path and status only.
 
 :class:`WriteFaults` injects server-side failures for tests: an upload that
 stalls part way (to kill the client mid-upload), a connection dropped in the
-middle of a commit before or after the branch moves.
+middle of a commit before or after the branch moves, a file stored with other
+bytes than were sent.
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import http.client
 import json
 import os
 import re
@@ -51,16 +51,15 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..hub.rules import MAX_FILE_BYTES, REGULAR_FILE_LIMIT, upload_mode
-from .hub_git import FileOp, GitStore, HubError
+from .hub_git import FileOp, GitStore
+from .hub_http import HubError, HubHandler
 
-_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
-        "proxy-authenticate", "authorization", "host"}
 _BAD_TOKEN = "Invalid credentials in Authorization header"
 URL_TTL = 3600
 
@@ -87,6 +86,7 @@ class WriteFaults:
     release: threading.Event = field(default_factory=threading.Event)  # set to let it continue
     drop_commit: str | None = None  # "before-ref" or "after-ref": drop the connection mid-commit
     drop_commit_times: int = 1
+    alter_file: str | None = None  # a regular file commits store with other bytes (a Hub that loses data)
 
 
 @dataclass
@@ -172,28 +172,8 @@ class HubWriteServer(ThreadingHTTPServer):
         return hmac.new(self._secret, msg, hashlib.sha256).hexdigest()
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(HubHandler):
     server: HubWriteServer
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - never log (headers hold tokens)
-        pass
-
-    # -- plumbing -----------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:
-        self._dispatch("HEAD")
-
-    def do_POST(self) -> None:
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:
-        self._dispatch("DELETE")
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
@@ -249,98 +229,6 @@ class _Handler(BaseHTTPRequestHandler):
         if n == 4 and s[0] == "lfs" and s[1] == "verify" and method == "POST":
             return self._lfs_verify
         return None
-
-    def _reader(self) -> Callable[[int], bytes]:
-        """``read(n)`` over the request body, Content-Length or chunked."""
-        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            state = {"left": 0, "done": False}
-
-            def read_chunked(n: int) -> bytes:
-                if state["done"]:
-                    return b""
-                if state["left"] == 0:
-                    line = self.rfile.readline(1024)
-                    if not line:
-                        raise ConnectionError("client went away")
-                    size = int(line.split(b";")[0].strip() or b"0", 16)
-                    if size == 0:
-                        while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
-                            pass
-                        state["done"] = True
-                        return b""
-                    state["left"] = size
-                data = self.rfile.read(min(n, state["left"]))
-                if not data:
-                    raise ConnectionError("client went away")
-                state["left"] -= len(data)
-                if state["left"] == 0:
-                    self.rfile.readline(16)
-                return data
-
-            self._remaining = [1]  # unknown: a refused chunked body closes the connection
-            return read_chunked
-        remaining = [int(self.headers.get("Content-Length") or 0)]
-
-        def read_fixed(n: int) -> bytes:
-            if remaining[0] <= 0:
-                return b""
-            data = self.rfile.read(min(n, remaining[0]))
-            if not data:
-                raise ConnectionError("client went away")
-            remaining[0] -= len(data)
-            return data
-
-        self._remaining = remaining
-        return read_fixed
-
-    def _body(self, limit: int = 64 << 20) -> bytes:
-        read, parts, total = self._reader(), [], 0
-        while chunk := read(1 << 20):
-            parts.append(chunk)
-            total += len(chunk)
-            if total > limit:
-                raise HubError(413, "Payload Too Large")
-        return b"".join(parts)
-
-    def _drain(self) -> None:
-        """Read what is left of a body we refuse, so the connection can be reused (or close it)."""
-        if self._remaining is None:  # not read at all
-            if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                self.close_connection = True
-                return
-            self._remaining = [int(self.headers.get("Content-Length") or 0)]
-        if 0 < self._remaining[0] <= 64 << 20:
-            self.rfile.read(self._remaining[0])
-            self._remaining[0] = 0
-        elif self._remaining[0] > 0 or self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-            self.close_connection = True
-
-    def _json_body(self) -> Any:
-        try:
-            return json.loads(self._body() or b"{}")
-        except ValueError:
-            raise HubError(400, "request body is not valid JSON") from None
-
-    def _send(self, status: int, body: bytes, content_type: str = "application/json",
-              headers: dict[str, str] | None = None) -> None:
-        self._status = status
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, doc: Any, content_type: str = "application/json") -> None:
-        self._send(status, json.dumps(doc).encode(), content_type)
-
-    def _error(self, status: int, message: str, code: str | None = None) -> None:
-        headers = {"X-Error-Message": message.encode("ascii", "replace").decode()[:500]}
-        if code:
-            headers["X-Error-Code"] = code
-        self._send(status, json.dumps({"error": message}).encode(), headers=headers)
 
     # -- auth ------------------------------------------------------------------------------------
     def _account(self, required: bool = True) -> Account | None:
@@ -607,6 +495,8 @@ class _Handler(BaseHTTPRequestHandler):
             if value.get("encoding", "base64") != "base64":
                 raise HubError(400, f"unsupported encoding for {path}")
             data = base64.b64decode(value.get("content", ""))
+            if path == self.server.faults.alter_file:
+                data += b"\n"
             if len(data) >= REGULAR_FILE_LIMIT:
                 raise HubError(400, f"{path}: files of {REGULAR_FILE_LIMIT} bytes or more must go through LFS")
             content = tmp / f"{i}.bin"
@@ -620,42 +510,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- reads: olah -------------------------------------------------------------------------------
     def _proxy(self, method: str, s: list[str]) -> None:
+        revision = None
         if len(s) >= 4 and s[0] == "api" and s[1] == "models":
-            self._readable(f"{s[2]}/{s[3]}")
-        elif len(s) >= 3 and s[2] in ("resolve", "raw", "blob"):
-            self._readable(f"{s[0]}/{s[1]}")
+            repo_id = f"{s[2]}/{s[3]}"
+            self._readable(repo_id)
+            if len(s) >= 6 and s[4] in ("revision", "tree", "paths-info"):
+                revision = s[5]
+        elif len(s) >= 4 and s[2] in ("resolve", "raw", "blob"):
+            repo_id, revision = f"{s[0]}/{s[1]}", s[3]
+            self._readable(repo_id)
+        if revision is not None:  # the Hub: 404 RevisionNotFound (olah answers 401 RepoNotFound)
+            self.server.store.resolve(repo_id, revision)
         if self.server.upstream is None:
             raise HubError(502, "no read server behind this write API")
-        body = self._body() if method in ("POST", "PUT") else None
-        up = urlsplit(self.server.upstream)
-        conn = http.client.HTTPConnection(up.hostname, up.port, timeout=600)
-        try:
-            headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP | {"content-length"}}
-            conn.request(method, self.path, body=body, headers=headers)
-            resp = conn.getresponse()
-            self._status = resp.status
-            self.send_response(resp.status)
-            length = resp.getheader("Content-Length")
-            for k, v in resp.getheaders():
-                if k.lower() in _HOP or k.lower() == "content-length":
-                    continue
-                if k.lower() == "location":
-                    v = v.replace(self.server.upstream, self.server.endpoint)
-                self.send_header(k, v)
-            no_body = method == "HEAD" or resp.status in (204, 304) or 100 <= resp.status < 200
-            if length is not None:
-                self.send_header("Content-Length", length)
-            elif not no_body:
-                self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            if no_body:
-                return
-            while chunk := resp.read(1 << 20) if length is not None else resp.read1(1 << 20):
-                if length is not None:
-                    self.wfile.write(chunk)
-                else:
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            if length is None:
-                self.wfile.write(b"0\r\n\r\n")
-        finally:
-            conn.close()
+        self._forward(method, self.server.upstream, self.server.endpoint)
