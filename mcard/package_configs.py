@@ -84,7 +84,7 @@ def describe(variants: list[RegistryVariant]) -> str:
     if v.format == "gptq":
         group = "no grouping" if v.group_size == -1 else f"group size {v.group_size}"
         return (f"GPTQ {v.bits}-bit, {group}, {'act-order' if v.desc_act else 'no act-order'}, "
-                f"{'sym' if v.sym else 'asym'}, {v.checkpoint_format}")
+                f"{'sym' if v.sym else 'asym'}, checkpoint_format {v.checkpoint_format}")
     if v.format == "awq":
         return f"AWQ {v.bits}-bit, group size {v.group_size}, {(v.version or 'gemm').upper()}"
     if v.format in ("nf4", "fp4"):
