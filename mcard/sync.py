@@ -3,14 +3,18 @@
 One variant's failure never stops the others. Each variant's outcome is kept
 in ``<report dir>/variants/<key>.json`` as ``{"latest": ..., "last_pass": ...}``:
 a failed run updates ``latest`` only, so nothing already reported as passing
-is lost. A variant whose commit and mcard version equal those of its last
-passing record is skipped (``--force`` runs it anyway), so re-running after an
-interruption continues where it stopped. ``report.json`` and ``report.md``
-summarise the latest state of every variant of the repo.
+is lost. A variant is skipped (``--force`` runs it anyway) only when its latest
+run passed and its last passing record has the same commit, the same mcard
+version, the same registry content for the variant (:func:`variant_digest`)
+and covered every stage now requested; a skip never writes ``latest``. So
+re-running after an interruption continues where it stopped, and a variant
+that failed stays failed until a run passes. ``report.json`` and
+``report.md`` summarise the latest state of every variant of the repo.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -57,6 +61,8 @@ class VariantRecord:
     local_path: str | None = None
     seconds: float = 0.0
     tool_version: str = __version__
+    stages: list[str] = field(default_factory=list)  # what this run covered: fetch, validate, smoke
+    registry_digest: str | None = None  # variant_digest() of the registry entry it ran against
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -173,11 +179,22 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
 # -- one variant ---------------------------------------------------------------------
 
 
+def variant_digest(entry: Entry, v: RegistryVariant) -> str:
+    """sha256 of what the registry says about one variant: its table, the repo and the architecture."""
+    doc = {"repo": entry.model.repo, "variant": asdict(v), "architecture": entry.architecture}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def requested_stages(options: SyncOptions) -> list[str]:
+    return ["fetch", "validate"] + (["smoke"] if options.smoke else [])
+
+
 def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store") -> VariantRecord:
     from .card_rows import predict
 
     started = time.monotonic()
-    record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size)
+    record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size,
+                           stages=requested_stages(options), registry_digest=variant_digest(entry, v))
     try:
         record.predicted_bytes = predict(entry, v)[0]
     except McardError:
@@ -201,12 +218,13 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     record.stage = "fetch"
     plan = fetch(entry.model.repo, files, revision=v.branch, dry_run=True, **hub)
     record.commit = plan.commit
-    last = store.last_pass(v.key)
-    if (not options.force and last is not None and last.commit == plan.commit
-            and last.tool_version == __version__ and last.local_path and Path(last.local_path).exists()):
+    last = None if options.force else _skippable(store, record)
+    if last is not None:
         _copy_measurements(last, record)
+        record.stages = list(last.stages)
         record.status, record.stage = SKIPPED, ""
-        record.reason = f"unchanged since the last passing report (commit {plan.commit[:12]}, mcard {__version__})"
+        record.reason = (f"unchanged since the last passing run (commit {plan.commit[:12]}, mcard {__version__}, "
+                         f"same registry entry, covered {'+'.join(last.stages)})")
         return
 
     fetched = fetch(entry.model.repo, files, revision=plan.commit, **hub)
@@ -232,6 +250,24 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     else:
         _smoke(local, options, record)
     record.status, record.stage, record.reason = PASSED, "", record.reason or ""
+
+
+def _skippable(store: "_Store", record: VariantRecord) -> VariantRecord | None:
+    """The last passing record when this run may be skipped, else None.
+
+    Skipped only when the latest run did not fail and the last pass ran on the same commit,
+    mcard version and registry content, covered every stage requested now, and its files
+    are still there.
+    """
+    latest, last = store.latest(record.variant), store.last_pass(record.variant)
+    if latest is None or latest.status == FAILED or last is None:
+        return None
+    same = (last.commit == record.commit and last.tool_version == __version__
+            and last.registry_digest is not None and last.registry_digest == record.registry_digest)
+    covered = set(record.stages) <= set(last.stages)
+    if same and covered and last.local_path and Path(last.local_path).exists():
+        return last
+    return None
 
 
 def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str]:
@@ -300,7 +336,14 @@ class _Store:
         data = self._load(key).get("last_pass")
         return VariantRecord.from_dict(data) if isinstance(data, dict) else None
 
+    def latest(self, key: str) -> VariantRecord | None:
+        data = self._load(key).get("latest")
+        return VariantRecord.from_dict(data) if isinstance(data, dict) else None
+
     def save(self, record: VariantRecord) -> None:
+        """Record a run: ``latest`` always, ``last_pass`` when it passed; a skip writes nothing."""
+        if record.status == SKIPPED:
+            return
         data = self._load(record.variant)
         data["latest"] = record.to_dict()
         if record.status == PASSED:

@@ -189,3 +189,72 @@ def test_demo_command(tmp_path):
     assert "All variants passed." in run.stdout
     cards = sorted((tmp_path / "d" / "reports").glob("*/README.md"))
     assert len(cards) == 4
+
+
+# -- issue #10: a skip needs a passing record that covers this run ---------------------------
+
+
+def _entry_copy(repos, tmp_path: Path, main_group_size: int = 128) -> Path:
+    """The GPTQ entry with only its good branches, main's group size as given (128 is the truth)."""
+    text = (repos.registry / "tiny-llama-gptq.toml").read_text()
+    text = text.split('[[variants]]\nbranch = "gptq-4bit-128g-truncated"')[0]
+    head, rest = text.split('branch = "main"', 1)
+    rest = rest.replace("group_size = 128", f"group_size = {main_group_size}", 1)
+    entry = tmp_path / "tiny-llama-gptq.toml"
+    entry.write_text(head + 'branch = "main"' + rest)
+    return entry
+
+
+def _stored(tmp_path: Path, key: str = "main") -> dict:
+    return json.loads((tmp_path / "report" / "variants" / f"{key}.json").read_text())
+
+
+def test_a_failed_variant_never_turns_green_on_a_rerun(hub, tmp_path):
+    server, repos = hub
+    entry = _entry_copy(repos, tmp_path)
+    opts = dict(smoke=False, variant="main")
+    [first] = sync(entry, _options(tmp_path, server, **opts))
+    assert first.records[0].status == PASSED
+
+    _entry_copy(repos, tmp_path, main_group_size=64)  # the registry now disagrees with the files
+    for force in (True, False, False):  # the failure stands on every plain rerun
+        [res] = sync(entry, _options(tmp_path, server, force=force, **opts))
+        rec = res.records[0]
+        assert (rec.status, rec.stage) == (FAILED, "validate"), rec
+        assert "registry-mismatch" in rec.reason and not res.ok
+        stored = _stored(tmp_path)
+        assert stored["latest"]["status"] == FAILED and stored["last_pass"]["status"] == PASSED
+
+    _entry_copy(repos, tmp_path)  # fixed: the variant runs again (its latest run failed) and passes
+    [res] = sync(entry, _options(tmp_path, server, **opts))
+    assert res.records[0].status == PASSED
+    [res] = sync(entry, _options(tmp_path, server, **opts))  # now unchanged since a pass: skipped
+    assert res.records[0].status == SKIPPED
+    assert _stored(tmp_path)["latest"]["status"] == PASSED  # a skip never overwrites latest
+
+
+def test_a_registry_change_alone_runs_the_variant_again(hub, tmp_path):
+    server, repos = hub
+    entry = _entry_copy(repos, tmp_path)
+    [res] = sync(entry, _options(tmp_path, server, smoke=False, variant="main"))
+    assert res.records[0].status == PASSED
+    entry.write_text(entry.read_text().replace('description = "4-bit, group size 128"', 'description = "4-bit"'))
+    [res] = sync(entry, _options(tmp_path, server, smoke=False, variant="main"))
+    assert res.records[0].status == PASSED  # ran, not skipped: the entry for this variant changed
+    [res] = sync(entry, _options(tmp_path, server, smoke=False, variant="gptq-4bit-64g-actorder_False"))
+    [res] = sync(entry, _options(tmp_path, server, smoke=False))
+    by = _by_name(res)
+    assert by["main"].status == by["gptq-4bit-64g-actorder_False"].status == SKIPPED
+    assert by["gptq-4bit-32g-actorder_True"].status == PASSED
+
+
+def test_a_skip_needs_a_pass_that_covered_every_requested_stage(hub, tmp_path):
+    server, repos = hub
+    entry = _entry_copy(repos, tmp_path)
+    [res] = sync(entry, _options(tmp_path, server, smoke=False, variant="main"))
+    assert (res.records[0].status, res.records[0].smoke) == (PASSED, "skipped")
+    [res] = sync(entry, _options(tmp_path, server, variant="main"))  # smoke now requested: it runs
+    assert (res.records[0].status, res.records[0].smoke) == (PASSED, "reference-only")
+    for smoke in (True, False):  # a pass with smoke covers runs with and without it
+        [res] = sync(entry, _options(tmp_path, server, smoke=smoke, variant="main"))
+        assert res.records[0].status == SKIPPED and res.records[0].smoke == "reference-only"
