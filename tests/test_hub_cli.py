@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,7 +26,11 @@ from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_byte
 REPO = "TheBloke/Tiny-GPTQ"
 SLOW = "org/slow"
 TOKEN = "hf_SeCrEtTokenValue123"
-APP = ("import typer; from mcard import cli_hub; app = typer.Typer(); "
+# The child stands for `mcard` started from a terminal, where Ctrl-C raises KeyboardInterrupt. It sets
+# that handler itself: an inherited "ignore SIGINT" (the test run started as a background job) would
+# otherwise make it ignore the interrupt the test sends and finish the download (exit 0, not 130).
+APP = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "import typer; from mcard import cli_hub; app = typer.Typer(); "
        "app.command('branches')(cli_hub.branches); app.command('fetch')(cli_hub.fetch); app()")
 
 app = typer.Typer()
@@ -172,14 +177,28 @@ def test_real_process_no_traceback(hub: dict[str, Any], tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in err and len(_lines(err)) == 1
 
 
-def test_interrupted_process_resumes_in_the_next_run(hub: dict[str, Any], tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _sigint(disposition: str) -> Iterator[None]:
+    """The SIGINT disposition children inherit: a shell without job control starts background
+    jobs (``pytest ... &``, CI scripts) with SIGINT ignored, and Python keeps an ignored SIGINT
+    ignored, so such a child never sees Ctrl-C."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if disposition == "ignored" else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("parent_sigint", ["default", "ignored"])
+def test_interrupted_process_resumes_in_the_next_run(hub: dict[str, Any], tmp_path: Path, parent_sigint: str) -> None:
     proxy: FaultProxy = hub["proxy"]
     sha = hub["slow"].files["main"]["w.safetensors"].sha256
     size = hub["slow"].files["main"]["w.safetensors"].size
     partial = tmp_path / "models--org--slow" / "blobs" / f"{sha}.incomplete"
     proxy.set_faults(Faults(match="w.safetensors", honour_range=True, chunk_delay=0.05))
     try:
-        proc = _subprocess(["fetch", SLOW], proxy.endpoint, tmp_path)
+        with _sigint(parent_sigint):
+            proc = _subprocess(["fetch", SLOW], proxy.endpoint, tmp_path)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 200_000):
             time.sleep(0.05)
