@@ -20,7 +20,7 @@ from typing import Any
 from .errors import UnusableInput
 from .evals import EvalEntry, format_value
 from .registry import Entry, RegistryVariant, load_entry
-from .card_rows import Row, build_rows, exllama_cell, gb_text
+from .card_rows import Row, build_rows, exllama_cell, size_cell
 from .report import Runtime
 
 FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "awq": "awq.md.j2", "bnb": "bnb.md.j2", "gguf": "gguf.md.j2",
@@ -167,7 +167,7 @@ def environment(extra_dir: Path | None = None) -> Any:
         lstrip_blocks=True,
     )
     env.filters["cell"] = _md_cell
-    env.filters["gb"] = gb_text
+    env.filters["size"] = size_cell
     env.filters["value"] = format_value
     return env
 
@@ -207,7 +207,7 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
     out = []
     for r in rows:
         v = r.variant
-        size = gb_text(r.size, r.predicted)
+        size = size_cell(r.size, r.predicted)
         if entry.family == "gptq":
             cells = [v.branch, v.bits, v.group_size, v.desc_act, size, exllama_cell(r.runtimes),
                      v.made_with or "-", v.description]
@@ -218,7 +218,7 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
         elif entry.family == "bnb":
             cells = [v.branch, v.format, v.double_quant, size, runtimes_cell(r.runtimes), v.description]
         elif entry.family == "gguf":
-            cells = [v.file, v.type, v.bits if v.bits is not None else "-", size, gb_text(r.ram, r.predicted),
+            cells = [v.file, v.type, v.bits if v.bits is not None else "-", size, size_cell(r.ram, r.predicted),
                      v.description]
         elif entry.family == "lora":
             cells = [v.branch, v.r if v.r is not None else "-", format_value(v.alpha) if v.alpha is not None else "-",
@@ -247,7 +247,7 @@ def context(entry: Entry, variants_dir: Path | None = None,
             "made_with": v.made_with, "description": v.description, "dataset": v.dataset,
             "seq_len": v.seq_len, "damp_percent": v.damp_percent, "r": v.r, "alpha": v.alpha,
             "dropout": v.dropout, "target_modules": _lora_modules(v),
-            "size": gb_text(r.size, r.predicted), "size_source": r.size_source,
+            "size": size_cell(r.size, r.predicted), "size_source": r.size_source,
             "runtimes": [{"name": rt.name, "compatible": rt.compatible, "reason": rt.reason} for rt in r.runtimes or []],
             "compatible_runtimes": runtimes_cell(r.runtimes),
         })

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .card import TABLE_COLUMNS, eval_result
-from .card_rows import SIZE_UNITS, expected_size, gb_text
+from .card_rows import expected_size
+from .units import UNITS, format_size
 from .errors import UnusableInput
 from .evals import format_value
 from .registry import Entry, load_entry
 from .report import FileEntry, Report
 
-GB = 1e9
 # The column of each family's provided-files table that holds the size.
 SIZE_COLUMN = {"gptq": "File Size", "awq": "Size", "bnb": "Size", "gguf": "Size", "lora": "Size", "base": "Size"}
 
@@ -68,15 +68,13 @@ def _clean_key(cell: str) -> str:
     return link.group(1).strip("`") if link else cell
 
 
+_SIZE_CELL = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(" + "|".join(UNITS) + r")\*?\s*$")
+
+
 def parse_size_cell(cell: str) -> tuple[float, str] | None:
-    """``"7.26 GB"`` -> (7.26, "GB"); ``"0.91 MB*"`` -> (0.91, "MB"); None when not a size."""
-    found = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(GB|MB)\*?\s*$", cell)
+    """``"7.26 GB"`` -> (7.26, "GB"); ``"979.06 kB*"`` -> (979.06, "kB"); None when not a size."""
+    found = _SIZE_CELL.match(cell)
     return (float(found.group(1)), found.group(2)) if found else None
-
-
-def parse_gb(cell: str) -> float | None:
-    parsed = parse_size_cell(cell)
-    return None if parsed is None else parsed[0] * SIZE_UNITS[parsed[1]] / GB
 
 
 # -- front matter and model-index ----------------------------------------------------
@@ -236,12 +234,13 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
             cell = row[col[column]] if col[column] < len(row) else ""
             parsed = parse_size_cell(cell)
             if parsed is None:
-                report.error("size-mismatch", name, f"{where}/{column}", f"{cell!r} is not a size in GB or MB")
+                report.error("size-mismatch", name, f"{where}/{column}",
+                             f"{cell!r} is not a size in {', '.join(UNITS)}")
                 continue
             have, unit = parsed  # compare at the precision the card shows: one unit in the last digit
-            if abs(have - round(want / SIZE_UNITS[unit], 2)) > 0.01 + 1e-9:
+            if abs(have - round(want / UNITS[unit], 2)) > 0.01 + 1e-9:
                 report.error("size-mismatch", name, f"{where}/{column}",
-                             f"card says {have:.2f} {unit}, registry ({source}) says {gb_text(want)}")
+                             f"card says {cell.rstrip('*').strip()}, registry ({source}) says {format_size(want)}")
         if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
             report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
         if "Quant type" in col and v.family == "bnb" and col["Quant type"] < len(row) \

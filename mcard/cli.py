@@ -6,17 +6,15 @@ where one was required.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from . import __version__
-from .errors import EXIT_FAILED, EXIT_UNUSABLE, McardError, UnusableInput
+from .cli_errors import command_errors, run_app
+from .errors import EXIT_FAILED, UnusableInput
 
 app = typer.Typer(
     help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
@@ -26,14 +24,18 @@ app = typer.Typer(
 )
 
 
-@contextlib.contextmanager
-def errors_to_exit() -> Iterator[None]:
-    """Turn a :class:`McardError` into one line on stderr and its exit code."""
-    try:
-        yield
-    except McardError as exc:
-        typer.echo(f"mcard: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mcard {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print mcard's version (from the installed package) and exit."),
+) -> None:
+    """Fetch, validate, size, smoke-test and document quantized LLM variants."""
 
 
 @app.command()
@@ -50,7 +52,7 @@ def validate(
     from . import _output
     from .validate import inspect
 
-    with errors_to_exit():
+    with command_errors(json_out):
         if Path(path).exists():
             if revision is not None or mirror is not None:
                 raise UnusableInput("--revision and --mirror apply to a Hub repo, not a local path", path)
@@ -101,7 +103,7 @@ def size(
         }.items()
         if v is not None
     }
-    with errors_to_exit():
+    with command_errors(json_out):
         try:
             est = predict_size(config, fmt, **params)
         except TypeError as exc:
@@ -144,18 +146,7 @@ _register_optional()
 
 
 def main() -> None:
-    try:
-        app()
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        typer.echo("mcard: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - never a traceback for users
-        if os.environ.get("MCARD_DEBUG"):
-            raise
-        typer.echo(f"mcard: internal error: {type(exc).__name__}: {exc} (set MCARD_DEBUG=1 for details)", err=True)
-        sys.exit(EXIT_UNUSABLE)
+    sys.exit(run_app(app))
 
 
 if __name__ == "__main__":

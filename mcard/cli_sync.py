@@ -9,21 +9,8 @@ from typing import Optional
 
 import typer
 
-from .errors import EXIT_FAILED, McardError
-
-
-def _fail(exc: McardError) -> typer.Exit:
-    typer.echo(f"mcard: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+from .cli_errors import command_errors
+from .errors import EXIT_FAILED
 
 
 def _print_summary(results: list) -> None:
@@ -32,6 +19,7 @@ def _print_summary(results: list) -> None:
     from .sync import FAILED
 
     from ._output import console as make_console
+    from .units import format_size
 
     console = make_console()
     for res in results:
@@ -41,8 +29,8 @@ def _print_summary(results: list) -> None:
         for r in res.records:
             style = "red" if r.status == FAILED else "green" if r.status == "passed" else "dim"
             table.add_row(
-                r.variant, f"[{style}]{r.status}[/]", (r.commit or "-")[:8], _size(r.measured_bytes),
-                _size(r.predicted_bytes), r.validate, r.smoke,
+                r.variant, f"[{style}]{r.status}[/]", (r.commit or "-")[:8], format_size(r.measured_bytes),
+                format_size(r.predicted_bytes), r.validate, r.smoke,
                 "-" if r.smoke_max_error is None else f"{r.smoke_max_error:.1e}", f"{r.seconds:.1f}s",
             )
         console.print(table)
@@ -77,10 +65,8 @@ def sync(
     if not json_out and sys.stderr.isatty():
         def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
             typer.echo(f"  {record.variant}: {record.status}", err=True)
-    try:
+    with command_errors(json_out):
         results = run_sync(target, options, progress=progress)
-    except McardError as exc:
-        raise _fail(exc) from None
     ok = all(r.ok for r in results)
     if json_out:
         typer.echo(json.dumps({"ok": ok, "repos": [r.to_dict() for r in results]}, indent=2))
@@ -97,12 +83,10 @@ def plan(
     from .errors import UnusableInput
     from .sync import plan_jobs
 
-    try:
+    with command_errors():
         if fmt not in ("github-matrix", "json"):
             raise UnusableInput(f"--format {fmt!r}: expected github-matrix or json")
         jobs = plan_jobs(target)
-    except McardError as exc:
-        raise _fail(exc) from None
     if fmt == "github-matrix":
         typer.echo(json.dumps({"include": jobs}, separators=(",", ":")))
     else:
@@ -118,10 +102,8 @@ def demo(
     from .demo import run_demo
 
     typer.echo("mcard demo: building tiny GPTQ/AWQ/GGUF/QLoRA repos and serving them on 127.0.0.1 ...", err=True)
-    try:
+    with command_errors():
         results, folder = run_demo(out, broken=broken, smoke=not no_smoke)
-    except McardError as exc:
-        raise _fail(exc) from None
     _print_summary(results)
     ok = all(r.ok for r in results)
     typer.echo(f"Registry entries: {folder / 'registry'}")

@@ -27,6 +27,7 @@ from typing import Any, Callable
 from . import __version__
 from .errors import McardError, UnusableInput
 from .registry import Entry, RegistryVariant, load_entry
+from .units import format_size
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # Registry formats that `mcard smoke` has kernels and references for.
@@ -236,7 +237,9 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     report = inspect(local)
     errors = [f for f in report.all_findings() if f.severity.value == "error"]
     record.validate_errors = [f"{f.code}: {f.file} {f.where} {f.message}".replace("  ", " ") for f in errors]
-    record.measured_bytes = sum(f.size for f in report.files if f.kind in ("safetensors", "gguf", "ggml", "pickle"))
+    record.measured_bytes = report.actual_bytes
+    if report.predicted_bytes is not None:  # validate's prediction knows the file's own header: one per variant
+        record.predicted_bytes = report.predicted_bytes
     mismatches = _registry_mismatches(v, report.params)
     record.validate_errors.extend(mismatches)
     record.validate = "ok" if not record.validate_errors else "failed"
@@ -305,7 +308,8 @@ def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
 
 
 def _copy_measurements(last: VariantRecord, record: VariantRecord) -> None:
-    for name in ("measured_bytes", "validate", "smoke", "smoke_max_error", "kernels_run", "local_path"):
+    for name in ("measured_bytes", "predicted_bytes", "validate", "smoke", "smoke_max_error", "kernels_run",
+                 "local_path"):
         setattr(record, name, getattr(last, name))
 
 
@@ -378,15 +382,11 @@ def summary_markdown(repo: str, records: list[VariantRecord]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append("| " + " | ".join([
-            r.variant, r.status, (r.commit or "-")[:12], _gb(r.measured_bytes), _gb(r.predicted_bytes),
+            r.variant, r.status, (r.commit or "-")[:12], format_size(r.measured_bytes), format_size(r.predicted_bytes),
             r.validate, r.smoke, f"{r.smoke_max_error:.2e}" if r.smoke_max_error is not None else "-",
             f"{r.seconds:.1f} s", r.reason.replace("|", "\\|") or "-",
         ]) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _gb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e9:.2f} GB"
 
 
 def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path]) -> Path:

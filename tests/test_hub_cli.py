@@ -90,13 +90,13 @@ def test_dry_run_prints_the_plan(hub: dict[str, Any], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["fetch", "nobody/nothing"], 2, "error: nobody/nothing: repo not found on "),
-    (["fetch", f"{REPO}:nope"], 2, "error: TheBloke/Tiny-GPTQ: no branch, tag or commit 'nope'; branches: "),
-    (["fetch", REPO, "nope.json"], 2, "error: TheBloke/Tiny-GPTQ@main (commit "),
-    (["fetch", f"{REPO}:main", "--revision", "v2"], 2, "error: TheBloke/Tiny-GPTQ:main names revision 'main'"),
-    (["fetch", "org/pickles"], 2, "error: org/pickles@main (commit "),
-    (["branches", "../etc"], 2, "error: not a Hub repo id"),
-    (["branches", "nobody/nothing", "--json"], 2, "error: nobody/nothing: repo not found"),
+    (["fetch", "nobody/nothing"], 2, "mcard: nobody/nothing: repo not found on "),
+    (["fetch", f"{REPO}:nope"], 2, "mcard: TheBloke/Tiny-GPTQ: no branch, tag or commit 'nope'; branches: "),
+    (["fetch", REPO, "nope.json"], 2, "mcard: TheBloke/Tiny-GPTQ@main (commit "),
+    (["fetch", f"{REPO}:main", "--revision", "v2"], 2, "mcard: TheBloke/Tiny-GPTQ:main names revision 'main'"),
+    (["fetch", "org/pickles"], 2, "mcard: org/pickles@main (commit "),
+    (["branches", "../etc"], 2, "mcard: not a Hub repo id"),
+    (["branches", "nobody/nothing", "--json"], 2, "mcard: nobody/nothing: repo not found"),
 ])
 def test_errors_are_one_line_with_exit_codes(hub: dict[str, Any], tmp_path: Path, args: list[str], code: int,
                                              message: str) -> None:
@@ -118,7 +118,7 @@ def test_verification_failure_exits_1_naming_the_file(hub: dict[str, Any], tmp_p
     assert res.exit_code == 1
     expected = hub["built"].files["main"]["model.safetensors"].sha256
     (line,) = _lines(res.stderr)
-    assert line.startswith(f"error: model.safetensors: sha256 mismatch: expected {expected}, got ")
+    assert line.startswith(f"mcard: model.safetensors: sha256 mismatch: expected {expected}, got ")
     data = json.loads(res.stdout)
     assert not data["ok"] and {f["path"]: f["status"] for f in data["files"]}["model.safetensors"] == "failed"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mcard import demo
-from mcard.card_rows import gb_text
+from mcard.card_rows import size_cell
 from mcard.card_check import check_card, markdown_tables
 from mcard.sync import FAILED, PASSED, SKIPPED, SyncOptions, plan_jobs, sync
 from mcard.testing.hubserver import OlahServer, free_port
@@ -89,7 +89,7 @@ def test_rendered_card_matches_measured_files(gptq_run, hub):
     sizes = {row[0].strip("`"): row[col] for row in rows}
     for rec in result.records:
         if rec.status == PASSED:  # measured, so no "predicted" star
-            assert sizes[rec.variant] == gb_text(rec.measured_bytes)
+            assert sizes[rec.variant] == size_cell(rec.measured_bytes)
         else:
             assert sizes[rec.variant].endswith("*")
     # The card checks out against its entry.

@@ -29,6 +29,7 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ..variant import Variant
+from . import _common
 from . import _kquant as kq
 
 NAME = "ggml"
@@ -209,12 +210,11 @@ def runtimes() -> list[Runtime]:
 def check(variant: Variant, report: Report) -> None:
     report.format = NAME
     files = variant.files_of("ggml")
-    for rel in files:
-        target = report
-        if len(files) > 1:
-            target = Report(path=str(variant.abspath(rel)), format=NAME)
-            report.parts.append(target)
-        _check_file(variant, rel, target)
+    if len(files) == 1:
+        _check_file(variant, files[0], report)
+    else:
+        report.params = {"files": len(files)}
+        _common.file_parts(variant, report, files, _check_file)
     report.runtimes = runtimes()
 
 

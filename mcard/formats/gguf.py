@@ -21,6 +21,7 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ..variant import Variant
+from . import _common
 from . import _kquant as kq
 from ._gguf_header import GgufFile, GgufTensor, read
 
@@ -203,12 +204,8 @@ def check(variant: Variant, report: Report) -> None:
     if len(files) == 1:
         _check_file(variant, files[0], report)
         return
-    for rel in files:
-        part = Report(path=str(variant.abspath(rel)), format=NAME)
-        _check_file(variant, rel, part)
-        report.parts.append(part)
     report.params = {"files": len(files)}
-    report.predicted_bytes = None
+    _common.file_parts(variant, report, files, _check_file)
 
 
 def _check_file(variant: Variant, rel: str, report: Report) -> None:

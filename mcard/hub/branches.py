@@ -171,15 +171,5 @@ def list_branches(repo: str, *, include_tags: bool = True, endpoint: str | None 
     return BranchListing(spec.repo_id, reports)
 
 
-def format_size(n: int) -> str:
-    """Human size with binary prefixes: ``1.5 GiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
-
-
 def listing_json(listing: BranchListing) -> str:
     return json.dumps(listing.to_dict(), indent=2, default=str)
