@@ -80,34 +80,75 @@ def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
     return inspect_remote(spec, mirror=mirror)
 
 
+# `mcard size` options -> the format parameters they set (mcard.formats.<module>.PARAMS).
+SIZE_OPTIONS = {"bits": "--bits", "group_size": "--group-size", "desc_act": "--act-order", "type": "--type",
+                "double_quant": "--double-quant", "r": "--rank", "target_modules": "--target-modules"}
+
+
+def _expected(fmt: str, key: str) -> str:
+    """The valid values of a format's parameter, in words, from the format module's own PARAMS."""
+    from . import formats
+
+    return formats.get(formats.SIZE_FORMATS[fmt][0]).PARAMS[key].expected
+
+
+def _size_formats() -> str:
+    from .formats import SIZE_FORMATS
+
+    return ", ".join(SIZE_FORMATS)
+
+
+def _option_error(exc: "BadParam", fmt: str) -> UnusableInput:  # noqa: F821 - mcard.formats.BadParam
+    """A parameter problem in the words of the command line: option names, not parameter names."""
+    option = SIZE_OPTIONS.get(exc.key, exc.key)
+    takes = ", ".join(SIZE_OPTIONS.get(k, k) for k in exc.takes) or "no options"
+    if exc.reason == "not-applicable":
+        return UnusableInput(f"{option} does not apply to --format {fmt} (it takes {takes})")
+    return UnusableInput(f"{option}: {exc.problem}")
+
+
 @app.command()
 def size(
     config: Path = typer.Argument(..., help="A model's config.json (or its folder)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="gptq, awq, gguf, ggml, nf4, fp4, fp16, bf16, fp32"),
-    bits: Optional[int] = typer.Option(None, help="GPTQ/AWQ bits (2, 3, 4, 8)."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="GPTQ/AWQ group size (-1 for none)."),
-    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="GPTQ desc_act."),
-    qtype: Optional[str] = typer.Option(None, "--type", "-t", help="GGUF/GGML type or mix: Q4_K_M, Q8_0, q4_0..."),
-    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bitsandbytes nested absmax."),
+    fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {_size_formats()}."),
+    bits: Optional[int] = typer.Option(
+        None, help=f"gptq: {_expected('gptq', 'bits')} (default 4); awq: {_expected('awq', 'bits')}."),
+    group_size: Optional[int] = typer.Option(
+        None, "--group-size", "-g", help=f"gptq/awq group size: {_expected('gptq', 'group_size')} (default 128)."),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="gptq: desc_act (no size change)."),
+    qtype: Optional[str] = typer.Option(
+        None, "--type", "-t", help=f"gguf/ggml (required): the llama.cpp type, {_expected('gguf', 'type')}."),
+    double_quant: Optional[bool] = typer.Option(
+        None, "--double-quant/--no-double-quant", help="nf4/fp4: nested absmax (default: on)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help=f"lora: the rank r, {_expected('lora', 'r')} (default 64)."),
+    target_modules: Optional[str] = typer.Option(
+        None, "--target-modules",
+        help=f"lora: comma-separated, {_expected('lora', 'target_modules')} (default: all of them)."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="List every tensor."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Predict a variant's exact size from config.json and quant parameters, without weights."""
+    """Predict a variant's exact size from config.json and quant parameters, without weights.
+
+    An option that does not apply to the format, or a value the format cannot represent, is refused (exit 2).
+    """
     from . import _output
+    from .formats import BadParam
     from .size import predict_size
 
+    modules = None if target_modules is None else [m.strip() for m in target_modules.split(",") if m.strip()]
     params = {
         k: v
         for k, v in {
             "bits": bits, "group_size": group_size, "desc_act": act_order, "type": qtype, "double_quant": double_quant,
+            "r": rank, "target_modules": modules,
         }.items()
         if v is not None
     }
     with command_errors(json_out):
         try:
             est = predict_size(config, fmt, **params)
-        except TypeError as exc:
-            raise UnusableInput(f"--format {fmt} does not take that option ({exc})") from None
+        except BadParam as exc:
+            raise _option_error(exc, fmt) from None
     if json_out:
         _output.print_json(est.to_dict(per_tensor=per_tensor))
     else:

@@ -95,3 +95,63 @@ def test_size_prints_sizes_scaled(capsys, tmp_path):
     cfg.write_text(json.dumps(tiny_config()))
     code, out, _err = _run(capsys, ["size", str(cfg), "--format", "gguf", "--type", "Q4_0"])
     assert code == 0 and "0.00" not in out and " kB" in out and "Max RAM required, no GPU offloading: 2.50 GB" in out
+
+
+# -- items 3, 4, 17: mcard size refuses what the format cannot represent ---------------------
+
+
+@pytest.fixture(scope="module")
+def config_json(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("size") / "config.json"
+    path.write_text(json.dumps(tiny_config()))
+    return path
+
+
+@pytest.mark.parametrize("args, says", [
+    (["-f", "gptq", "--bits", "5"], "--bits: gptq bits must be 2, 3, 4 or 8, not 5"),
+    (["-f", "gptq", "--bits", "0"], "--bits: gptq bits must be 2, 3, 4 or 8, not 0"),
+    (["-f", "gptq", "-g", "-5"], "--group-size: gptq group_size must be -1 (no groups) or a positive integer, not -5"),
+    (["-f", "gptq", "-g", "0"], "--group-size: gptq group_size must be -1 (no groups) or a positive integer, not 0"),
+    (["-f", "awq", "--bits", "8"], "--bits: awq bits must be 4, not 8"),
+    (["-f", "gguf", "--type", "Q9_K"], "--type: unknown GGUF/GGML type 'Q9_K' (known: F32, F16, BF16, Q4_0"),
+    (["-f", "gguf", "--type", "IQ4_NL"], "--type: IQ4_NL is a llama.cpp type mcard does not model (modelled: F32"),
+    (["-f", "ggml", "--type", "iq4_xs"], "--type: IQ4_XS is a llama.cpp type mcard does not model (modelled: F32"),
+    (["-f", "gguf"], "--type: gguf needs a type: one of F32, F16, BF16, Q4_0"),
+    (["-f", "nf4", "--bits", "3"], "--bits does not apply to --format nf4 (it takes --double-quant)"),
+    (["-f", "gptq", "--rank", "8"], "--rank does not apply to --format gptq (it takes --bits, --group-size, --act-order"),
+    (["-f", "fp16", "--type", "Q4_0"], "--type does not apply to --format fp16 (it takes no options)"),
+    (["-f", "lora", "--rank", "0"], "--rank: lora r must be a positive integer, not 0"),
+    (["-f", "lora", "--target-modules", "q_proj,qproj"], "--target-modules: lora target_modules must be a non-empty list"),
+    (["-f", "gptq5"], "unknown format 'gptq5' (known: gptq, awq, gguf, ggml, nf4, fp4, fp16, bf16, fp32, lora)"),
+])
+def test_size_refuses_parameters_the_format_cannot_represent(capsys, config_json, args, says):
+    code, out, err = _run(capsys, ["size", str(config_json), *args])
+    line = _one_error_line(err)
+    assert code == 2 and out == "" and "internal error" not in line
+    assert says in line, line
+
+
+def test_size_lora_takes_rank_and_target_modules(capsys, config_json):
+    from mcard.arch import ModelShape
+    from mcard.formats import lora
+
+    code, out, _err = _run(capsys, ["size", str(config_json), "-f", "lora", "--rank", "8",
+                                    "--target-modules", "q_proj,v_proj", "--json"])
+    want = lora.predict_size(ModelShape.from_config(tiny_config()), r=8, target_modules=["q_proj", "v_proj"])
+    assert code == 0 and json.loads(out)["total_bytes"] == want.total_bytes
+
+
+def test_size_help_lists_every_format_and_the_lora_options(capsys):
+    from mcard.formats import SIZE_FORMATS
+
+    code, out, _err = _run(capsys, ["size", "--help"])
+    text = " ".join(out.replace("│", " ").split())
+    assert code == 0 and "--rank" in text and "--target-modules" in text
+    assert f"One of: {', '.join(SIZE_FORMATS)}." in text and "lora" in SIZE_FORMATS
+
+
+def test_version_comes_from_the_package_metadata(capsys):
+    from importlib.metadata import version
+
+    code, out, _err = _run(capsys, ["--version"])
+    assert code == 0 and out.strip() == f"mcard {version('mcard')}"

@@ -29,7 +29,7 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ..variant import Variant
-from . import _common
+from . import _common, _params
 from . import _kquant as kq
 
 NAME = "ggml"
@@ -42,6 +42,8 @@ _MAX_NAME = 512
 # SentencePiece vocab with ▁ written as a space averages about 5.5); lengths and scores are exact.
 _VOCAB_TEXT_BYTES_PER_TOKEN = 5.5
 _ROLE_OF = {v: k for k, v in kq.LAYER_ROLES.items()}
+# What `mcard size --format ggml` and a registry variant may set: the llama.cpp type of the mix.
+PARAMS = {"type": _params.Param("str", "one of " + ", ".join(kq.FTYPES), normalize=kq.canonical_ftype, required=True)}
 
 
 @dataclass
