@@ -11,6 +11,7 @@ import typer
 
 from .cli_errors import command_errors
 from .errors import EXIT_FAILED
+from .sync import MAX_MATRIX_JOBS
 
 
 def _print_summary(results: list) -> None:
@@ -52,6 +53,8 @@ def sync(
     report: Optional[Path] = typer.Option(None, "--report", help="Report folder (default reports/<repo>/)."),
     force: bool = typer.Option(False, "--force", help="Run variants unchanged since their last passing report too."),
     device: str = typer.Option("auto", "--device", help="Smoke-test device: auto, cuda or cpu."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Only job N of `mcard plan TARGET` (what a CI matrix job runs)."),
+    max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs", help="With --batch: the --max-jobs the plan was made with."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default $HF_ENDPOINT or huggingface.co)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -60,7 +63,7 @@ def sync(
     from .sync import sync as run_sync
 
     options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
-                          endpoint=endpoint, device=device)
+                          endpoint=endpoint, device=device, batch=batch, max_jobs=max_jobs)
     progress = None
     if not json_out and sys.stderr.isatty():
         def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
@@ -78,15 +81,17 @@ def sync(
 def plan(
     target: Path = typer.Argument(..., help="A registry folder (or one entry)."),
     fmt: str = typer.Option("github-matrix", "--format", help="github-matrix (one line for $GITHUB_OUTPUT) or json."),
+    max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs",
+                                 help="At most this many jobs (GitHub allows 256 a matrix); beyond, variants are batched."),
 ) -> None:
-    """Emit one CI job per variant: a GitHub Actions matrix, or a JSON list for any CI."""
+    """Emit the CI jobs: one per variant (batches beyond --max-jobs), as a GitHub Actions matrix or a JSON list."""
     from .errors import UnusableInput
     from .sync import plan_jobs
 
     with command_errors():
         if fmt not in ("github-matrix", "json"):
             raise UnusableInput(f"--format {fmt!r}: expected github-matrix or json")
-        jobs = plan_jobs(target)
+        jobs = plan_jobs(target, max_jobs)
     if fmt == "github-matrix":
         typer.echo(json.dumps({"include": jobs}, separators=(",", ":")))
     else:

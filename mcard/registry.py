@@ -29,6 +29,7 @@ from typing import Any
 
 from .errors import UnusableInput
 from .evals import EvalEntry, load_lm_eval
+from .formats import BadParam, check_params, params_of
 from .jsonio import load_json_object, load_toml
 from .registry_schema import (
     EVAL_FILE_SPEC, EVAL_INLINE_SPEC, LINK_SPEC, LIST, MODEL_SPEC, PROMPT_SPEC, STR, TABLE, TABLE_SPEC, TOP_SPEC,
@@ -325,9 +326,9 @@ def _awq_default_version() -> str:
 
 def _format_params(fmt: str, v: dict[str, Any], where: str, path: Path) -> dict[str, Any]:
     """The variant's format parameters, checked and normalized by the format module (as `mcard size` does)."""
-    from .formats import BadParam, check_params, params_of
-
     given = {key: v[key] for key in params_of(fmt) if key in v}
+    if not given:
+        return {}
     try:
         return check_params(fmt, given)
     except BadParam as exc:

@@ -14,8 +14,10 @@ that failed stays failed until a run passes. ``report.json`` and
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import math
 import os
 import re
 import shlex
@@ -27,11 +29,12 @@ from typing import Any, Callable
 from . import __version__
 from .errors import McardError, UnusableInput
 from .registry import Entry, RegistryVariant, load_entry
+from .smoke_layers import kernel_runs
 from .units import format_size
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
-# Registry formats that `mcard smoke` has kernels and references for.
-SMOKE_FORMATS = frozenset({"gptq", "awq", "gguf", "nf4", "fp4"})
+# GitHub Actions runs at most 256 jobs from one matrix: beyond that `plan` batches variants per job.
+MAX_MATRIX_JOBS = 256
 # Registry parameters compared with what validate read from the files.
 _PARAM_CHECKS: dict[str, tuple[str, ...]] = {
     "gptq": ("bits", "group_size", "desc_act"),
@@ -108,6 +111,8 @@ class SyncOptions:
     smoke_layers: int = 2
     smoke_batches: tuple[int, ...] = (1,)
     device: str = "auto"
+    batch: int | None = None  # run only job `batch` (1-based) of `mcard plan TARGET --max-jobs max_jobs`
+    max_jobs: int = MAX_MATRIX_JOBS
 
 
 def entry_paths(target: str | Path) -> list[Path]:
@@ -137,17 +142,39 @@ def sync(target: str | Path, options: SyncOptions | None = None,
     """Sync every entry named by ``target``; returns one :class:`RepoSync` per entry."""
     options = options or SyncOptions()
     paths = entry_paths(target)
+    one_of_many = len(paths) > 1
+    only: dict[Path, set[str]] | None = None
+    if options.batch is not None:
+        only = batch_selection(target, options.batch, options.max_jobs)
+        paths = [p for p in paths if p in only]
+    if options.variant is not None:
+        _check_variant_exists(paths, options.variant, target)
     results = []
     for path in paths:
-        results.append(sync_entry(path, options, progress, one_of_many=len(paths) > 1))
-    if len(paths) > 1 and options.variant is not None and not any(r.records for r in results):
-        raise UnusableInput(f"no entry has a variant named {options.variant!r}", target)
+        results.append(sync_entry(path, options, progress, one_of_many=one_of_many,
+                                  only=None if only is None else only[path]))
     return results
 
 
+def _check_variant_exists(paths: list[Path], key: str, target: str | Path) -> None:
+    """``--variant`` names no variant: bad usage (exit 2), with the variants there are."""
+    keys: list[str] = []
+    for path in paths:
+        keys += [v.key for v in load_entry(path).variants]
+    if key in keys:
+        return
+    keys = list(dict.fromkeys(keys))
+    shown = ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
+    where = paths[0].name if len(paths) == 1 else "any entry"
+    raise UnusableInput(f"--variant {key!r}: no such variant in {where}; variants: {shown}", target)
+
+
 def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
-               one_of_many: bool = False) -> RepoSync:
-    """Sync one entry. With ``--report DIR`` and several entries, each repo gets ``DIR/<repo>``."""
+               one_of_many: bool = False, only: set[str] | None = None) -> RepoSync:
+    """Sync one entry (its variants named in ``only``, when given).
+
+    With ``--report DIR`` and a registry folder, each repo gets ``DIR/<repo>``.
+    """
     entry = load_entry(path)
     if options.report_dir is None:
         report_dir = default_report_dir(entry.model.repo)
@@ -155,12 +182,7 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
         report_dir = options.report_dir / slug(entry.model.repo) if one_of_many else options.report_dir
     store = _Store(Path(report_dir))
     result = RepoSync(str(path), entry.model.repo, str(report_dir))
-    chosen = [v for v in entry.variants if options.variant in (None, v.key)]
-    if options.variant is not None and not chosen and not one_of_many:
-        known = ", ".join(v.key for v in entry.variants)
-        result.records.append(VariantRecord(
-            entry.model.repo, options.variant, "-", "-", stage="registry",
-            reason=f"no variant named {options.variant!r} in {path.name}; known: {known}"))
+    chosen = [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]
     local_paths: dict[str, Path] = {}
     for v in chosen:
         record = _sync_variant(entry, v, options, store)
@@ -285,8 +307,9 @@ def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str
 
 def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
     from .smoke import run
+    from .smoke_layers import smoke_module
 
-    if record.format not in SMOKE_FORMATS:
+    if smoke_module(record.format) is None:
         record.smoke = "n/a"
         return
     try:
@@ -414,18 +437,96 @@ def _atomic_write(path: Path, text: str) -> None:
 # -- CI plan -------------------------------------------------------------------------
 
 
-def plan_jobs(target: str | Path) -> list[dict[str, Any]]:
-    """One job per variant of every entry: what a CI matrix runs with ``mcard sync ENTRY --variant KEY``."""
-    jobs = []
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One variant of a plan: its entry, and whether smoke would run a CUDA kernel for it."""
+
+    entry: str
+    repo: str
+    variant: str
+    format: str
+    gpu: bool
+
+
+def planned_variants(target: str | Path) -> list[PlannedVariant]:
+    """Every variant of ``target``, GPU ones first, then in registry order."""
+    out = []
     for path in entry_paths(target):
         entry = load_entry(path)
+        arch = None if entry.architecture is None else json.dumps(entry.architecture, sort_keys=True)
         for v in entry.variants:
-            jobs.append({
-                "entry": path.as_posix(),
-                "repo": entry.model.repo,
-                "variant": v.key,
-                "format": v.format,
-                "gpu": v.format in SMOKE_FORMATS,
-                "command": f"mcard sync {shlex.quote(path.as_posix())} --variant {shlex.quote(v.key)}",
-            })
+            out.append(PlannedVariant(path.as_posix(), entry.model.repo, v.key, v.format, needs_gpu(v, arch)))
+    return sorted(out, key=lambda p: not p.gpu)  # stable: registry order within each group
+
+
+def needs_gpu(v: RegistryVariant, architecture: str | None = None) -> bool:
+    """Whether ``mcard smoke`` would run a CUDA kernel for this variant (asked of the kernel facts).
+
+    ``architecture``: the entry's ``[architecture]`` as sorted JSON; it decides a GGUF mix's types.
+    """
+    types = _mix_types(architecture, str(v.type)) if v.family == "gguf" else None
+    return kernel_runs(v.format, {"bits": v.bits, "version": v.version}, types)
+
+
+@functools.lru_cache(maxsize=1024)
+def _mix_types(architecture: str | None, qtype: str) -> frozenset[str]:
+    """The ggml tensor types of a GGUF mix (its base type alone without an architecture)."""
+    from .arch import ModelShape
+    from .formats import _kquant as kq
+    from .formats import gguf
+
+    ftype = kq.canonical_ftype(qtype)
+    if architecture is None:
+        return frozenset({kq.FTYPES[ftype][1]})
+    return frozenset(gguf.expected_types(ModelShape.from_config(json.loads(architecture)), ftype).values())
+
+
+def plan_batches(target: str | Path, max_jobs: int = MAX_MATRIX_JOBS) -> list[list[PlannedVariant]]:
+    """The variants of ``target`` in at most ``max_jobs`` jobs: one variant a job when they fit, else
+    batches of equal size, each all-GPU or all-CPU. Deterministic: ``sync --batch I`` recomputes it."""
+    if max_jobs < 1:
+        raise UnusableInput(f"--max-jobs {max_jobs}: must be at least 1")
+    variants = planned_variants(target)
+    if len(variants) <= max_jobs:
+        return [[p] for p in variants]
+    groups = [[p for p in variants if p.gpu], [p for p in variants if not p.gpu]]
+    groups = [g for g in groups if g]
+    if len(groups) > max_jobs:
+        raise UnusableInput(f"--max-jobs {max_jobs}: GPU and CPU variants need at least {len(groups)} jobs")
+    size = math.ceil(len(variants) / (max_jobs - len(groups) + 1))
+    return [g[i:i + size] for g in groups for i in range(0, len(g), size)]
+
+
+def batch_selection(target: str | Path, batch: int, max_jobs: int = MAX_MATRIX_JOBS) -> dict[Path, set[str]]:
+    """Entry path -> variant keys of job ``batch`` (1-based) of :func:`plan_batches`."""
+    batches = plan_batches(target, max_jobs)
+    if not 1 <= batch <= len(batches):
+        raise UnusableInput(f"--batch {batch}: the plan has jobs 1 to {len(batches)} (--max-jobs {max_jobs})", target)
+    out: dict[Path, set[str]] = {}
+    for p in batches[batch - 1]:
+        out.setdefault(Path(p.entry), set()).add(p.variant)
+    return out
+
+
+def plan_jobs(target: str | Path, max_jobs: int = MAX_MATRIX_JOBS) -> list[dict[str, Any]]:
+    """The CI jobs for ``target``: what a matrix runs with ``mcard sync TARGET --batch N``.
+
+    Each job has ``batch`` (its number), ``gpu`` (a CUDA kernel would run: send it to a GPU runner),
+    ``count`` and ``command``; a job of one variant also has ``entry``, ``repo``, ``variant`` and
+    ``format``, and its command names them. Beyond ``max_jobs`` variants, jobs hold batches.
+    """
+    target_text = Path(target).as_posix()
+    jobs = []
+    batches = plan_batches(target, max_jobs)
+    limit = "" if max_jobs == MAX_MATRIX_JOBS else f" --max-jobs {max_jobs}"
+    single = all(len(b) == 1 for b in batches)
+    for i, batch in enumerate(batches, 1):
+        job: dict[str, Any] = {"batch": i, "gpu": batch[0].gpu, "count": len(batch)}
+        if single:
+            p = batch[0]
+            job.update(entry=p.entry, repo=p.repo, variant=p.variant, format=p.format,
+                       command=f"mcard sync {shlex.quote(p.entry)} --variant {shlex.quote(p.variant)}")
+        else:
+            job["command"] = f"mcard sync {shlex.quote(target_text)} --batch {i}{limit}"
+        jobs.append(job)
     return jobs

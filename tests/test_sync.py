@@ -10,10 +10,12 @@ from pathlib import Path
 import pytest
 
 from mcard import demo
+from mcard.errors import UnusableInput
 from mcard.card_rows import size_cell
 from mcard.card_check import check_card, markdown_tables
 from mcard.sync import FAILED, PASSED, SKIPPED, SyncOptions, plan_jobs, sync
 from mcard.testing.hubserver import OlahServer, free_port
+from mcard.validate import inspect
 
 GOOD = list(demo.GPTQ_BRANCHES)
 
@@ -129,9 +131,12 @@ def test_interrupted_run_continues_and_failures_keep_passing_records(hub, tmp_pa
 
 def test_unknown_variant_and_missing_repo_reported(hub, tmp_path):
     server, repos = hub
-    [res] = sync(repos.registry / "tiny-llama-gptq.toml", _options(tmp_path, server, variant="gptq-9bit"))
-    assert res.records[0].status == FAILED and "no variant named 'gptq-9bit'" in res.records[0].reason
-    assert "main" in res.records[0].reason  # the known variants are listed
+    for target in (repos.registry / "tiny-llama-gptq.toml", repos.registry):  # bad usage, before anything runs
+        with pytest.raises(UnusableInput) as info:
+            sync(target, _options(tmp_path, server, variant="gptq-9bit"))
+        assert info.value.exit_code == 2 and "--variant 'gptq-9bit': no such variant" in str(info.value)
+        assert "gptq-4bit-32g-actorder_True, gptq-4bit-64g-actorder_False" in str(info.value)  # they are listed
+    assert not (tmp_path / "report").exists()
 
     missing = tmp_path / "missing.toml"
     text = (repos.registry / "tiny-llama-awq.toml").read_text().replace(demo.AWQ_REPO, "mcard-demo/not-there")
@@ -146,12 +151,14 @@ def test_other_formats_sync(hub, tmp_path):
     assert results[demo.AWQ_REPO].ok and results[demo.GGUF_REPO].ok and results[demo.LORA_REPO].ok
     gguf = _by_name(results[demo.GGUF_REPO])
     assert set(gguf) == {f"tiny-llama.{t}.gguf" for t in demo.GGUF_TYPES}
-    assert gguf["tiny-llama.Q4_0.gguf"].smoke == gguf["tiny-llama.Q4_K_M.gguf"].smoke == "reference-only"
-    assert gguf["tiny-llama.Q8_0.gguf"].smoke == "n/a"  # no Q8_0 kernel: recorded, not failed
-    assert "no quantized linear layers" in gguf["tiny-llama.Q8_0.gguf"].reason
+    # no GPU here: the reference check ran for every type, Q8_0 (no kernel at all) included
+    assert {r.smoke for r in gguf.values()} == {"reference-only"} and not any(r.reason for r in gguf.values())
     assert _by_name(results[demo.LORA_REPO])["main"].smoke == "n/a"
     for res in results.values():
         assert Path(res.card_path).is_file()
+        assert "0.00 GB" not in (Path(res.report_dir) / "report.md").read_text()
+    for rec in gguf.values():  # one prediction per variant: validate's, which knows the file's header
+        assert rec.predicted_bytes == inspect(rec.local_path).predicted_bytes == rec.measured_bytes
 
 
 def test_plan_emits_one_job_per_variant(hub):
@@ -160,6 +167,11 @@ def test_plan_emits_one_job_per_variant(hub):
     assert len(jobs) == len(GOOD) + len(demo.BROKEN_BRANCHES) + 1 + len(demo.GGUF_TYPES) + 1
     main = next(j for j in jobs if j["repo"] == demo.GPTQ_REPO and j["variant"] == "main")
     assert main["gpu"] is True and main["command"].endswith("--variant main")
+    # gpu only where a kernel would run: not for Q8_0 (no kernel) nor a LoRA adapter (nothing to run)
+    gpu = {(j["repo"], j["variant"]): j["gpu"] for j in jobs}
+    assert gpu[(demo.GGUF_REPO, "tiny-llama.Q8_0.gguf")] is False and gpu[(demo.LORA_REPO, "main")] is False
+    assert gpu[(demo.GGUF_REPO, "tiny-llama.Q4_K_M.gguf")] is True and gpu[(demo.AWQ_REPO, "main")] is True
+    assert [j["batch"] for j in jobs] == list(range(1, len(jobs) + 1))
     out = subprocess.run([sys.executable, "-m", "mcard.cli", "plan", str(repos.registry)],
                          capture_output=True, text=True, check=True).stdout
     assert "\n" not in out.strip()  # one line, for $GITHUB_OUTPUT
@@ -179,6 +191,10 @@ def test_sync_cli_exit_codes(hub, tmp_path):
     nothing = subprocess.run([sys.executable, "-m", "mcard.cli", "sync", str(tmp_path / "nope.toml")],
                              capture_output=True, text=True)
     assert nothing.returncode == 2 and nothing.stderr.count("\n") == 1 and "nope.toml" in nothing.stderr
+    unknown = subprocess.run(base + ["--variant", "nope"], capture_output=True, text=True, env=env)
+    assert unknown.returncode == 2 and unknown.stderr.count("\n") == 1 and "variants: main, " in unknown.stderr
+    assert json.loads(unknown.stdout) == {"ok": False, "error": unknown.stderr.strip()[len("mcard: "):],
+                                          "exit_code": 2}
 
 
 @pytest.mark.slow
@@ -258,3 +274,65 @@ def test_a_skip_needs_a_pass_that_covered_every_requested_stage(hub, tmp_path):
     for smoke in (True, False):  # a pass with smoke covers runs with and without it
         [res] = sync(entry, _options(tmp_path, server, smoke=smoke, variant="main"))
         assert res.records[0].status == SKIPPED and res.records[0].smoke == "reference-only"
+
+
+# -- issue #10 item 18: the CI plan --------------------------------------------------------------
+
+
+def _bench_plan():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_plan", Path(__file__).parent.parent / "benchmarks" / "bench_plan.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_plan_batches_beyond_the_matrix_limit_and_stays_fast(tmp_path):
+    """More variants than GitHub's 256 jobs a matrix: batches, each all-GPU or all-CPU, every variant once;
+    and planning costs little more than parsing the TOML (a ratio, measured in one run)."""
+    import time
+    import tomllib
+
+    from mcard.sync import MAX_MATRIX_JOBS, batch_selection, plan_batches
+
+    reg = tmp_path / "registry"
+    _bench_plan().write_registry(reg, entries=40, variants=75)  # 3,000 variants
+    plan_jobs(reg)  # imports and caches warm
+    started = time.perf_counter()
+    jobs = plan_jobs(reg)
+    plan_s = time.perf_counter() - started
+    started = time.perf_counter()
+    for f in sorted(reg.glob("*.toml")):
+        tomllib.loads(f.read_text())
+    toml_s = time.perf_counter() - started
+    assert plan_s < 4 * toml_s, (plan_s, toml_s)
+
+    assert 200 < len(jobs) <= MAX_MATRIX_JOBS and sum(j["count"] for j in jobs) == 3000
+    batches = plan_batches(reg)
+    seen = [(p.entry, p.variant) for b in batches for p in b]
+    assert len(seen) == len(set(seen)) == 3000
+    for job, batch in zip(jobs, batches):
+        assert {p.gpu for p in batch} == {job["gpu"]}
+        assert job["command"] == f"mcard sync {reg.as_posix()} --batch {job['batch']}"
+    # GPTQ 3/8-bit and GGUF Q8_0/Q6_K/Q5_K_M have no kernel: CPU jobs; 4-bit GPTQ, Q4_0, Q4_K_M: GPU
+    gpu = {(p.entry.rsplit("/", 1)[1], p.variant): p.gpu for b in batches for p in b}
+    assert gpu[("m00000.toml", "b0")] and not gpu[("m00000.toml", "b1")] and not gpu[("m00000.toml", "b2")]
+    assert gpu[("m00001.toml", "m1.0.Q4_0.gguf")] and gpu[("m00001.toml", "m1.1.Q4_K_M.gguf")]
+    assert not any(gpu[("m00001.toml", f"m1.{i}.{t}.gguf")] for i, t in ((2, "Q8_0"), (3, "Q5_K_M"), (4, "Q6_K")))
+    selected = batch_selection(reg, 7)
+    assert sorted((k.as_posix(), v) for k, vs in selected.items() for v in vs) == sorted(
+        (p.entry, p.variant) for p in batches[6])
+    with pytest.raises(UnusableInput, match=f"--batch {len(jobs) + 1}: the plan has jobs 1 to {len(jobs)}"):
+        batch_selection(reg, len(jobs) + 1)
+
+
+def test_sync_runs_one_batch_of_the_plan(hub, tmp_path):
+    server, repos = hub
+    jobs = plan_jobs(repos.registry, max_jobs=3)
+    cpu = next(j for j in jobs if not j["gpu"])
+    assert cpu["command"] == f"mcard sync {repos.registry.as_posix()} --batch {cpu['batch']} --max-jobs 3"
+    results = sync(repos.registry, _options(tmp_path, server, smoke=False, batch=cpu["batch"], max_jobs=3))
+    ran = {(r.repo, rec.variant) for r in results for rec in r.records}
+    assert ran == {(demo.GGUF_REPO, "tiny-llama.Q8_0.gguf"), (demo.LORA_REPO, "main")}
+    assert all(rec.status == PASSED for r in results for rec in r.records)

@@ -25,6 +25,7 @@ same module: the tests, the smoke test and the demo all use them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
 from typing import Any
@@ -86,11 +87,19 @@ def check_params(fmt: str, params: dict[str, Any], for_size: bool = False) -> di
 
 
 def params_of(fmt: str) -> dict[str, Any]:
-    """The format module's ``PARAMS`` (name -> :class:`~mcard.formats._params.Param`) for format ``fmt``."""
+    """The format module's ``PARAMS`` (name -> :class:`~mcard.formats._params.Param`) for format ``fmt``.
+
+    Do not modify the result (it is shared).
+    """
     entry = SIZE_FORMATS.get(fmt.lower())
     if entry is None:
         raise UnusableInput(f"unknown format {fmt!r} (known: {', '.join(SIZE_FORMATS)})")
-    return dict(getattr(get(entry[0]), "PARAMS", {}))
+    return _module_params(entry[0])
+
+
+@functools.cache
+def _module_params(module_name: str) -> dict[str, Any]:
+    return getattr(get(module_name), "PARAMS", {})
 
 
 __all__ = ["BadParam", "DETECT_ORDER", "SIZE_FORMATS", "available", "check_params", "detect", "for_size", "get",
