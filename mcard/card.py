@@ -187,7 +187,7 @@ def _prompt(entry: Entry) -> tuple[str | None, str | None]:
     p = entry.model.prompt
     if p is None:
         return None, None
-    tpl = prompts.get(p, entry.path) if isinstance(p, str) else prompts.custom(p["text"], p["name"])
+    tpl = prompts.resolve(p, str(entry.path))
     return tpl.title, tpl.filled(entry.model.system_message)
 
 

@@ -7,7 +7,10 @@ variant's provided-files row and size (as :mod:`mcard.card` would render it).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +116,19 @@ def _eval_keys(results: list[Any]) -> set[tuple[str, str, str, str]]:
 # -- checking ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_hub_logging() -> Iterator[None]:
+    """Keep huggingface_hub's warnings (e.g. "Repo card metadata block was not found") off the output."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+
 def check_card(card_path: str | Path, registry_path: str | Path | None = None) -> Report:
     """Check a rendered (or hand-edited) card: metadata, model-index round trip, and with an
     entry, every variant's row and size. Returns a :class:`Report` with format ``card``."""
@@ -141,7 +157,8 @@ def check_card(card_path: str | Path, registry_path: str | Path | None = None) -
         report.error("no-metadata", name, "front matter", "card has no YAML front matter (--- ... ---)")
         meta = {}
     try:
-        card = ModelCard(text, ignore_metadata_errors=True)
+        with _quiet_hub_logging():  # mcard's findings say what is wrong, not huggingface_hub's log lines
+            card = ModelCard(text, ignore_metadata_errors=True)
         body = card.text
     except Exception as exc:  # noqa: BLE001 - huggingface_hub raises plain ValueError/YAML errors
         report.error("bad-metadata", name, "front matter", f"huggingface_hub cannot parse the card: {exc}")
@@ -189,8 +206,14 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
     name = Path(report.path).name
     m = entry.model
     for key, want in (("license", m.license), ("base_model", m.base_model)):
-        if want is not None and meta.get(key) != want:
-            report.error("metadata-mismatch", name, key, f"card says {meta.get(key)!r}, registry says {want!r}")
+        have = meta.get(key)
+        if want is None or have == want:
+            continue
+        if have is None:  # missing, not a value "None"; said once
+            if not any(f.code == "missing-metadata" and f.where == key for f in report.findings):
+                report.error("missing-metadata", name, key, f"no {key} in the front matter; the registry says {want!r}")
+            continue
+        report.error("metadata-mismatch", name, key, f"card says {have!r}, registry says {want!r}")
     if entry.evaluations:
         if model_name is not None and model_name != m.name:
             report.error("metadata-mismatch", name, "model-index[0].name",

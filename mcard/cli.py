@@ -71,13 +71,24 @@ def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
     from .hub.refs import parse_repo_spec
     from .hub.remote_validate import inspect_remote
 
+    from .errors import McardError
+
     try:
         spec = parse_repo_spec(text, revision)
     except UnusableInput:
         if revision is not None or mirror is not None:
             raise
         raise UnusableInput("no such file or folder (nor a Hub REPO[:BRANCH])", text) from None
-    return inspect_remote(spec, mirror=mirror)
+    try:
+        return inspect_remote(spec, mirror=mirror)
+    except McardError as exc:
+        if "://" in text:  # a Hub URL is no local path: the Hub's answer alone
+            raise
+        # `org/name` is also a relative path: say both what is not here and what the Hub said
+        said = exc.message if exc.path in (text, spec.repo_id) else str(exc)
+        for prefix in (f"{text}: ", f"{spec.repo_id}: "):
+            said = said.removeprefix(prefix)
+        raise UnusableInput(f"no such file or folder; as a Hub repo: {said}", text) from None
 
 
 # `mcard size` options -> the format parameters they set (mcard.formats.<module>.PARAMS).

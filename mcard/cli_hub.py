@@ -71,14 +71,11 @@ def _print_branches_table(listing: BranchListing, console: Any = None) -> None:
 
 
 def _print_branches_plain(listing: BranchListing) -> None:
+    """One tab-separated line per ref on stdout (for scripts); what disagrees goes to stderr."""
     for ref in listing.refs:
         config = _config_text(ref)
         typer.echo("\t".join([ref.name, ref.kind, ref.commit, ref.name_params.describe(), config, ref.status,
                               str(ref.file_count), str(ref.total_size)]))
-        for d in ref.disagreements:
-            typer.echo(f"  disagreement: {d}")
-        if ref.error:
-            typer.echo(f"  error: {ref.error}")
 
 
 def branches(
@@ -94,8 +91,11 @@ def branches(
         _print_branches_table(listing)
     else:
         _print_branches_plain(listing)
-    if not listing.ok:
+    if not listing.ok:  # a ref that disagrees with its configs, or could not be read: the check failed
         for ref in listing.refs:
+            if not sys.stdout.isatty() or as_json:  # the table already lists them below itself
+                for d in ref.disagreements:
+                    typer.echo(f"{PREFIX}{listing.repo_id}@{ref.name}: {d}", err=True)
             if ref.error:
                 typer.echo(f"{PREFIX}{listing.repo_id}@{ref.name}: {ref.error}", err=True)
         raise typer.Exit(EXIT_FAILED)

@@ -180,10 +180,10 @@ def load_entry(path: str | Path) -> Entry:
         check_keys(prompt, PROMPT_SPEC, "model.prompt", path)
         if "{prompt}" not in prompt["text"]:
             raise UnusableInput("model.prompt.text: has no {prompt} placeholder", path)
-    elif isinstance(prompt, str):
+    elif isinstance(prompt, str):  # a library name, or a literal template with {prompt}
         from . import prompts
 
-        prompts.get(prompt, f"{path}: model.prompt")
+        prompts.resolve(prompt, f"{path}: model.prompt")
     links = list_of(m.get("links", []), TABLE, "model.links", path)
     for i, link in enumerate(links):
         check_keys(link, LINK_SPEC, f"model.links[{i}]", path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -155,3 +156,48 @@ def test_version_comes_from_the_package_metadata(capsys):
 
     code, out, _err = _run(capsys, ["--version"])
     assert code == 0 and out.strip() == f"mcard {version('mcard')}"
+
+
+# -- items 12, 13, 15: messages that say what is wrong -------------------------------------
+
+
+def test_a_mistyped_local_path_says_so_and_what_the_hub_said(capsys, offline_hub, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = _run(capsys, ["validate", "foo/bar"])
+    line = _one_error_line(err)
+    assert code == 2 and line.startswith("mcard: foo/bar: no such file or folder; as a Hub repo: cannot reach http://")
+
+
+def test_a_malformed_quantize_config_is_one_finding(capsys, tiny_gptq, tmp_path):
+    import shutil
+
+    folder = tmp_path / "v"
+    shutil.copytree(tiny_gptq, folder)
+    (folder / "quantize_config.json").write_text('{"bits": 4, "group_size": 32,\n')
+    code, out, _err = _run(capsys, ["validate", str(folder), "--json"])
+    doc = json.loads(out)
+    assert code == 1
+    assert [(f["code"], f["file"]) for f in doc["findings"] if f["severity"] != "info"] == [
+        ("bad-config", "quantize_config.json")]
+    assert "malformed JSON at line 2" in doc["findings"][0]["message"]
+
+
+def test_card_check_prints_only_mcard_output_and_names_missing_values(capsys, tmp_path):
+    import logging
+
+    card = tmp_path / "README.md"
+    card.write_text("# a card\n\nno front matter\n")
+    registry = Path(__file__).resolve().parent.parent / "registry" / "llama-2-13b-chat-gptq.toml"
+    logged = io.StringIO()
+    logging.getLogger("huggingface_hub").addHandler(handler := logging.StreamHandler(logged))
+    try:
+        code, out, err = _run(capsys, ["card", "check", str(card), "--registry", str(registry)])
+    finally:
+        logging.getLogger("huggingface_hub").removeHandler(handler)
+    assert code == 1 and err == "" and logged.getvalue() == "" and "metadata block" not in out
+    assert "None" not in out and "0.00 GB" not in out and "no license in the front matter" in out
+    card.write_text("---\nlicense: llama2\n---\n\n# a card\n")
+    code, out, err = _run(capsys, ["card", "check", str(card), "--registry", str(registry), "--json"])
+    messages = {f["where"]: f["message"] for f in json.loads(out)["findings"]}
+    assert messages["base_model"] == "a quantized or adapter repo needs base_model"
+    assert "None" not in out

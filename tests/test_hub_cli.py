@@ -137,16 +137,23 @@ def test_token_is_sent_but_never_shown(hub: dict[str, Any], tmp_path: Path) -> N
 
 
 def test_branches_outputs(hub: dict[str, Any]) -> None:
+    """A branch that disagrees with its config fails the check (exit 1, #10 item 8)."""
     res = _run(["branches", REPO, "--json"], hub["olah"].endpoint)
-    assert res.exit_code == 0
-    refs = {r["name"]: r for r in json.loads(res.stdout)["refs"]}
-    assert refs["gptq-8bit-128g-actorder_False"]["status"] == "DISAGREES"
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    refs = {r["name"]: r for r in doc["refs"]}
+    assert doc["ok"] is False and refs["gptq-8bit-128g-actorder_False"]["status"] == "DISAGREES"
     assert refs["gptq-4bit-32g-actorder_True"]["name_params"]["group_size"] == 32
+    bits = refs["gptq-4bit-32g-actorder_True"]["name_params"]["bits"]
+    assert bits == 4 and type(bits) is int
+    assert type(refs["gptq-8bit-128g-actorder_False"]["config_params"]["quantize_config.json"]["bits"]) is int
     plain = _run(["branches", REPO], hub["olah"].endpoint)
-    assert plain.exit_code == 0
-    lines = plain.stdout.splitlines()
+    assert plain.exit_code == 1
+    lines = plain.stdout.splitlines()  # one tab-separated line per ref, nothing else
+    assert [line.split("\t")[0] for line in lines] == list(refs) and all(line.count("\t") == 7 for line in lines)
     assert lines[0].split("\t")[:2] == ["main", "branch"]
-    assert "  disagreement: group_size: branch name says 128, quantize_config.json says 64" in lines
+    assert (f"mcard: {REPO}@gptq-8bit-128g-actorder_False: group_size: branch name says 128, quantize_config.json "
+            "says 64") in plain.stderr.splitlines()
     buffer = io.StringIO()
     cli_hub._print_branches_table(list_branches(REPO, endpoint=hub["olah"].endpoint),
                                   Console(file=buffer, width=200, color_system=None))

@@ -251,6 +251,17 @@ def test_registry_eval_file_and_unknown_shape(tmp_path: Path) -> None:
 # -- prompts ----------------------------------------------------------------------------------
 
 
+def test_literal_prompt_as_documented(tmp_path: Path) -> None:
+    """#10 item 10: `prompt = "USER: {prompt} ASSISTANT:"` is a literal template, as the README says."""
+    from mcard.card import render_card
+
+    text = MINIMAL.replace('base_model = "org/x"', 'base_model = "org/x"\nprompt = "USER: {prompt} ASSISTANT:"')
+    path = write(tmp_path, text)
+    assert load_entry(path).model.prompt == "USER: {prompt} ASSISTANT:"
+    card = render_card(path)
+    assert "prompt_template: 'USER: {prompt} ASSISTANT:'" in card and "USER: {prompt} ASSISTANT:\n```" in card
+
+
 def test_prompt_library() -> None:
     for name in ("alpaca", "vicuna", "guanaco", "llama-2-chat", "chatml"):
         assert "{prompt}" in prompts.get(name).text

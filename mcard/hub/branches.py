@@ -78,10 +78,12 @@ class BranchListing:
 
     @property
     def ok(self) -> bool:
-        return not any(r.error for r in self.refs)
+        """Every ref was read and none disagrees with its own configs (``mcard branches`` exits 1 otherwise)."""
+        return not any(r.error or r.disagreements for r in self.refs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repo": self.repo_id, "offline": self.offline, "refs": [r.to_dict() for r in self.refs]}
+        return {"repo": self.repo_id, "offline": self.offline, "ok": self.ok,
+                "refs": [r.to_dict() for r in self.refs]}
 
 
 def _parse_config(data: bytes, where: str, report: RefReport) -> dict[str, Any] | None:
