@@ -413,15 +413,28 @@ def summary_markdown(repo: str, records: list[VariantRecord]) -> str:
 
 
 def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path]) -> Path:
+    """The card of what passed: a variant gets a row (sized and rated from its measured files) only when
+    its latest run passed against the registry content of today; the others are named under the table."""
     from .card import render_card
 
-    keys = {v.key for v in entry.variants}
-    paths = {k: p for k, p in local_paths.items() if k in keys}
-    for r in records:  # variants skipped this run still have their files from the passing run
-        if (r.variant in keys and r.variant not in paths and r.status != FAILED and r.local_path
-                and Path(r.local_path).exists()):
-            paths[r.variant] = Path(r.local_path)
-    text = render_card(entry.path, variant_paths=paths)
+    latest = {r.variant: r for r in records}
+    paths: dict[str, Path] = {}
+    left_out: dict[str, str] = {}
+    for v in entry.variants:
+        r = latest.get(v.key)
+        path = local_paths.get(v.key) or (Path(r.local_path) if r is not None and r.local_path else None)
+        if r is None:
+            left_out[v.key] = "not checked yet"
+        elif r.status == FAILED:
+            reason = r.reason if len(r.reason) <= 200 else r.reason[:197] + "..."
+            left_out[v.key] = f"failed at {r.stage or 'sync'}: {reason}"
+        elif r.registry_digest != variant_digest(entry, v):
+            left_out[v.key] = "its registry entry changed since it passed; sync it again"
+        elif path is None or not path.exists():
+            left_out[v.key] = "its files are no longer where it passed; sync it again"
+        else:
+            paths[v.key] = path
+    text = render_card(entry.path, variant_paths=paths, listed=set(paths), left_out=left_out)
     out = store.root / "README.md"
     _atomic_write(out, text)
     return out

@@ -611,3 +611,45 @@ def test_variant_paths_errors(tmp_path: Path) -> None:
         render_card(entry, variant_paths={"mian": tmp_path})
     with pytest.raises(UnusableInput, match="no such file or folder for variant 'main'"):
         render_card(entry, variant_paths={"main": tmp_path / "nope"})
+
+
+# -- issue #10 item 19: what the cards tell a user ---------------------------------------------------
+
+
+GGUF_ENTRY = """\
+[model]
+repo = "org/tiny-GGUF"
+name = "Tiny GGUF"
+license = "apache-2.0"
+base_model = "org/tiny"
+
+[[variants]]
+file = "tiny.Q4_K_M.gguf"
+format = "gguf"
+type = "Q4_K_M"
+size = "4.08 GB"
+"""
+
+
+def test_gguf_card_fetches_one_file_and_shows_llama_cpp(tmp_path: Path, rendered: dict[str, str]) -> None:
+    entry = tmp_path / "tiny-gguf.toml"
+    entry.write_text(GGUF_ENTRY)
+    text = render_card(entry)
+    assert "fetch one file" in text and "mcard fetch org/tiny-GGUF tiny.Q4_K_M.gguf\n" in text
+    assert "mcard fetch org/tiny-GGUF:main" not in text
+    assert "## How to run with llama.cpp" in text and "llama-cli -m tiny.Q4_K_M.gguf " in text
+    ggml = rendered["guanaco-7b-ggml"]  # legacy GGML files: no llama.cpp recipe that would not load them
+    assert "mcard fetch TheBloke/guanaco-7B-GGML guanaco-7B.ggmlv3.q2_K.bin\n" in ggml
+    assert "llama-cli" not in ggml and "llama.cpp has loaded only GGUF since August 2023" in ggml
+
+
+def test_adapter_fp16_and_eval_conventions(rendered: dict[str, str]) -> None:
+    assert "\nlibrary_name: peft\n" in rendered["qlora-instruct"].split("\n---\n")[0]
+    llama = rendered["llama-13b"]
+    assert "from the architecture and the dtype, not measured" in llama and "quantization parameters" not in llama
+    header, rows = next(t for t in markdown_tables(llama) if t[0][:4] == ["Variant", "Dataset", "Metric", "Value"])
+    values = {row[1]: float(row[3]) for row in rows}
+    assert values["MMLU"] == 46.9 and values["arc_challenge"] == 52.7  # one convention in one table
+    assert all(v > 1 for v in values.values())
+    assert "Accuracies are percentages (lm-evaluation-harness fractions are shown x 100)." in llama
+    assert "value: 0.527" in llama  # model-index keeps the values as given

@@ -89,14 +89,22 @@ def test_rendered_card_matches_measured_files(gptq_run, hub):
     header, rows = tables[0]
     col = header.index("File Size")
     sizes = {row[0].strip("`"): row[col] for row in rows}
+    passed = {rec.variant for rec in result.records if rec.status == PASSED}
+    assert set(sizes) == passed == set(GOOD)  # #10 item 7: only what passed is presented as ready
     for rec in result.records:
         if rec.status == PASSED:  # measured, so no "predicted" star
             assert sizes[rec.variant] == size_cell(rec.measured_bytes)
-        else:
-            assert sizes[rec.variant].endswith("*")
-    # The card checks out against its entry.
+            assert rows[[r[0] for r in rows].index(rec.variant)][header.index("ExLlama Compatible")] == "True"
+    text = card.read_text()
+    left_out = text.split("Not listed, because they did not pass `mcard sync`")[1].split("## How to download")[0]
+    for name in demo.BROKEN_BRANCHES:
+        assert f"* `{name}`: failed at " in left_out
+        assert f"--branch {name} " not in text and f'revision="{name}"' not in text  # no download recipe either
+    assert "ExLlama compatibility is what `mcard validate` found in each branch's files" in text
+    # Against its entry, the card lacks exactly the broken variants' rows.
     report = check_card(card, repos.registry / "tiny-llama-gptq.toml")
-    assert report.ok, [f.message for f in report.findings]
+    assert sorted((f.code, f.where) for f in report.findings if f.severity.value == "error") == sorted(
+        ("missing-row", f"provided files/{name}") for name in demo.BROKEN_BRANCHES)
 
 
 def test_interrupted_run_continues_and_failures_keep_passing_records(hub, tmp_path):
