@@ -102,16 +102,50 @@ def demo(
     out: Path = typer.Option(Path("mcard-demo"), "--out", help="Where the registry, reports, cards and cache go."),
     broken: bool = typer.Option(False, "--with-broken", help="Add three broken GPTQ branches to see them caught."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test."),
+    serve: bool = typer.Option(False, "--serve", help="Keep the local Hub running afterwards (until Ctrl-C) to try "
+                                                      "mcard on its repos."),
 ) -> None:
     """Build tiny repos, serve them on a local Hub-API server, and run sync --render end to end."""
     from .demo import run_demo
 
+    def report(results: list, folder: Path) -> None:
+        _print_summary(results)
+        typer.echo(f"Registry entries: {folder / 'registry'}")
+        typer.echo(f"Reports and cards: {folder / 'reports'}/<repo>/ (report.md, report.json, README.md)")
+        typer.echo(f"Downloaded variants: {folder / 'hf-cache'} (the Hugging Face cache layout; each variant's "
+                   "folder is its local_path in report.json)")
+        ok = all(r.ok for r in results)
+        typer.echo("All variants passed." if ok else "Some variants failed: see the reasons above.")
+
+    def while_serving(endpoint: str, results: list) -> None:
+        report(results, out.resolve())
+        _serve_until_interrupted(endpoint, [r.repo for r in results])
+
     typer.echo("mcard demo: building tiny GPTQ/AWQ/GGUF/QLoRA repos and serving them on 127.0.0.1 ...", err=True)
     with command_errors():
-        results, folder = run_demo(out, broken=broken, smoke=not no_smoke)
-    _print_summary(results)
-    ok = all(r.ok for r in results)
-    typer.echo(f"Registry entries: {folder / 'registry'}")
-    typer.echo(f"Reports and cards: {folder / 'reports'}/<repo>/ (report.md, report.json, README.md)")
-    typer.echo("All variants passed." if ok else "Some variants failed: see the reasons above.")
-    raise typer.Exit(0 if ok else EXIT_FAILED)
+        results, folder = run_demo(out, broken=broken, smoke=not no_smoke, while_serving=while_serving if serve else None)
+    if not serve:
+        report(results, folder)
+    raise typer.Exit(0 if all(r.ok for r in results) else EXIT_FAILED)
+
+
+def _serve_until_interrupted(endpoint: str, repos: list[str]) -> None:
+    """Print how to reach the local Hub and wait for Ctrl-C (or SIGTERM); then the demo stops its server."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    typer.echo(f"\nThe local Hub is serving the demo's repos. In another shell:\n\n  export HF_ENDPOINT={endpoint}")
+    for repo in repos:
+        typer.echo(f"  mcard branches {repo}")
+    typer.echo(f"  mcard fetch {repos[0]}:main\n\nPress Ctrl-C to stop the server.")
+    sys.stdout.flush()
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo("Stopped the local Hub.")

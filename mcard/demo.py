@@ -183,8 +183,13 @@ def _write_registry(registry: Path, config: dict[str, Any], broken: bool) -> Non
 
 
 def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
-             progress: Any = None) -> tuple[list[Any], Path]:
-    """Build, serve, ``sync --render``; returns the sync results and the output folder."""
+             progress: Any = None, while_serving: Any = None) -> tuple[list[Any], Path]:
+    """Build, serve, ``sync --render``; returns the sync results and the output folder.
+
+    ``while_serving(endpoint, results)``, when given, is called after the sync with the local Hub
+    still running (``mcard demo --serve`` blocks there until Ctrl-C); the server stops when it returns.
+    Downloaded variants stay in ``out/hf-cache`` (the Hugging Face cache layout).
+    """
     from .sync import SyncOptions, sync
     from .testing.hubserver import OlahServer
 
@@ -200,4 +205,6 @@ def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
             options = SyncOptions(render=True, smoke=smoke, report_dir=out / "reports", force=True,
                                   endpoint=hub.endpoint, cache_dir=out / "hf-cache")
             results = sync(registry, options, progress=progress)
+            if while_serving is not None:
+                while_serving(hub.endpoint, results)
     return results, out

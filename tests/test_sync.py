@@ -206,11 +206,37 @@ def test_sync_cli_exit_codes(hub, tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_command(tmp_path):
-    run = subprocess.run([sys.executable, "-m", "mcard.cli", "demo", "--out", str(tmp_path / "d")],
-                         capture_output=True, text=True, timeout=300)
-    assert run.returncode == 0, run.stdout + run.stderr
-    assert "All variants passed." in run.stdout
+def test_demo_command_and_serve(tmp_path):
+    """The demo end to end, then (#10 item 21) --serve keeps its Hub up for the user until Ctrl-C."""
+    import signal
+    import time
+
+    from mcard.hub import list_branches
+
+    # the child gets Python's Ctrl-C handler whatever this test run inherited (see test_hub_cli's APP)
+    main = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); from mcard.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", main, "demo", "--out", str(tmp_path / "d"), "--serve"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and not (lines and lines[-1].startswith("Press Ctrl-C")):
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line.strip())
+        out = "\n".join(lines)
+        assert "All variants passed." in out, out + proc.stderr.read()
+        assert f"Downloaded variants: {tmp_path / 'd' / 'hf-cache'}" in out
+        endpoint = next(line.split("=", 1)[1] for line in lines if line.startswith("export HF_ENDPOINT="))
+        assert f"mcard branches {demo.GPTQ_REPO}" in out
+        listing = list_branches(demo.GPTQ_REPO, endpoint=endpoint, offline=False)  # the Hub is still up
+        assert {r.name for r in listing.refs} >= set(GOOD)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        rest, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "Stopped the local Hub." in rest and "Traceback" not in err
     cards = sorted((tmp_path / "d" / "reports").glob("*/README.md"))
     assert len(cards) == 4
 
