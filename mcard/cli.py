@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from . import __version__
 from .cli_errors import command_errors, run_app
 from .errors import EXIT_FAILED, UnusableInput
+
+if TYPE_CHECKING:
+    from .formats import BadParam
 
 app = typer.Typer(
     help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
@@ -109,7 +112,7 @@ def _size_formats() -> str:
     return ", ".join(SIZE_FORMATS)
 
 
-def _option_error(exc: "BadParam", fmt: str) -> UnusableInput:  # noqa: F821 - mcard.formats.BadParam
+def _option_error(exc: BadParam, fmt: str) -> UnusableInput:
     """A parameter problem in the words of the command line: option names, not parameter names."""
     option = SIZE_OPTIONS.get(exc.key, exc.key)
     takes = ", ".join(SIZE_OPTIONS.get(k, k) for k in exc.takes) or "no options"
