@@ -413,8 +413,9 @@ def summary_markdown(repo: str, records: list[VariantRecord]) -> str:
 
 
 def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path]) -> Path:
-    """The card of what passed: a variant gets a row (sized and rated from its measured files) only when
-    its latest run passed against the registry content of today; the others are named under the table."""
+    """The card of what passed: a variant gets a row (sized and rated from its measured files) only when it
+    passed in this run (``local_paths``) or its latest run passed against the registry content of today;
+    the others are named under the table."""
     from .card import render_card
 
     latest = {r.variant: r for r in records}
@@ -422,7 +423,10 @@ def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_pat
     left_out: dict[str, str] = {}
     for v in entry.variants:
         r = latest.get(v.key)
-        path = local_paths.get(v.key) or (Path(r.local_path) if r is not None and r.local_path else None)
+        if v.key in local_paths and local_paths[v.key].exists():  # passed (or was skipped as unchanged) this run
+            paths[v.key] = local_paths[v.key]
+            continue
+        path = Path(r.local_path) if r is not None and r.local_path else None
         if r is None:
             left_out[v.key] = "not checked yet"
         elif r.status == FAILED:
