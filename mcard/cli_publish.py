@@ -11,34 +11,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, NoReturn, Optional
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from .cli_errors import command_errors
 from .errors import EXIT_FAILED, McardError
-
-
-def _die(message: str, code: int, as_json: bool) -> NoReturn:
-    if as_json:
-        typer.echo(json.dumps({"ok": False, "error": message, "exit_code": code}))
-    typer.echo(f"mcard: {message}", err=True)
-    raise typer.Exit(code)
+from .units import format_size as _size
 
 
 def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
-    try:
+    with command_errors(as_json, interrupted="interrupted; run the same command again to continue"):
         return call()
-    except McardError as exc:
-        _die(str(exc), exc.exit_code, as_json)
-    except KeyboardInterrupt:
-        _die("interrupted; run the same command again to continue", 130, as_json)
-
-
-def _size(n: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
 
 
 def _size_option(text: str) -> int:

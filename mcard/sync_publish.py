@@ -26,7 +26,7 @@ def _fail(record: VariantRecord, stage: str, reason: str) -> None:
 
 
 def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
-                  one_of_many: bool = False) -> RepoSync:
+                  one_of_many: bool = False, only: set[str] | None = None) -> RepoSync:
     from .card_rows import predict
     from .package import package
     from .publish import publish
@@ -40,7 +40,7 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
     store = _Store(Path(report_dir))
     repo = options.repo or entry.model.repo
     result = RepoSync(str(path), repo, str(report_dir))
-    chosen = [v for v in entry.variants if options.variant in (None, v.key)]
+    chosen = [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]
     records = {v.key: VariantRecord(repo, v.key, v.format, v.branch, published_bytes=v.size, stage="package")
                for v in chosen}
     for v in chosen:
