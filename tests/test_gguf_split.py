@@ -88,6 +88,7 @@ def test_card_names_a_split_variant_as_its_set():
 def test_card_row_of_a_shard_set(tmp_path):
     """mcard card: a variant given by its first shard is one row, named as the set, with the total size."""
     from mcard.card import render_card
+    from mcard.units import format_size
 
     for p in SHARDS:
         (tmp_path / p.name).write_bytes(p.read_bytes())
@@ -96,8 +97,33 @@ def test_card_row_of_a_shard_set(tmp_path):
     rows = [line for line in card.splitlines() if "smol576-Q2_0" in line and line.startswith("|")]
     total = sum(p.stat().st_size for p in SHARDS)
     assert len(rows) == 1 and "smol576-Q2_0-*-of-00003.gguf" in rows[0], rows
-    assert f"| {total / 1e6:.2f} MB |" in rows[0], rows
+    assert f"| {format_size(total)} |" in rows[0], rows  # mcard.units' one size formatter
     assert 'allow_patterns=["smol576-Q2_0-*-of-00003.gguf"]' in card and f"{SHARDS[0].name}` brings the" in card
+
+
+def test_package_puts_the_whole_shard_set_on_the_branch(tmp_path):
+    """mcard package of a variant named by its first shard: every shard, under its own name, validated as one."""
+    import shutil
+
+    from mcard.package import package
+    from mcard.validate import inspect
+
+    source = tmp_path / "from"
+    source.mkdir()
+    for p in SHARDS:
+        shutil.copy(p, source / p.name)
+    pkg = package(_entry(tmp_path), source, tmp_path / "out")
+    [branch] = pkg.branches
+    assert [f.path for f in branch.files if f.path.endswith(".gguf")] == [p.name for p in SHARDS]
+    main = tmp_path / "out" / "main"
+    assert all((main / p.name).read_bytes() == p.read_bytes() for p in SHARDS)
+    report = inspect(main / SHARDS[0].name)
+    assert report.ok and report.params["split"] == "shards" and report.params["files"] == 3
+    entry = _entry(tmp_path)  # a `source` shard under another name: renaming would lose the set
+    entry.write_text(entry.read_text().replace(f'file = "{SHARDS[0].name}"',
+                                               f'file = "x-00001-of-00003.gguf"\nsource = "from/{SHARDS[0].name}"'))
+    with pytest.raises(UnusableInput, match="keep their names"):
+        package(entry, None, tmp_path / "out2")
 
 
 def _entry(folder: Path) -> Path:

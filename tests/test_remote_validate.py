@@ -101,6 +101,12 @@ def hub(tmp_path_factory):
         (parts / f"tiny.Q4_K_M.gguf-split-{letter}").write_bytes(blob[i * (len(blob) // 3 + 1):(i + 1) * (len(blob) // 3 + 1)])
     add("gguf-parts", parts)
 
+    many = tmp / "gguf-many"  # a folder of quant files, as GGUF repos publish them
+    many.mkdir()
+    for t in ("Q4_0", "Q8_0"):
+        gguf.write_variant(many / f"tiny.{t}.gguf", cfg, ftype=t)
+    add("gguf-many", many)
+
     build_git_repo(tmp / "mirrors", REPO, branches)
     with OlahServer(tmp / "mirrors") as server:
         yield server, local
@@ -245,3 +251,20 @@ def test_remote_split_gguf_is_one_model_from_every_shard_header(hub, branch, kin
     report = inspect_remote(f"{REPO}:{branch}", endpoint=server.endpoint, token="")
     assert report.ok and report.params["split"] == kind and report.params["files"] == files
     assert report.predicted_bytes == sum(f.size for f in report.files if f.kind == "gguf")
+
+
+def test_a_folder_of_gguf_files_reports_each_file_and_its_size(hub):
+    """#10 item 5: each part reports its real size; the folder lists every file (locally and remotely)."""
+    server, local = hub
+    sizes = {p.name: p.stat().st_size for p in local["gguf-many"].glob("*.gguf")}
+    remote = inspect_remote(f"{REPO}:gguf-many", endpoint=server.endpoint, token="")
+    for report in (inspect(local["gguf-many"]), remote):
+        assert {f.path: f.size for f in report.files if f.kind == "gguf"} == sizes
+        assert report.actual_bytes == sum(sizes.values())
+        assert len(report.parts) == 2
+        for part in report.parts:
+            [entry] = part.files
+            assert part.path.endswith(entry.path) and entry.size == sizes[entry.path]
+            assert part.actual_bytes == part.predicted_bytes == entry.expected_size == sizes[entry.path]
+        assert report.predicted_bytes == sum(sizes.values())
+    _same_findings(remote, inspect(local["gguf-many"]))

@@ -53,7 +53,7 @@ def test_size_writer_option():
     assert model["total_bytes"] == (folder / "model.safetensors").stat().st_size
     assert auto["params"]["writer"] == "autogptq" and auto["total_bytes"] > model["total_bytes"]
     bad = CliRunner().invoke(app, args + ["--writer", "exllama"])
-    assert bad.exit_code == 2 and "unknown GPTQ writer" in bad.output
+    assert bad.exit_code == 2 and "--writer: gptq writer must be autogptq or gptqmodel, not 'exllama'" in bad.output
 
 
 def test_corrupted_gptqmodel_checkpoint_is_caught(tmp_path):

@@ -11,7 +11,7 @@ reported as unknown instead of being dropped.
 from __future__ import annotations
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
 from ..errors import UnusableInput
 
@@ -51,6 +51,8 @@ FTYPES: dict[str, tuple[int, str]] = {
     "Q1_0": (40, "Q1_0"), "Q2_0": (41, "Q2_0"),
 }
 FTYPE_BY_ID: dict[int, str] = {i: name for name, (i, _t) in FTYPES.items()}
+# The file types of llama.cpp's GGML (ggjt v3) era, before GGUF (August 2023): ids up to Q6_K's.
+GGML_FTYPES: tuple[str, ...] = tuple(name for name, (i, _t) in FTYPES.items() if i <= FTYPES["Q6_K"][0])
 # llama-quantize's aliases (Q4_K = Q4_K_M...) and common spellings.
 _ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "FP16": "F16", "FP32": "F32"}
 
@@ -63,6 +65,8 @@ def canonical_ftype(ftype: str) -> str:
     key = str(ftype).strip().upper().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in FTYPES:
+        if f"MOSTLY_{key}" in LlamaFileType.__members__:  # the gguf package names it; its mix is not modelled here
+            raise UnusableInput(f"{key} is a llama.cpp type mcard does not model (modelled: {', '.join(FTYPES)})")
         raise UnusableInput(f"unknown GGUF/GGML type {ftype!r} (known: {', '.join(FTYPES)})")
     return key
 

@@ -12,6 +12,7 @@ from typing import Any
 from ..arch import ModelShape
 from ..report import FileEntry, Report
 from ..variant import Variant, sniff
+from . import _common
 from . import _ggml_types as gt
 from . import _gguf_split as split
 from . import _kquant as kq
@@ -30,13 +31,10 @@ def check(variant: Variant, report: Report) -> None:
     if len(models) == 1:
         _check_model(variant, models[0], report)
         return
-    for m in models:
-        part = Report(path=str(variant.abspath(m.name)), format=NAME)
-        part.files = [e for e in report.files if e.path in m.files]
-        _check_model(variant, m, part)
-        report.parts.append(part)
+    by_name = {m.name: m for m in models}
     report.params = {"files": sum(len(m.files) for m in models), "models": len(models)}
-    report.predicted_bytes = None
+    _common.file_parts(variant, report, {m.name: m.files for m in models},
+                       lambda variant, name, part: _check_model(variant, by_name[name], part))
 
 
 @dataclass

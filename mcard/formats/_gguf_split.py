@@ -37,7 +37,6 @@ KV_SPLIT_TENSORS_COUNT = "split.tensors.count"
 SPLIT_KEYS = (KV_SPLIT_NO, KV_SPLIT_TENSORS_COUNT, KV_SPLIT_COUNT)  # their order in a written shard
 DEFAULT_MAX_TENSORS = 128
 ALIGNMENT = GGUF_DEFAULT_ALIGNMENT  # 32: gguf-split pads each tensor to it
-HUB_MAX_FILE_BYTES = 50 * 1000**3  # the Hub's limit per file
 
 _SHARD = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 _RAW_PART = re.compile(r"^(?P<joined>.+\.gguf)-split-(?P<letter>[a-z]{1,2})$")
@@ -151,12 +150,22 @@ def display_name(name: str) -> str:
     return f"{part[0]}-split-*" if part is not None else name
 
 
+MAX_SIZE_EXPECTED = "a positive number followed by M or G (e.g. 50G)"
+_MAX_SIZE = re.compile(r"\s*(\d+)\s*([MG])\s*")
+
+
+def valid_max_size(text: object) -> bool:
+    """Whether ``text`` is a ``--split-max-size`` gguf-split reads (see :func:`parse_max_size`)."""
+    m = _MAX_SIZE.fullmatch(str(text))
+    return bool(m) and int(m[1]) > 0  # type: ignore[index]
+
+
 def parse_max_size(text: str) -> int:
     """``--split-max-size``: ``N`` followed by ``M`` (10^6 bytes) or ``G`` (10^9), as gguf-split reads it."""
-    m = re.fullmatch(r"\s*(\d+)\s*([MG])\s*", str(text))
-    if not m or int(m[1]) <= 0:
-        raise UnusableInput(f"split size {text!r}: give a positive number followed by M or G (e.g. 50G)")
-    return int(m[1]) * (1000**2 if m[2] == "M" else 1000**3)
+    if not valid_max_size(text):
+        raise UnusableInput(f"split size {text!r}: give {MAX_SIZE_EXPECTED}")
+    m = _MAX_SIZE.fullmatch(str(text))
+    return int(m[1]) * (1000**2 if m[2] == "M" else 1000**3)  # type: ignore[index]
 
 
 def _pad(n: int, align: int = ALIGNMENT) -> int:
@@ -224,8 +233,8 @@ def write_shards(src: str | Path, out_prefix: str | Path, max_bytes: int | None 
 
     The first shard keeps every kv pair (copied byte for byte) and all shards get the
     split keys; tensors keep the source's order, data padded to the alignment with zeros.
-    A writer that must keep files under the Hub's 50 GB passes ``max_bytes=HUB_MAX_FILE_BYTES``
-    (or less: the limit counts tensor data only, the header comes on top).
+    A writer that must keep files under the Hub's 50 GB (:data:`mcard.hub.rules.MAX_FILE_BYTES`) passes
+    less than that as ``max_bytes``: the limit counts tensor data only, the header comes on top.
     """
     from ._gguf_header import read
 

@@ -22,9 +22,11 @@ from ..arch import ModelShape
 from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
+from ..units import format_size
 from ..variant import Variant
 from . import _ggml_types as gt
 from . import _gguf_split as split
+from . import _params
 from . import _kquant as kq
 from ._gguf_header import GgufFile, GgufTensor, read
 
@@ -33,6 +35,13 @@ NAME = "gguf"
 # token: string length (8) + ~6 bytes of text + score (4) + token type (4).
 _KV_BASE_BYTES = 1200
 _VOCAB_BYTES_PER_TOKEN = 22
+# What `mcard size --format gguf` and a registry variant may set: the llama.cpp type (ftype) of the mix,
+# the shard size gguf-split is given, whether an importance matrix was used (a few types differ).
+PARAMS = {
+    "type": _params.Param("str", "one of " + ", ".join(gt.FTYPES), normalize=gt.canonical_ftype, required=True),
+    "split_max_size": _params.Param("str", split.MAX_SIZE_EXPECTED, split.valid_max_size),
+    "imatrix": _params.Param("bool"),
+}
 # transformers' GGUF loader (docs "GGUF and interaction with Transformers"): types it dequantizes.
 _TRANSFORMERS_TYPES = {
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -248,8 +257,8 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
         params["split_max_size"] = max_bytes
         params["shards"] = shards
         total = sum(shards)
-        notes.append(f"gguf-split --split-max-size {split_max_size}: {len(shards)} shard(s) of "
-                     + ", ".join(f"{n:,}" for n in shards) + " bytes (-00001-of-" + f"{len(shards):05d}.gguf ...)")
+        notes.append(f"gguf-split --split-max-size {split_max_size}: {len(shards)} shard(s) (-00001-of-"
+                     f"{len(shards):05d}.gguf ...) of " + ", ".join(f"{format_size(n)} ({n:,} bytes)" for n in shards))
     return SizeEstimate(NAME, params, total, parts, tensors, ram_bytes=total + RAM_OVERHEAD_BYTES, notes=notes)
 
 
