@@ -141,6 +141,11 @@ def _need(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def block_threads(kernel_name: str) -> int:
+    """Threads per block of ``int4_<kind>_m<rows>``."""
+    return ROW_TILES[int(kernel_name.rsplit("_m", 1)[1])] * 32
+
+
 def int4_matmul(x: Any, packed: PackedInt4, bias: Any = None, out: Any = None) -> Any:
     """``y = x @ W.T + bias`` for a layer packed once by :mod:`cupy_kernels.pack`; fp16 [M, N].
 
@@ -170,7 +175,7 @@ def int4_matmul(x: Any, packed: PackedInt4, bias: Any = None, out: Any = None) -
         rows = 32
     fn = kernel("int4", f"int4_{packed.kind}_m{rows}")
     grid = ((n + TILE_N - 1) // TILE_N, (m + rows - 1) // rows)
-    fn(grid, (ROW_TILES[rows] * 32,), (x, packed.weights, packed.params, packed.code, b, y, np.int32(m),
+    fn(grid, (block_threads(f"_m{rows}"),), (x, packed.weights, packed.params, packed.code, b, y, np.int32(m),
                                        np.int32(kx), np.int32(n), np.int32(packed.kp), np.int32(packed.pshift),
                                        has_b))
     return y

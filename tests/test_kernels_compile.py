@@ -70,8 +70,10 @@ def test_compiles_without_warnings_or_spills(compiled, src: Path, arch: str) -> 
     assert kernels, f"ptxas reported no kernel for {src.name}"
     for k in kernels:
         assert (k.spill_stores, k.spill_loads, k.stack) == (0, 0, 0), f"{k.name} on {arch} spills: {k}"
-        blocks, _, limiter = k.occupancy(256)
-        assert blocks >= 1, f"{k.name} on {arch}: no block of 256 threads fits ({limiter})"
+        from cupy_kernels.launch import block_threads
+
+        blocks, _, limiter = k.occupancy(block_threads(k.name))
+        assert blocks >= 1, f"{k.name} on {arch}: no block fits ({limiter})"
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not on PATH")
