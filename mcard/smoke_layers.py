@@ -80,12 +80,11 @@ def _gptq_layer(mod: Any, variant: Variant, name: str) -> Layer:
         def kernel(x: Any, out: Any) -> Any:
             import cupy_kernels
 
-            if not dev_arrays:
-                dev_arrays.update(q=_cp(lin.qweight), z=_cp(lin.qzeros), s=_cp(lin.scales), g=_cp(lin.g_idx),
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
+                dev_arrays.update(p=cupy_kernels.pack_gptq(_cp(lin.qweight), _cp(lin.qzeros), _cp(lin.scales),
+                                                           lin.g_idx, lin.group_size, lin.checkpoint_format),
                                   b=None if lin.bias is None else _cp(lin.bias))
-            d = dev_arrays
-            return cupy_kernels.gptq_matmul(x, d["q"], d["z"], d["s"], d["g"], lin.group_size,
-                                            lin.checkpoint_format, d["b"], out)
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
     else:
         note = f"no kernel for {lin.bits}-bit GPTQ" if lin.bits != 4 else "no kernel: N % 8 != 0"
     return Layer(name, kind, (lin.out_features, lin.in_features), lambda: mod.dequantize_linear(lin), ref_w,
@@ -106,19 +105,22 @@ def _awq_layer(mod: Any, variant: Variant, name: str) -> Layer:
 
     kernel = None
     note = ""
-    if lin.version == "gemm" and lin.out_features % 16 == 0:
+    group = lin.in_features if lin.group_size in (-1, 0) else lin.group_size
+    if lin.version == "gemm" and lin.out_features % 8 == 0 and (group % 32 == 0 or group >= lin.in_features):
         dev_arrays: dict[str, Any] = {}
 
         def kernel(x: Any, out: Any) -> Any:
             import cupy_kernels
 
-            if not dev_arrays:
-                dev_arrays.update(q=_cp(lin.qweight), z=_cp(lin.qzeros), s=_cp(lin.scales),
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
+                dev_arrays.update(p=cupy_kernels.pack_awq(_cp(lin.qweight), _cp(lin.qzeros), _cp(lin.scales),
+                                                          lin.group_size),
                                   b=None if lin.bias is None else _cp(lin.bias))
-            d = dev_arrays
-            return cupy_kernels.awq_matmul(x, d["q"], d["z"], d["s"], lin.group_size, d["b"], out)
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
+    elif lin.version != "gemm":
+        note = "no kernel for the AWQ GEMV layout"
     else:
-        note = "no kernel for the AWQ GEMV layout" if lin.version != "gemm" else "no kernel: N % 16 != 0"
+        note = "no kernel: N % 8 != 0" if lin.out_features % 8 else "no kernel: group size not a multiple of 32"
     return Layer(name, kind, (lin.out_features, lin.in_features), lambda: mod.dequantize_linear(lin), ref_w,
                  kernel, _nbytes(lin.qweight, lin.qzeros, lin.scales, lin.bias), lin.bias, note)
 
@@ -148,15 +150,15 @@ def _bnb_layer(mod: Any, variant: Variant, name: str) -> Layer:
         def kernel(x: Any, out: Any) -> Any:
             import cupy_kernels
 
-            if not dev_arrays:
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
                 dev_arrays.update(
-                    w=_cp(lin.weight), qm=_cp(lin.quant_map), a=_cp(lin.absmax),
-                    na=None if lin.nested_absmax is None else _cp(lin.nested_absmax),
-                    nq=None if lin.nested_quant_map is None else _cp(lin.nested_quant_map),
+                    p=cupy_kernels.pack_bnb(
+                        _cp(lin.weight), _cp(lin.quant_map), _cp(lin.absmax), shape, lin.blocksize,
+                        None if lin.nested_absmax is None else _cp(lin.nested_absmax),
+                        None if lin.nested_quant_map is None else _cp(lin.nested_quant_map),
+                        lin.nested_offset or 0.0, lin.nested_blocksize or 256),
                     b=None if lin.bias is None else _cp(lin.bias))
-            d = dev_arrays
-            return cupy_kernels.bnb_matmul(x, d["w"], d["qm"], d["a"], shape, lin.blocksize, d["na"], d["nq"],
-                                           lin.nested_offset or 0.0, lin.nested_blocksize or 256, d["b"], out)
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
     else:
         note = "no kernel: K or blocksize not a multiple of 32"
     nbytes = _nbytes(lin.weight, lin.absmax, lin.nested_absmax, lin.quant_map, lin.bias)
@@ -178,9 +180,9 @@ def _gguf_layer(mod: Any, path: Path, name: str, label: str) -> Layer:
     def kernel(x: Any, out: Any) -> Any:
         import cupy_kernels
 
-        if not dev_arrays:
-            dev_arrays["raw"] = _cp(raw)
-        return cupy_kernels.gguf_matmul(x, dev_arrays["raw"], type_name, shape, None, out)
+        if not dev_arrays:  # packed once into the kernel's layout, on the device
+            dev_arrays["p"] = cupy_kernels.pack_gguf(_cp(raw), type_name, shape)
+        return cupy_kernels.int4_matmul(x, dev_arrays["p"], None, out)
 
     return Layer(label, f"gguf {type_name}", shape, lambda: mod.dequantize_tensor(path, name), ref_w, kernel,
                  int(raw.nbytes))

@@ -458,3 +458,18 @@ def test_syncwarp_with_an_exited_lane_is_reported() -> None:
         __syncwarp(); o[threadIdx.x] = 1; }""")
     with pytest.raises(KernelFault, match="has exited"):
         k((1,), (32,), (np.zeros(32, np.int32),))
+
+
+def test_each_library_keeps_its_own_shared_memory() -> None:
+    """Two kernel libraries with the same template: each one's __shared__ copy is the one it poisons and checks."""
+    body = """template <int N> __device__ void f(float* o) {
+        __shared__ float s[N];
+        if (threadIdx.x < N / 2) s[threadIdx.x] = 1.f;
+        __syncthreads();
+        o[threadIdx.x] = s[threadIdx.x]; }
+    extern "C" __global__ void k(float* o) { f<32>(o); }
+    """
+    for tag in ("first", "second"):
+        out = np.zeros(32, np.float32)
+        kernel(body + f"// {tag} library\n")((1,), (32,), (out,))
+        assert (out[:16] == 1).all() and np.isnan(out[16:]).all(), tag

@@ -47,8 +47,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CXX = shutil.which("g++")
+# -fno-gnu-unique: a template's __shared__ static would otherwise be one process-wide object shared by every
+# kernel library loaded (the first one's), not the copy the library registers as its shared memory.
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-fsanitize=undefined", "-fno-sanitize-recover=all", "-U_FORTIFY_SOURCE",
-         "-fno-strict-aliasing", "-w")
+         "-fno-strict-aliasing", "-fno-gnu-unique", "-w")
 CACHE = Path(tempfile.gettempdir()) / "mcard-cudahost"
 PAGE = 4096
 
