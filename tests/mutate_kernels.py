@@ -70,7 +70,7 @@ MUTANTS = [
     ("wrong-magic-constant", "int4.cu", "k1024 = i4_h2(0x64006400u)", "k1024 = i4_h2(0x64016401u)", AFFINE),
     ("wrong-exponent-or", "int4.cu", "lop3<0xEA>(w, 0x00F000F0u, 0x64006400u)", "lop3<0xEA>(w, 0x00F000F0u, 0x60006000u)",
      AFFINE),
-    ("upper-nibble-scale-1/8", "int4.cu", "k16th = i4_h2(0x2C002C00u)", "k16th = i4_h2(0x30003000u)", AFFINE),
+    ("upper-nibble-scale-eighth", "int4.cu", "k16th = i4_h2(0x2C002C00u)", "k16th = i4_h2(0x30003000u)", AFFINE),
     ("upper-nibble-offset-48", "int4.cu", "km64 = i4_h2(0xD400D400u)", "km64 = i4_h2(0xD200D200u)", AFFINE),
     ("second-nibble-pair-shift-4", "int4.cu", "const unsigned hi = w >> 8;", "const unsigned hi = w >> 4;", AFFINE),
     ("scale-and-offset-swapped", "int4.cu", "__hfma2(q[i], __low2half2(p), __high2half2(p))",

@@ -473,3 +473,28 @@ def test_each_library_keeps_its_own_shared_memory() -> None:
         out = np.zeros(32, np.float32)
         kernel(body + f"// {tag} library\n")((1,), (32,), (out,))
         assert (out[:16] == 1).all() and np.isnan(out[16:]).all(), tag
+
+
+LDMATRIX_AFTER_CP_ASYNC = """
+extern "C" __global__ void k(const unsigned* src, unsigned* o, int sync) {
+    __shared__ uint4 s[32];
+    const int l = threadIdx.x;
+    cp_async16(&s[l], src + 4 * l, 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    if (sync) __syncwarp();  // publishes every lane's landed copy to the warp
+    unsigned r[4];
+    ldmatrix<4>(r, &s[l]);
+    o[l] = r[0] ^ r[3];
+}
+"""
+
+
+def test_ldmatrix_of_other_lanes_copies_needs_a_barrier_after_their_wait() -> None:
+    """Warp-collective instructions are no memory barrier: rows landed by another lane's wait_group need __syncwarp."""
+    k = ptx_kernel(LDMATRIX_AFTER_CP_ASYNC)
+    src, out = np.arange(128, dtype=np.uint32), np.zeros(32, np.uint32)
+    k((1,), (32,), (src, out, i32(1)))
+    assert out[0] == src[0] ^ src[4 * 24]  # r[0] = row 0 of matrix 0, r[3] = row 0 of matrix 3 (lane 24's row)
+    with pytest.raises(KernelFault, match="ldmatrix reads shared memory that thread .* cp.async wrote, with no barrier"):
+        k((1,), (32,), (src, out, i32(0)))

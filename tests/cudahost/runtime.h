@@ -215,6 +215,14 @@ enum { MAX_REGIONS = 256 };
 static Region regions[MAX_REGIONS];
 static int nregions;
 
+// Copies that have landed (their thread waited) but that no barrier has published yet:
+// only the thread that waited may read them. ldmatrix, whose rows reach every lane, is
+// checked against this list; a __syncwarp publishes its lanes' copies, __syncthreads all.
+struct Landed { const unsigned char* dst; int bytes, owner; };
+enum { MAX_LANDED = 8192 };
+static Landed landed[MAX_LANDED];
+static int nlanded;
+
 inline bool in_shared(const void* p, size_t n)
 {
     const char* c = (const char*)p;
@@ -269,6 +277,13 @@ static void complete_ldmatrix(int base, int w)
         if (l < 8 * x && (!in_shared(m->row, 16) || ((uintptr_t)m->row & 15)))
             fail(1, "warp %d lane %d: ldmatrix row address is not a 16-byte aligned row of shared memory", w, l);
     }
+    for (int l = 0; l < 8 * x; ++l) {
+        const unsigned char* row = ((const LdmatrixArgs*)(uintptr_t)fibers[base + l].value)->row;
+        for (int i = 0; i < nlanded; ++i)
+            if (row < landed[i].dst + landed[i].bytes && landed[i].dst < row + 16)
+                fail(1, "warp %d: ldmatrix reads shared memory that thread %d's cp.async wrote, with no barrier after "
+                        "that thread's wait_group", w, landed[i].owner);
+    }
     for (int l = 0; l < 32; ++l)
         for (int i = 0; i < x; ++i) {
             const LdmatrixArgs* src = (const LdmatrixArgs*)(uintptr_t)fibers[base + 8 * i + (l >> 2)].value;
@@ -310,6 +325,19 @@ static void finish_copy(const AsyncCopy& c)
 {
     if (c.src_bytes) std::memcpy(c.dst, c.src, c.src_bytes);
     std::memset(c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    if (nlanded == MAX_LANDED) fail(1, "more than %d cp.async copies landed with no barrier after them", MAX_LANDED);
+    landed[nlanded++] = Landed{c.dst, c.bytes, current};
+}
+
+static void publish(int first, int count, unsigned mask)  // threads first..first+count-1, lanes in mask
+{
+    int kept = 0;
+    for (int i = 0; i < nlanded; ++i) {
+        const int o = landed[i].owner;
+        const bool covered = o >= first && o < first + count && (mask >> ((o - first) & 31) & 1u);
+        if (!covered) landed[kept++] = landed[i];
+    }
+    nlanded = kept;
 }
 
 inline void cp_async(void* dst, const void* src, int bytes, int src_bytes)
@@ -377,6 +405,7 @@ static int complete_shuffles()
                     fail(1, "warp %d: mma.sync / ldmatrix (site %d) executed by a partial warp (mask 0x%x)", w, f.line, (int)mask);
                 if (f.kind == WARP_MMA) complete_mma(base);
                 else if (f.kind == WARP_LDMATRIX) complete_ldmatrix(base, w);
+                else publish(base, lanes, mask);  // __syncwarp
                 for (int s = 0; s < 32; ++s)
                     if (mask >> s & 1u) fibers[base + s].state = RUNNING, ++released;
                 continue;
@@ -415,6 +444,7 @@ static void run_block()
         makecontext(&f.uc, fiber_main, 0);
     }
     for (int i = 0; i < nregions; ++i) memset(regions[i].p, 0xFF, regions[i].n);
+    nlanded = 0;
     for (round_no = 0;; ++round_no) {
         plan_round();
         for (int i = 0; i < nthreads; ++i)
@@ -441,6 +471,7 @@ static void run_block()
             fail(1, "thread %d exited while %d threads wait at __syncthreads on line %d", gone, at_barrier, fibers[first].line);
         }
         for (int t = 0; t < nthreads; ++t) fibers[t].state = RUNNING;
+        nlanded = 0;  // __syncthreads publishes every landed copy
     }
 }
 
