@@ -86,6 +86,18 @@ def markdown(rows: list[_sass.KernelSass], nvcc_version: str, tool_version: str)
         lines.append(f"| {r.kernel} | {r.arch} | {r.loop_start}..{r.loop_end} | {r.loop_instructions} | "
                      f"{r.weights_per_iteration} | {r.instr_per_weight:.2f} | {r.hmma_in_loop} / {r.hmma} | "
                      f"{r.registers} | {r.spills} | {budget} |")
+    lines += ["", "Which kernel serves which format (every layer is packed once by `cupy_kernels/pack.py`):", "",
+              "| format | batch 1..8 | 9..16 | 17..32 (and more, on more grid rows) |", "|---|---|---|---|",
+              "| GPTQ 4-bit v1/v2, sym/asym, every group size, act-order | int4_affine_m8 | int4_affine_m16 | "
+              "int4_affine_m32 |",
+              "| AWQ GEMM layout | int4_affine_m8 | int4_affine_m16 | int4_affine_m32 |",
+              "| GGUF Q4_0 / Q4_1 / Q4_K | int4_affine_m8 | int4_affine_m16 | int4_affine_m32 |",
+              "| bitsandbytes NF4 / FP4, plain or nested absmax, blocksize >= 64 | int4_lut_m8 | int4_lut_m16 | "
+              "int4_lut_m32 |",
+              "| bitsandbytes blocksize 32 | int4_lut_m32 | int4_lut_m32 | int4_lut_m32 |", "",
+              "Act-order runs the very kernel of plain GPTQ (K is sorted by group once, at load time), so its count is "
+              "the same (ratio 1.00, within the 10 % the issue allows); what it adds is a gather of x's K columns before "
+              "the launch (M x K halves), which this static count does not see.", ""]
     lines += ["", "Instruction mix of the hot loops on sm_90 (per iteration):", ""]
     for r in sorted(rows, key=lambda r: r.kernel):
         if r.arch == "sm_90":
