@@ -1,9 +1,9 @@
 // 4-bit weight x fp16 activation matrix multiply on tensor cores, for every format mcard
 // smoke-tests: y[M, N] = x[M, K] @ W[N, K]^T (+ bias), fp32 accumulation, one fp16
 // rounding at the store. One kernel per (dequantization kind, batch-row tile):
-//   int4_affine_*: W[k, n] = a * q + b        (GPTQ, AWQ, GGUF Q4_0 / Q4_1 / Q4_K)
-//   int4_lut_*:    W[k, n] = a * code[q] + b  (bitsandbytes NF4 / FP4; b = 0)
-// with q the 4-bit code and (a, b) one fp16 pair per (32..256-k param group, column).
+//   int4_affine_*: W[k, n] = a * q + b    (GPTQ, AWQ, GGUF Q4_0 / Q4_1 / Q4_K), (a, b) fp16
+//   int4_lut_*:    W[k, n] = s * code[q]  (bitsandbytes NF4 / FP4), s fp32
+// with q the 4-bit code and one (a, b) or s per (param group of 32..128 k, column).
 // The *_m8 kernel serves batch 1..8 (the GEMV), *_m16 batch 9..16, *_m32 batch 17..32
 // (and larger batches on more grid rows).
 //
@@ -14,9 +14,9 @@
 // sits where the dequantization below puts it into an mma fragment.
 //
 // Shape of the work, and why:
-// * A block is 4 warps on one 32-column tile of W; the warps split K (warp w takes
-//   k-steps w, w+4, ...), so every weight byte is read once and the grid has N/32
-//   blocks. Each warp runs its own cp.async pipeline in its own slice of shared memory:
+// * A block is 2 or 4 warps (I4Shape) on one 32-column tile of W; the warps split K
+//   (warp w of W takes k-steps w, w+W, ...), so every weight byte is read once and the
+//   grid has N/32 blocks. Each warp runs its own cp.async pipeline in its own slice of shared memory:
 //   nothing is shared between warps until the final reduction, so the hot loop has no
 //   block barrier, only __syncwarp.
 // * Batch 1 is bound by memory bandwidth only if the SMs can issue the dequantization
@@ -27,6 +27,11 @@
 //   the 1024 exactly (q exact in fp16), one hfma2 applies the pair's scale and offset
 //   (a * q + b, one rounding). The products and their sums run in the tensor core:
 //   one mma.sync m16n8k16 takes 4 weights per thread.
+// * The code-book kernel has no arithmetic form for code[q]: a byte of the word (two
+//   codes) indexes a 256-entry shared table of half2 code pairs, two instructions for the
+//   index and one load per pair. The mma sums x * code over 64 k (32 in the m32 kernel)
+//   and each column's fp32 scale multiplies that sum: one FFMA per accumulator per 64 k
+//   instead of one hfma2 per pair of weights, and the scale never rounds to fp16.
 // * A lane's 16-byte load is one 32-bit word for each of the 4 n8 tiles of the warp:
 //   the 8 nibbles of a word are exactly the lane's B-fragment elements of two k16 mmas
 //   (pack.py puts them there), so no shuffles or shared-memory transposes are needed.
@@ -38,7 +43,7 @@
 //   (k >= K, rows >= M, steps past the warp's last) are zero-size copies, so the loop
 //   has no branch but its back edge.
 // * After the loop the warps' fp32 partial sums meet in shared memory; one thread per
-//   output element adds the 4 warps and the bias and rounds once to fp16.
+//   output element adds the warps and the bias and rounds once to fp16.
 #include <cuda_fp16.h>
 #include "ptx.cuh"
 

@@ -108,7 +108,7 @@ MUTANTS = [
      "xp.stack([packed & 15, packed >> 4], axis=1)", LUT),
     ("pack-groups-coarsened-unchecked", "pack.py",
      "if c % r == 0 and bool((a.reshape(c // r, r, n_p) == a.reshape(c // r, r, n_p)[:, :1]).all()) and (",
-     "if c % r == 0 and (", AFFINE),
+     "if c % r == 0 or bool((a.reshape(c // r, r, n_p) == a.reshape(c // r, r, n_p)[:, :1]).all()) and (", AFFINE),
 ]
 
 
