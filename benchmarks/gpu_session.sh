@@ -24,8 +24,12 @@ print("CuPy", cupy.__version__, "| torch", torch.__version__, "| devices", cupy.
 PYEOF
 status=0
 # the instruction budget of the kernels this session times (skipped without nvcc / cuobjdump: mcard[dev])
-"$PY" benchmarks/kernel_sass.py --json > sass.json 2>/dev/null && echo "SASS budget: benchmarks/kernel_sass.py ok" \
-    || echo "SASS budget not measured here (needs nvcc and pip install -e '.[dev]')"
+sass=0; "$PY" benchmarks/kernel_sass.py --json > sass.json || sass=$?
+case $sass in
+    0) echo "SASS budget: ok (sass.json)" ;;
+    2) echo "SASS budget not measured here (needs nvcc and pip install -e '.[dev]')" ;;
+    *) echo "SASS budget: OVER (sass.json)"; status=1 ;;
+esac
 "$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py 2>&1 | tee gpu_tests.txt || status=1
 "$PY" benchmarks/bench_kernels.py "$@" || status=1
 if [ -n "${OUT:-}" ]; then cp gpu_tests.txt benchmarks/RESULTS.md sass.json "$OUT/" 2>/dev/null || true; fi
