@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from .errors import EXIT_FAILED, McardError
+from .cli_errors import command_errors
+from .errors import EXIT_FAILED, UnusableInput
 
 card = typer.Typer(
     help="Model cards from the registry: render them, check them.",
@@ -16,11 +17,6 @@ card = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(exc: McardError) -> typer.Exit:
-    typer.echo(f"mcard: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
 
 
 @card.command("render")
@@ -35,19 +31,15 @@ def render(
     """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
     from .card import render_card
 
-    try:
+    with command_errors():
         text = render_card(entry, variants_dir=variants, template=template)
-    except McardError as exc:
-        raise _fail(exc) from None
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        output.write_text(text, encoding="utf-8", newline="\n")
-    except OSError as exc:
-        from .errors import UnusableInput
-
-        raise _fail(UnusableInput(f"cannot write: {exc.strerror or exc}", output)) from None
+        if output is None:
+            sys.stdout.write(text)
+            return
+        try:
+            output.write_text(text, encoding="utf-8", newline="\n")
+        except OSError as exc:
+            raise UnusableInput(f"cannot write: {exc.strerror or exc}", output) from None
     typer.echo(f"wrote {output}", err=True)
 
 
@@ -61,10 +53,8 @@ def check(
     from . import _output
     from .card_check import check_card
 
-    try:
+    with command_errors(json_out):
         report = check_card(card_path, registry_path=registry)
-    except McardError as exc:
-        raise _fail(exc) from None
     if json_out:
         _output.print_json(report.to_dict())
     else:

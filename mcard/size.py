@@ -63,9 +63,10 @@ def predict_size(config: ModelShape | dict[str, Any] | str | Path, format: str, 
     """Predict the size of ``format`` (gptq, awq, gguf, ggml, nf4, fp16, bf16) for a model config."""
     from . import formats
 
-    shape = as_shape(config)
     found = formats.for_size(format)
     if found is None:
         raise UnusableInput(f"unknown format {format!r} (known: {', '.join(formats.SIZE_FORMATS)})")
+    params = formats.check_params(format, params, for_size=True)  # BadParam (exit 2) names what is wrong
+    shape = as_shape(config)
     module, implied = found
     return module.predict_size(shape, **{**implied, **params})

@@ -16,12 +16,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cupy_kernels.pack import GGUF_BLOCKS  # no CuPy import: the GGUF types the int4 kernels serve
 
 from .errors import UnusableInput
+from .formats import SIZE_FORMATS
 from .variant import Variant
 
-SUPPORTED = ("gptq", "awq", "gguf", "bnb")
-GGUF_KERNEL_TYPES = ("Q4_0", "Q4_1", "Q4_K")
+SUPPORTED = ("gptq", "awq", "gguf", "bnb")  # format modules smoke loads layers from
+# Which layers have a CUDA kernel (cupy_kernels): asked by the layer adapters below and by `mcard plan`.
+GPTQ_KERNEL_BITS = (4,)
+AWQ_KERNEL_VERSIONS = ("gemm",)
+GGUF_KERNEL_TYPES = tuple(GGUF_BLOCKS)
 _LAYER = re.compile(r"(?:layers|blk|h|block)\.(\d+)\.")
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 
@@ -74,7 +79,7 @@ def _gptq_layer(mod: Any, variant: Variant, name: str) -> Layer:
 
     kernel = None
     note = ""
-    if lin.bits == 4 and lin.out_features % 8 == 0:
+    if lin.bits in GPTQ_KERNEL_BITS and lin.out_features % 8 == 0:
         dev_arrays: dict[str, Any] = {}
 
         def kernel(x: Any, out: Any) -> Any:
@@ -106,7 +111,7 @@ def _awq_layer(mod: Any, variant: Variant, name: str) -> Layer:
     kernel = None
     note = ""
     group = lin.in_features if lin.group_size in (-1, 0) else lin.group_size
-    if lin.version == "gemm" and lin.out_features % 8 == 0 and (group % 32 == 0 or group >= lin.in_features):
+    if lin.version in AWQ_KERNEL_VERSIONS and lin.out_features % 8 == 0 and (group % 32 == 0 or group >= lin.in_features):
         dev_arrays: dict[str, Any] = {}
 
         def kernel(x: Any, out: Any) -> Any:
@@ -117,7 +122,7 @@ def _awq_layer(mod: Any, variant: Variant, name: str) -> Layer:
                                                           lin.group_size),
                                   b=None if lin.bias is None else _cp(lin.bias))
             return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
-    elif lin.version != "gemm":
+    elif lin.version not in AWQ_KERNEL_VERSIONS:
         note = "no kernel for the AWQ GEMV layout"
     else:
         note = "no kernel: N % 8 != 0" if lin.out_features % 8 else "no kernel: group size not a multiple of 32"
@@ -175,39 +180,85 @@ def _gguf_layer(mod: Any, path: Path, name: str, label: str) -> Layer:
 
         return r.gguf_dequantize(r._t(raw, dev), type_name, shape)
 
-    dev_arrays: dict[str, Any] = {}
+    kernel = None
+    note = ""
+    if type_name in GGUF_KERNEL_TYPES:
+        dev_arrays: dict[str, Any] = {}
 
-    def kernel(x: Any, out: Any) -> Any:
-        import cupy_kernels
+        def kernel(x: Any, out: Any) -> Any:
+            import cupy_kernels
 
-        if not dev_arrays:  # packed once into the kernel's layout, on the device
-            dev_arrays["p"] = cupy_kernels.pack_gguf(_cp(raw), type_name, shape)
-        return cupy_kernels.int4_matmul(x, dev_arrays["p"], None, out)
-
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
+                dev_arrays["p"] = cupy_kernels.pack_gguf(_cp(raw), type_name, shape)
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], None, out)
+    else:
+        note = f"no kernel for GGUF {type_name}"
     return Layer(label, f"gguf {type_name}", shape, lambda: mod.dequantize_tensor(path, name), ref_w, kernel,
-                 int(raw.nbytes))
+                 int(raw.nbytes), kernel_note=note)
 
 
 def _gguf_layers(mod: Any, variant: Variant, count: int | None, spread: Callable) -> tuple[list[Layer], str]:
+    """The quantized 2-D weights (token embeddings aside) whose type has a reference.
+
+    Layers of types with a kernel are spread over the depth (``count`` of them); every other
+    referenced type present gets one layer (reference check only; all of them with ``count=None``),
+    and when no type has a kernel, ``count`` layers are spread over all of them. Types without a
+    reference are named in the note.
+    """
+    from .reference import gguf_reference_types
+
+    referenced = gguf_reference_types()
     files = variant.files_of("gguf")
     many = len(files) > 1
-    candidates: list[tuple[Path, str, str]] = []
+    candidates: dict[str, list[tuple[Path, str, str]]] = {}  # type -> (path, tensor, label)
     others: Counter[str] = Counter()
     for rel in files:
         path = variant.abspath(rel)
         for name, tname in mod.tensor_types(path).items():
             if tname in _FLOAT_TYPES or not name.endswith(".weight") or name.startswith("token_embd"):
                 continue
-            if tname in GGUF_KERNEL_TYPES:
-                candidates.append((path, name, f"{rel}:{name}" if many else name))
+            if tname in referenced:
+                candidates.setdefault(tname, []).append((path, name, f"{rel}:{name}" if many else name))
             else:
                 others[tname] += 1
     note = ""
     if others:
-        note = "tensors of types without a kernel not exercised: " + ", ".join(f"{t} x{n}" for t, n in sorted(others.items()))
-    chosen = spread(by_depth([c[2] for c in candidates]), count)
-    by_label = {c[2]: c for c in candidates}
+        note = "tensors of types without a reference not exercised: " + ", ".join(
+            f"{t} x{n}" for t, n in sorted(others.items()))
+    by_label = {c[2]: c for cs in candidates.values() for c in cs}
+    with_kernel = [c[2] for t, cs in candidates.items() if t in GGUF_KERNEL_TYPES for c in cs]
+    without = {t: [c[2] for c in cs] for t, cs in candidates.items() if t not in GGUF_KERNEL_TYPES}
+    if count is None:
+        chosen = by_depth(list(by_label))
+    elif with_kernel:
+        chosen = spread(by_depth(with_kernel), count) + [spread(by_depth(labels), 1)[0] for labels in without.values()]
+    else:
+        chosen = spread(by_depth([lbl for labels in without.values() for lbl in labels]), count)
     return [_gguf_layer(mod, by_label[lbl][0], by_label[lbl][1], lbl) for lbl in chosen], note
+
+
+# -- what a registry variant will run -------------------------------------------------
+def smoke_module(fmt: str) -> str | None:
+    """The format module smoke loads a registry format's layers with (``nf4`` -> ``bnb``), or None."""
+    module = SIZE_FORMATS.get(fmt.lower(), (None,))[0]
+    return module if module in SUPPORTED else None
+
+
+def kernel_runs(fmt: str, params: dict[str, Any], tensor_types: set[str] | None = None) -> bool:
+    """Whether smoke would run a CUDA kernel for a variant of registry format ``fmt``.
+
+    ``params``: the variant's bits / version; ``tensor_types``: for GGUF, the ggml types of its
+    quantized tensors (its mix). The same facts decide which layers get a kernel above; shape
+    limits (N a multiple of 8 or 16, K of 32) hold for every real model and are not checked here.
+    """
+    module = smoke_module(fmt)
+    if module == "gptq":
+        return params.get("bits") in GPTQ_KERNEL_BITS
+    if module == "awq":
+        return str(params.get("version")).lower() in AWQ_KERNEL_VERSIONS
+    if module == "gguf":
+        return bool(set(tensor_types or ()) & set(GGUF_KERNEL_TYPES))
+    return module == "bnb"
 
 
 # -- dispatch -----------------------------------------------------------------------

@@ -88,6 +88,12 @@ def hub(tmp_path_factory):
     bnb.write_variant(bnb_dir, cfg, quant_type="nf4", double_quant=True)
     add("bnb", bnb_dir)
 
+    many = tmp / "gguf-many"  # a folder of quant files, as GGUF repos publish them
+    many.mkdir()
+    for t in ("Q4_0", "Q8_0"):
+        gguf.write_variant(many / f"tiny.{t}.gguf", cfg, ftype=t)
+    add("gguf-many", many)
+
     build_git_repo(tmp / "mirrors", REPO, branches)
     with OlahServer(tmp / "mirrors") as server:
         yield server, local
@@ -223,3 +229,20 @@ def test_gguf_header_prefix_doubles_until_it_parses(hub, monkeypatch):
     assert ranges[:3] == ["bytes=0-1023", "bytes=1024-2047", "bytes=2048-4095"]
     assert report.remote["bytes_read"] < 0.1 * report.remote["total_bytes"]
     _same_findings(report, inspect(local["main"]))
+
+
+def test_a_folder_of_gguf_files_reports_each_file_and_its_size(hub):
+    """#10 item 5: each part reports its real size; the folder lists every file (locally and remotely)."""
+    server, local = hub
+    sizes = {p.name: p.stat().st_size for p in local["gguf-many"].glob("*.gguf")}
+    remote = inspect_remote(f"{REPO}:gguf-many", endpoint=server.endpoint, token="")
+    for report in (inspect(local["gguf-many"]), remote):
+        assert {f.path: f.size for f in report.files if f.kind == "gguf"} == sizes
+        assert report.actual_bytes == sum(sizes.values())
+        assert len(report.parts) == 2
+        for part in report.parts:
+            [entry] = part.files
+            assert part.path.endswith(entry.path) and entry.size == sizes[entry.path]
+            assert part.actual_bytes == part.predicted_bytes == entry.expected_size == sizes[entry.path]
+        assert report.predicted_bytes == sum(sizes.values())
+    _same_findings(remote, inspect(local["gguf-many"]))

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..arch import ModelShape
 from ..errors import UnusableInput
-from ..report import Report
+from ..report import FileEntry, Report
 from ..safetensors_io import predict_file_size
 from ..variant import Variant
 
@@ -84,6 +84,25 @@ def check_predicted_size(report: Report, variant: Variant, predicted: int) -> No
     rel = abs(delta) / predicted if predicted else 1.0
     sev = report.warning if rel > 0.01 else report.info
     sev("size", "", "", f"size {actual} bytes vs predicted {predicted} ({delta:+d} bytes, {rel:.2%})")
+
+
+def file_parts(variant: Variant, report: Report, files: list[str], check_file: Callable[[Variant, str, Report], None]) -> None:
+    """Check each of several model files (a GGUF/GGML folder of quant files) into its own sub-report.
+
+    Each part lists its file with its real size; what a part learns about its file's expected size
+    is copied to the folder's file list, and the folder's prediction is the parts' sum when every
+    part has one.
+    """
+    for rel in files:
+        part = Report(path=str(variant.abspath(rel)), format=report.format)
+        part.files.append(FileEntry(rel, variant.size(rel), variant.kinds[rel]))
+        report.parts.append(part)
+        check_file(variant, rel, part)
+        for entry in report.files:
+            if entry.path == rel:
+                entry.expected_size = part.files[0].expected_size
+    predicted = [p.predicted_bytes for p in report.parts]
+    report.predicted_bytes = sum(predicted) if predicted and None not in predicted else None  # type: ignore[arg-type]
 
 
 def linear_weight_dtype(cfg: dict[str, Any] | None) -> str:

@@ -19,6 +19,7 @@ import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
 
 from ..errors import UnusableInput
+from ..variant import bad_magic
 from . import _kquant as kq
 
 _SCALAR = {  # value type -> struct format
@@ -114,8 +115,9 @@ def read(path: str | Path) -> GgufFile:
         raise UnusableInput(f"not a GGUF file: only {size} bytes", path)
     with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         cur = _Cursor(mm, path)
-        if cur.take(4, "magic") != b"GGUF":
-            raise UnusableInput("not a GGUF file: bad magic", path)
+        magic = cur.take(4, "magic")
+        if magic != b"GGUF":
+            raise UnusableInput(bad_magic(magic, b"GGUF", "GGUF"), path)
         version = cur.unpack("<I", "version")
         if version not in (2, 3):
             raise UnusableInput(f"GGUF version {version} is not supported (only 2 and 3)", path)

@@ -171,7 +171,7 @@ def check(variant: Variant, report: Report) -> None:
     params, source, findings = read_quant_config(variant)
     report.findings.extend(findings)
     report.config_source = source
-    if source is None:
+    if source is None and not any(f.code == "bad-config" for f in findings):  # an unparseable one is its own finding
         report.warning("no-quant-config", "", "", "no quantize_config.json or quantization_config: parameters read from tensors")
     shape = _common.model_shape(variant, report)
     lins = _linears(variant, shape)

@@ -64,6 +64,8 @@ def canonical_ftype(ftype: str) -> str:
     key = ftype.strip().upper().replace("-", "_")
     key = _ALIASES.get(key, key)
     if key not in FTYPES:
+        if f"MOSTLY_{key}" in LlamaFileType.__members__:  # llama.cpp has it; its mix is not modelled here
+            raise ValueError(f"{key} is a llama.cpp type mcard does not model (modelled: {', '.join(FTYPES)})")
         raise ValueError(f"unknown GGUF/GGML type {ftype!r} (known: {', '.join(FTYPES)})")
     return key
 

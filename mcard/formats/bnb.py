@@ -38,7 +38,7 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common
+from . import _common, _params
 from ._bnb_quant import (
     CODE_BOOKS, DEFAULT_BLOCKSIZE, DYNAMIC_MAP, FP4_CODE, NESTED_BLOCKSIZE, NF4_CODE, QUANT_TYPES,
     SUFFIX_ABSMAX, SUFFIX_NESTED_ABSMAX, SUFFIX_NESTED_QUANT_MAP, SUFFIX_QUANT_MAP, SUFFIX_QUANT_STATE, SUFFIX_WEIGHT,
@@ -55,6 +55,8 @@ TORCH_DTYPES = ("float16", "bfloat16", "float32")
 # predict_size where the real offset is unknown (changes the file by a few bytes).
 TYPICAL_NESTED_OFFSET = 0.011892005056142807
 SAFETENSORS_METADATA = {"format": "pt"}
+# What `mcard size --format nf4|fp4` and a registry variant may set (the quant type is the format's name).
+PARAMS = {"double_quant": _params.Param("bool")}
 
 
 # -- reading a variant ----------------------------------------------------------

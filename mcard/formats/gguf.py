@@ -21,6 +21,7 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ..variant import Variant
+from . import _common, _params
 from . import _kquant as kq
 from ._gguf_header import GgufFile, GgufTensor, read
 
@@ -30,6 +31,8 @@ NAME = "gguf"
 _KV_BASE_BYTES = 1200
 _VOCAB_BYTES_PER_TOKEN = 22
 # transformers' GGUF loader (docs "GGUF and interaction with Transformers"): types it dequantizes.
+# What `mcard size --format gguf` and a registry variant may set: the llama.cpp type (ftype) of the mix.
+PARAMS = {"type": _params.Param("str", "one of " + ", ".join(kq.FTYPES), normalize=kq.canonical_ftype, required=True)}
 _TRANSFORMERS_TYPES = {
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_XS", "IQ4_NL",
@@ -203,12 +206,8 @@ def check(variant: Variant, report: Report) -> None:
     if len(files) == 1:
         _check_file(variant, files[0], report)
         return
-    for rel in files:
-        part = Report(path=str(variant.abspath(rel)), format=NAME)
-        _check_file(variant, rel, part)
-        report.parts.append(part)
     report.params = {"files": len(files)}
-    report.predicted_bytes = None
+    _common.file_parts(variant, report, files, _check_file)
 
 
 def _check_file(variant: Variant, rel: str, report: Report) -> None:

@@ -22,9 +22,9 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common, _gptq_config
+from . import _common, _gptq_config, _params
 from ._gptq_config import read_quant_config
-from ._packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows
+from ._packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
 
 NAME = "gptq"
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".bias")
@@ -38,6 +38,15 @@ EXLLAMA_BITS = 4
 WEIGHTS_FILE = "gptq_model-{bits}bit-{group_size}g.safetensors"  # AutoGPTQ's default name
 METADATA = {"format": "pt"}
 _IGNORABLE = (".rotary_emb.inv_freq",)
+# What `mcard size --format gptq` and a registry variant may set, and the values each can take.
+PARAMS = {
+    "bits": _params.choice(_gptq_config.VALID_BITS),
+    "group_size": _params.group_size(valid_group_size),
+    "desc_act": _params.Param("bool"),
+    "sym": _params.Param("bool"),
+    "checkpoint_format": _params.choice(_gptq_config.CHECKPOINT_FORMATS, normalize=str.lower, sizes=False),
+    "damp_percent": _params.Param("number", "strictly between 0 and 1", _gptq_config.valid_damp, sizes=False),
+}
 
 
 @dataclass

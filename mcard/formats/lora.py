@@ -37,7 +37,7 @@ from ..report import Report, Runtime, Severity
 from ..safetensors_io import DTYPE_BYTES
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common
+from . import _common, _params
 
 NAME = "lora"
 CONFIG_NAME = "adapter_config.json"
@@ -52,6 +52,14 @@ EXTRA_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SAFETENSORS_METADATA = {"format": "pt"}
 _BYTES = {"F16": 2, "BF16": 2, "F32": 4}
+# What `mcard size --format lora` and a registry variant may set (alpha and dropout do not change the size).
+PARAMS = {
+    "r": _params.Param("int", "a positive integer", lambda r: r >= 1),
+    "target_modules": _params.Param("list", "a non-empty list of " + ", ".join(ALL_LINEAR),
+                                    lambda tm: bool(tm) and all(m in ALL_LINEAR for m in tm), choices=ALL_LINEAR),
+    "alpha": _params.Param("number", "a positive number", lambda a: a > 0, sizes=False),
+    "dropout": _params.Param("number", "at least 0 and below 1", lambda d: 0 <= d < 1, sizes=False),
+}
 
 
 # -- config ------------------------------------------------------------------------

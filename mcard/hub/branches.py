@@ -78,10 +78,12 @@ class BranchListing:
 
     @property
     def ok(self) -> bool:
-        return not any(r.error for r in self.refs)
+        """Every ref was read and none disagrees with its own configs (``mcard branches`` exits 1 otherwise)."""
+        return not any(r.error or r.disagreements for r in self.refs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repo": self.repo_id, "offline": self.offline, "refs": [r.to_dict() for r in self.refs]}
+        return {"repo": self.repo_id, "offline": self.offline, "ok": self.ok,
+                "refs": [r.to_dict() for r in self.refs]}
 
 
 def _parse_config(data: bytes, where: str, report: RefReport) -> dict[str, Any] | None:
@@ -169,16 +171,6 @@ def list_branches(repo: str, *, include_tags: bool = True, endpoint: str | None 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             reports = list(pool.map(lambda r: _remote_ref(client, r), revs))
     return BranchListing(spec.repo_id, reports)
-
-
-def format_size(n: int) -> str:
-    """Human size with binary prefixes: ``1.5 GiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def listing_json(listing: BranchListing) -> str:
