@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import pack
+from . import limits, pack
 from .pack import PackedInt4
 
 HERE = Path(__file__).resolve().parent
@@ -149,9 +149,9 @@ def block_threads(kernel_name: str) -> int:
 def int4_matmul(x: Any, packed: PackedInt4, bias: Any = None, out: Any = None) -> Any:
     """``y = x @ W.T + bias`` for a layer packed once by :mod:`cupy_kernels.pack`; fp16 [M, N].
 
-    Every shape limit of the kernels is enforced here and in the ``pack_*`` functions:
-    K % 8 == 0 (16-byte activation rows), x [M, K] fp16, bias [N], out C-contiguous
-    fp16 [M, N]. Batch 1..8 runs ``int4_*_m8`` (the GEMV), 9..16 ``_m16``, more ``_m32``
+    Every shape limit of the kernels is enforced here and in the ``pack_*`` functions, as
+    :mod:`cupy_kernels.limits` states them: K % 8 == 0 (16-byte activation rows), x [M, K]
+    fp16, bias [N], out C-contiguous fp16 [M, N]. Batch 1..8 runs ``int4_*_m8`` (the GEMV), 9..16 ``_m16``, more ``_m32``
     on ceil(M / 32) grid rows; M == 0 launches nothing. A code-book layer whose scale
     groups are 32 k (bitsandbytes blocksize 32) always runs ``int4_lut_m32``, the one
     kernel that applies a scale every 32 k.
@@ -159,7 +159,7 @@ def int4_matmul(x: Any, packed: PackedInt4, bias: Any = None, out: Any = None) -
     import cupy
 
     n, k = packed.n, packed.k
-    _need(k % 8 == 0, f"the int4 kernels need K % 8 == 0, got K = {k}")
+    _need(k % limits.K_MULTIPLE == 0, f"the int4 kernels need K % {limits.K_MULTIPLE} == 0, got K = {k}")
     x, m = _check_x(x, k)
     b, has_b = _bias(bias, n)
     y = _out(out, m, n)

@@ -28,11 +28,12 @@ from typing import Any
 
 import numpy as np
 
+from . import limits
+from .limits import CHUNK, GGUF_BLOCKS  # k per chunk of the tile layout; the GGUF types served
+
 K_ALIGN = 128  # longest k-step of a warp (int4.cu, I4Shape<8>::KW)
 N_ALIGN = 32   # columns per block
-CHUNK = 32     # k per chunk of the tile layout
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # AutoAWQ: nibble i of a word holds column 8c + AWQ_ORDER[i]
-GGUF_BLOCKS = {"Q4_0": (32, 18), "Q4_1": (32, 20), "Q4_K": (256, 144)}
 
 # k offset inside a chunk of nibble i of lane t's word: the B fragment of mma m16n8k16 holds
 # rows 2t, 2t+1 (b0b1) and 2t+8, 2t+9 (b2b3) of each k16 half (PTX ISA).
@@ -146,6 +147,11 @@ def _need(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
+def _served(why_not: str) -> None:
+    """Refuse a layer :mod:`cupy_kernels.limits` says no kernel serves (its reason is the message)."""
+    _need(not why_not, why_not)
+
+
 # -- GPTQ -----------------------------------------------------------------------------------
 def pack_gptq(qweight: Any, qzeros: Any, scales: Any, g_idx: Any, group_size: int,
               checkpoint_format: str = "gptq", xp: Any = None) -> PackedInt4:
@@ -157,7 +163,7 @@ def pack_gptq(qweight: Any, qzeros: Any, scales: Any, g_idx: Any, group_size: in
     xp = _xp(xp)
     k, n = int(qweight.shape[0]) * 8, int(qweight.shape[1])
     groups = int(scales.shape[0])
-    _need(n % 8 == 0, f"GPTQ needs N % 8 == 0, got N = {n}")
+    _served(limits.why_not_gptq(4, n))
     _need(tuple(scales.shape) == (groups, n) and tuple(qzeros.shape) == (groups, n // 8),
           f"scales must be [G, {n}] and qzeros [G, {n // 8}], got {tuple(scales.shape)}, {tuple(qzeros.shape)}")
     gi = np.asarray(g_idx.get() if hasattr(g_idx, "get") else g_idx).reshape(-1).astype(np.int64)
@@ -202,7 +208,7 @@ def pack_awq(qweight: Any, qzeros: Any, scales: Any, group_size: int, xp: Any = 
     xp = _xp(xp)
     k, n = int(qweight.shape[0]), int(qweight.shape[1]) * 8
     g = k if group_size in (-1, 0) else int(group_size)
-    _need(g % CHUNK == 0 or g >= k, f"AWQ group size {group_size}: the kernel needs a multiple of {CHUNK}")
+    _served(limits.why_not_awq("gemm", g, n, k))
     groups = -(-k // g)
     _need(qzeros.shape[0] >= groups and qzeros.shape[1] * 8 == n and scales.shape[0] >= groups
           and scales.shape[1] == n, f"qzeros must be [{groups}, {n // 8}] and scales [{groups}, {n}], "
@@ -228,7 +234,7 @@ def _q4k_scale_min(xp: Any, sc: Any) -> tuple[Any, Any]:
 def pack_gguf(raw: Any, type_name: str, shape: tuple[int, int], xp: Any = None) -> PackedInt4:
     """GGUF Q4_0 / Q4_1 / Q4_K: raw uint8 [N, bytes per row] of ggml blocks, shape (N, K)."""
     xp = _xp(xp)
-    _need(type_name in GGUF_BLOCKS, f"no kernel for GGUF type {type_name}")
+    _served(limits.why_not_gguf(type_name))
     per, nbytes = GGUF_BLOCKS[type_name]
     n, k = int(shape[0]), int(shape[1])
     _need(k % per == 0, f"{type_name} rows must be a multiple of {per}")
@@ -260,8 +266,7 @@ def pack_bnb(weight: Any, quant_map: Any, absmax: Any, shape: tuple[int, int], b
     """bitsandbytes 4-bit: uint8 codes of the flattened [N, K] weight, two a byte, the first in the high nibble."""
     xp = _xp(xp)
     n, k = int(shape[0]), int(shape[1])
-    _need(k % CHUNK == 0 and blocksize % CHUNK == 0,
-          f"bitsandbytes kernel needs K % {CHUNK} == 0 and blocksize % {CHUNK} == 0")
+    _served(limits.why_not_bnb(blocksize, k))
     nblocks = -(-n * k // blocksize)
     _need(int(weight.size) * 2 >= n * k, f"weight holds {int(weight.size) * 2} codes, shape needs {n * k}")
     _need(int(absmax.size) >= nblocks, f"absmax has {int(absmax.size)} blocks, shape needs {nblocks}")
