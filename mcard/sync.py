@@ -494,7 +494,7 @@ def needs_gpu(v: RegistryVariant, architecture: str | None = None) -> bool:
     ``architecture``: the entry's ``[architecture]`` as sorted JSON; it decides a GGUF mix's types.
     """
     types = _mix_types(architecture, str(v.type)) if v.family == "gguf" else None
-    return kernel_runs(v.format, {"bits": v.bits, "version": v.version}, types)
+    return kernel_runs(v.format, {"bits": v.bits, "group_size": v.group_size, "version": v.version}, types)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -207,17 +207,18 @@ def test_kernel_path_passes_on_builder_variants(variants: dict[str, Path], label
 
 def test_kernel_path_catches_a_broken_kernel(variants: dict[str, Path], host_gpu, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The AWQ kernel with the identity nibble order (a mistake kernels have shipped with): exit 1, FAIL rows."""
+    """The kernel with a wrong lop3 truth table in its dequantization (a mistake kernels have shipped with): exit 1."""
     import shutil
 
     from typer.testing import CliRunner
 
     from mcard.cli import app
 
-    for cu in Path(host_gpu.HERE).glob("*.cu"):
+    for cu in [*Path(host_gpu.HERE).glob("*.cu"), *Path(host_gpu.HERE).glob("*.cuh")]:
         shutil.copy(cu, tmp_path)
-    src = tmp_path / "awq.cu"
-    src.write_text(src.read_text().replace("{0, 4, 1, 5, 2, 6, 3, 7}", "{0, 1, 2, 3, 4, 5, 6, 7}"))
+    src = tmp_path / "int4.cu"
+    assert src.read_text().count("lop3<0xEA>(w, 0x000F000Fu") == 1
+    src.write_text(src.read_text().replace("lop3<0xEA>(w, 0x000F000Fu", "lop3<0xE8>(w, 0x000F000Fu"))
     monkeypatch.setattr(host_gpu, "HERE", tmp_path)
     res = CliRunner().invoke(app, ["smoke", str(variants["awq"]), "--device", "cuda", "--layers", "1",
                                    "--batch", "1", "--json"])
