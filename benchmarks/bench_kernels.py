@@ -60,43 +60,43 @@ def copy_bandwidth(nbytes: int = 1 << 30) -> float:
     return 2 * nbytes / (t * 1e-6) / 1e9
 
 
-def make_formats(k: int, n: int, rng: np.random.Generator) -> dict[str, tuple[dict[str, np.ndarray], Callable]]:
-    """Random packed tensors per kernel and a launcher taking (x, tensors, out)."""
+def make_formats(k: int, n: int, rng: np.random.Generator) -> dict[str, Callable[[], Any]]:
+    """Per format, a function that packs a fresh random layer (device arrays) for the kernel.
+
+    Packing (cupy_kernels.pack) happens once per layer, at load time; the timings below
+    cover only the matmul (for act-order, the column gather of x and the kernel).
+    """
+    import cupy
     import cupy_kernels as ck
 
-    def w32(*shape: int) -> np.ndarray:
-        return rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(np.int32)
+    def w32(*shape: int) -> Any:
+        return cupy.asarray(rng.integers(0, 2**32, size=shape, dtype=np.uint64).astype(np.uint32).view(np.int32))
 
-    def f16(*shape: int) -> np.ndarray:
-        return (rng.random(shape) * 0.01).astype(np.float16)
+    def f16(*shape: int) -> Any:
+        return cupy.asarray((rng.random(shape) * 0.01).astype(np.float16))
 
-    def gguf_raw(type_name: str) -> np.ndarray:
-        per, nbytes = ck.launch.GGUF_KERNELS[type_name][1:]
+    def gguf_raw(type_name: str) -> Any:
+        per, nbytes = ck.pack.GGUF_BLOCKS[type_name]
         raw = rng.integers(0, 256, size=(n, k // per, nbytes), dtype=np.uint8)
         raw[..., 0:4] = np.frombuffer(np.full(2, 0.01, "<f2").tobytes(), np.uint8)
-        return raw.reshape(n, -1)
+        return cupy.asarray(raw.reshape(n, -1))
 
     g = 128
-    out: dict[str, tuple[dict[str, np.ndarray], Callable]] = {
-        "gptq g128": ({"q": w32(k // 8, n), "z": w32(k // g, n // 8), "s": f16(k // g, n),
-                       "g": (np.arange(k) // g).astype(np.int32)},
-                      lambda x, t, o: ck.gptq_matmul(x, t["q"], t["z"], t["s"], t["g"], g, "gptq", None, o)),
-        "gptq g128 act-order": ({"q": w32(k // 8, n), "z": w32(k // g, n // 8), "s": f16(k // g, n),
-                                 "g": (np.argsort(rng.permutation(k)) // g).astype(np.int32)},
-                                lambda x, t, o: ck.gptq_matmul(x, t["q"], t["z"], t["s"], t["g"], g, "gptq", None, o)),
-        "awq g128": ({"q": w32(k, n // 8), "z": w32(k // g, n // 8), "s": f16(k // g, n)},
-                     lambda x, t, o: ck.awq_matmul(x, t["q"], t["z"], t["s"], g, None, o)),
-        "nf4 double-quant": ({"w": rng.integers(0, 256, size=(n * k // 2, 1), dtype=np.uint8),
-                              "qm": np.linspace(-1, 1, 16, dtype=np.float32),
-                              "a": rng.integers(0, 256, size=n * k // 64, dtype=np.uint8),
-                              "na": np.ones(-(-n * k // 64 // 256), np.float32),
-                              "nq": np.linspace(0, 0.1, 256, dtype=np.float32)},
-                             lambda x, t, o: ck.bnb_matmul(x, t["w"], t["qm"], t["a"], (n, k), 64, t["na"], t["nq"],
-                                                           0.01, 256, None, o)),
+    plain = (np.arange(k) // g).astype(np.int32)
+    act = (np.argsort(rng.permutation(k)) // g).astype(np.int32)
+    out: dict[str, Callable[[], Any]] = {
+        "gptq g128": lambda: ck.pack_gptq(w32(k // 8, n), w32(k // g, n // 8), f16(k // g, n), plain, g),
+        "gptq g128 act-order": lambda: ck.pack_gptq(w32(k // 8, n), w32(k // g, n // 8), f16(k // g, n), act, g),
+        "awq g128": lambda: ck.pack_awq(w32(k, n // 8), w32(k // g, n // 8), f16(k // g, n), g),
+        "nf4 double-quant": lambda: ck.pack_bnb(
+            cupy.asarray(rng.integers(0, 256, size=(n * k // 2, 1), dtype=np.uint8)),
+            cupy.asarray(np.linspace(-1, 1, 16, dtype=np.float32)),
+            cupy.asarray(rng.integers(0, 256, size=n * k // 64, dtype=np.uint8)), (n, k), 64,
+            cupy.ones(-(-n * k // 64 // 256), dtype=cupy.float32),
+            cupy.asarray(np.linspace(0, 0.1, 256, dtype=np.float32)), 0.01, 256),
     }
     for tname in ("Q4_0", "Q4_1", "Q4_K"):
-        out[f"gguf {tname}"] = ({"raw": gguf_raw(tname)},
-                                lambda x, t, o, tn=tname: ck.gguf_matmul(x, t["raw"], tn, (n, k), None, o))
+        out[f"gguf {tname}"] = lambda tn=tname: ck.pack_gguf(gguf_raw(tn), tn, (n, k))
     return out
 
 
@@ -106,6 +106,7 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> None:
     import cupy
+    import cupy_kernels as ck
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=50)
@@ -144,12 +145,13 @@ def main(argv: list[str] | None = None) -> None:
             if has_torch:
                 xt = torch.as_tensor(x, device="cuda")
                 base_us = timed(lambda i: torch.matmul(xt, dense[i].T), dense_copies, args.runs, args.warmup)
-            for name, (host, launch) in formats.items():
-                nbytes = sum(a.nbytes for a in host.values())
+            for name, make in formats.items():
+                first = make()
+                nbytes = first.nbytes
                 copies = max(2, -(-rotate // nbytes))
-                dev = [{key: cupy.asarray(a) for key, a in host.items()} for _ in range(copies)]
+                dev = [first] + [make() for _ in range(copies - 1)]
                 out = cupy.empty((m, n), dtype=cupy.float16)
-                t_us = timed(lambda i: launch(x, dev[i], out), copies, args.runs, args.warmup)
+                t_us = timed(lambda i: ck.int4_matmul(x, dev[i], None, out), copies, args.runs, args.warmup)
                 moved = nbytes + x.nbytes + out.nbytes
                 gbps = moved / (t_us * 1e-6) / 1e9
                 rows.append((f"{k}x{n}", m, name, t_us, gbps, gbps / copy_bw,
@@ -161,6 +163,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Device: **{device}**. Device-to-device copy bandwidth: {copy_bw:.0f} GB/s (read + write).",
         f"Median of {args.runs} launches with CUDA events after warm-up; weights rotated over copies totalling "
         f">= {args.rotate_mb} MiB so L2 does not serve them. Shapes are K (in) x N (out).", "",
+        "GB/s counts the bytes a matmul must move: the packed layer (cupy_kernels.pack: weights, params, "
+        "code book, act-order permutation), x and y.", "",
         "| shape | batch | kernel | time (us) | GB/s | of copy BW | vs torch fp16 |",
         "|---|---|---|---|---|---|---|",
     ]

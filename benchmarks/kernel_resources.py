@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from cupy_kernels import _resources  # noqa: E402
-from cupy_kernels.launch import THREADS  # noqa: E402
+from cupy_kernels.launch import block_threads  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,13 +44,15 @@ def main(argv: list[str] | None = None) -> int:
                     return 1
                 rows += kernels
     lines = ["# Kernel resources (ptxas)", "",
-             f"nvcc: {version}. Host: {platform.machine()} {platform.system()}. Blocks of {THREADS} threads; "
-             "occupancy = resident threads / 2048 per SM. Produced by `python benchmarks/kernel_resources.py`.", "",
-             "| kernel | arch | registers | smem (bytes) | spills (st/ld) | blocks/SM | occupancy | limited by |",
-             "|---|---|---|---|---|---|---|---|"]
+             f"nvcc: {version}. Host: {platform.machine()} {platform.system()}. Occupancy = resident threads / 2048 "
+             "per SM. Produced by `python benchmarks/kernel_resources.py`.", "",
+             "| kernel | arch | threads/block | registers | smem (bytes) | spills (st/ld) | blocks/SM | occupancy | "
+             "limited by |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(rows, key=lambda k: (k.name, k.arch)):
-        blocks, occ, limiter = k.occupancy(THREADS)
-        lines.append(f"| {k.name} | {k.arch} | {k.registers} | {k.smem} | {k.spill_stores}/{k.spill_loads} | "
+        threads = block_threads(k.name)
+        blocks, occ, limiter = k.occupancy(threads)
+        lines.append(f"| {k.name} | {k.arch} | {threads} | {k.registers} | {k.smem} | {k.spill_stores}/{k.spill_loads} | "
                      f"{blocks} | {occ:.0%} | {limiter} |")
         print(lines[-1])
     args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -1,10 +1,12 @@
-"""Launchers for the int4 kernels in this folder (CuPy ``RawModule``, compiled once per process).
+"""Launcher for the int4 tensor-core kernels in ``int4.cu`` (CuPy ``RawModule``, compiled once per process).
 
-Each ``*_matmul`` takes CuPy arrays exactly as the format stores them (no
-repacking), fp16 activations ``x`` [M, K], and returns fp16 ``y`` [M, N]
-(``y = x @ W.T + bias`` with ``W`` the [N, K] dequantized weight). ``out``, when
-given, must be a C-contiguous fp16 [M, N] array and is written in place (the GPU
-tests poison it with NaN first). M == 1 runs the GEMV kernel, M > 1 the GEMM one.
+A layer is packed once into the kernel's tile layout (:mod:`cupy_kernels.pack`,
+``pack_gptq`` / ``pack_awq`` / ``pack_gguf`` / ``pack_bnb`` take the arrays exactly as
+the format stores them) and then multiplied with :func:`int4_matmul`: fp16
+activations ``x`` [M, K] in, fp16 ``y`` [M, N] out (``y = x @ W.T + bias`` with ``W``
+the [N, K] dequantized weight). ``out``, when given, must be a C-contiguous fp16
+[M, N] array and is written in place (the tests poison it with NaN first). The
+``*_matmul`` functions pack and multiply in one call.
 
 Nothing here imports CuPy at module level: ``import cupy_kernels`` is cheap and
 safe on machines without a GPU; :func:`available` says whether kernels can run.
@@ -18,13 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from . import limits, pack
+from .pack import PackedInt4
+
 HERE = Path(__file__).resolve().parent
-SOURCES = {"gptq": "gptq.cu", "awq": "awq.cu", "gguf": "gguf.cu", "bnb": "nf4.cu"}
-THREADS = 256
-GPTQ_TILE_N, GPTQ_MT = 16, 8  # must match gptq.cu
-AWQ_TILE_N, AWQ_MT = 32, 4  # must match awq.cu
-ROWS_PER_BLOCK, ROW_MT = 8, 8  # gguf.cu and nf4.cu
-GGUF_KERNELS = {"Q4_0": ("gguf_q4_0", 32, 18), "Q4_1": ("gguf_q4_1", 32, 20), "Q4_K": ("gguf_q4_k", 256, 144)}
+SOURCES = {"int4": "int4.cu"}
+HEADERS = ("ptx.cuh",)  # included by the sources; inlined into the code CuPy compiles
+ROW_TILES = {8: 2, 16: 4, 32: 4}  # batch rows per block -> warps per block (int4.cu, I4Shape)
+TILE_N = 32  # columns per block
 
 
 class KernelUnavailable(RuntimeError):
@@ -51,12 +54,27 @@ def source(name: str) -> Path:
     return HERE / SOURCES[name]
 
 
+def source_text(name: str) -> str:
+    """The source CuPy compiles: the ``.cu`` file with its ``#include "..."`` headers inlined.
+
+    Inlining (rather than passing ``-I``) keeps the compiled text self-contained, so
+    CuPy's kernel cache, which keys on the text, sees a header edit.
+    """
+    out = []
+    for line in source(name).read_text(encoding="utf-8").splitlines():
+        inc = line.strip()
+        if inc.startswith('#include "') and inc.endswith('"'):
+            out.append((HERE / inc[len('#include "'):-1]).read_text(encoding="utf-8"))
+        else:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 @functools.lru_cache(maxsize=None)
 def _module(name: str, device_id: int) -> Any:
     import cupy
 
-    code = source(name).read_text(encoding="utf-8")
-    return cupy.RawModule(code=code, options=("--std=c++17",))
+    return cupy.RawModule(code=source_text(name), options=("--std=c++17",))
 
 
 def kernel(name: str, function: str) -> Any:
@@ -123,117 +141,69 @@ def _need(ok: bool, what: str) -> None:
         raise ValueError(what)
 
 
-def _launch(source_name: str, base: str, tile_n: int, gemm_mt: int, m: int, n: int, y: Any, args: tuple) -> Any:
-    """Start ``{base}_gemv`` (M == 1) or ``{base}_gemm`` on ceil(N / tile_n) x ceil(M / MT) blocks; return ``y``.
+def block_threads(kernel_name: str) -> int:
+    """Threads per block of ``int4_<kind>_m<rows>``."""
+    return ROW_TILES[int(kernel_name.rsplit("_m", 1)[1])] * 32
 
-    M == 0 launches nothing: a grid with a zero dimension is an invalid launch.
+
+def int4_matmul(x: Any, packed: PackedInt4, bias: Any = None, out: Any = None) -> Any:
+    """``y = x @ W.T + bias`` for a layer packed once by :mod:`cupy_kernels.pack`; fp16 [M, N].
+
+    Every shape limit of the kernels is enforced here and in the ``pack_*`` functions, as
+    :mod:`cupy_kernels.limits` states them: K % 8 == 0 (16-byte activation rows), x [M, K]
+    fp16, bias [N], out C-contiguous fp16 [M, N]. Batch 1..8 runs ``int4_*_m8`` (the GEMV), 9..16 ``_m16``, more ``_m32``
+    on ceil(M / 32) grid rows; M == 0 launches nothing. A code-book layer whose scale
+    groups are 32 k (bitsandbytes blocksize 32) always runs ``int4_lut_m32``, the one
+    kernel that applies a scale every 32 k.
     """
+    import cupy
+
+    n, k = packed.n, packed.k
+    _need(k % limits.K_MULTIPLE == 0, f"the int4 kernels need K % {limits.K_MULTIPLE} == 0, got K = {k}")
+    x, m = _check_x(x, k)
+    b, has_b = _bias(bias, n)
+    y = _out(out, m, n)
     if m == 0:
         return y
-    mt = 1 if m == 1 else gemm_mt
-    fn = kernel(source_name, f"{base}_gemv" if m == 1 else f"{base}_gemm")
-    fn(((n + tile_n - 1) // tile_n, (m + mt - 1) // mt), (THREADS,), args)
+    kx = k
+    if packed.perm is not None:  # act-order: feed x's columns in the packed K order (index k: zero)
+        x = cupy.ascontiguousarray(cupy.take(cupy.concatenate([x, cupy.zeros((m, 1), dtype=cupy.float16)], axis=1),
+                                             packed.perm, axis=1))
+        kx = packed.kp
+    rows = 8 if m <= 8 else 16 if m <= 16 else 32
+    if packed.kind == "lut" and packed.pshift < 6:  # scale groups of 32 k: only the m32 kernel scales that often
+        rows = 32
+    fn = kernel("int4", f"int4_{packed.kind}_m{rows}")
+    grid = ((n + TILE_N - 1) // TILE_N, (m + rows - 1) // rows)
+    fn(grid, (block_threads(f"_m{rows}"),), (x, packed.weights, packed.params, packed.code, b, y, np.int32(m),
+                                       np.int32(kx), np.int32(n), np.int32(packed.kp), np.int32(packed.pshift),
+                                       has_b))
     return y
 
 
 def gptq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, g_idx: Any, group_size: int,
                 checkpoint_format: str = "gptq", bias: Any = None, out: Any = None) -> Any:
-    """GPTQ 4-bit: qweight int32 [K/8, N], qzeros int32 [G, N/8], scales fp16 [G, N], g_idx int32 [K]."""
-    import cupy
+    """GPTQ 4-bit: qweight int32 [K/8, N], qzeros int32 [G, N/8], scales fp16 [G, N], g_idx int32 [K].
 
-    k, n = int(qweight.shape[0]) * 8, int(qweight.shape[1])
-    if n % 8:
-        raise ValueError("GPTQ kernel needs N % 8 == 0")
-    x, m = _check_x(x, k)
-    g = k if group_size in (-1, 0) else int(group_size)
-    g_idx = _contig(g_idx, cupy.int32).reshape(-1)
-    groups = int(scales.shape[0])
-    _need(g_idx.shape[0] == k, f"g_idx must have K = {k} entries, got {g_idx.shape[0]}")
-    _need(tuple(scales.shape) == (groups, n) and tuple(qzeros.shape) == (groups, n // 8),
-          f"scales must be [G, {n}] and qzeros [G, {n // 8}], got {tuple(scales.shape)}, {tuple(qzeros.shape)}")
-    # The kernel indexes scales/qzeros rows by g_idx[k] (or k // g, used only when equal) unchecked.
-    _need(0 <= int(g_idx.min()) and int(g_idx.max()) < groups,
-          f"g_idx addresses groups outside the {groups} rows of scales")
-    # Gather scales per k only when g_idx is not the plain k // g (act-order, or odd files).
-    use_g_idx = not bool((g_idx == cupy.arange(k, dtype=cupy.int32) // g).all())
-    b, has_b = _bias(bias, n)
-    y = _out(out, m, n)
-    return _launch("gptq", "gptq4", GPTQ_TILE_N, GPTQ_MT, m, n, y, (
-        x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16), g_idx, b, y,
-        np.int32(m), np.int32(k), np.int32(n), np.int32(groups), np.int32(g), np.int32(use_g_idx),
-        np.int32(checkpoint_format != "gptq_v2"), has_b))
+    Packs the layer on every call; pack once with :func:`cupy_kernels.pack.pack_gptq` and call
+    :func:`int4_matmul` where speed matters.
+    """
+    return int4_matmul(x, pack.pack_gptq(qweight, qzeros, scales, g_idx, group_size, checkpoint_format), bias, out)
 
 
 def awq_matmul(x: Any, qweight: Any, qzeros: Any, scales: Any, group_size: int, bias: Any = None, out: Any = None) -> Any:
-    """AWQ GEMM layout: qweight int32 [K, N/8], qzeros int32 [K/g, N/8], scales fp16 [K/g, N]."""
-    import cupy
-
-    k, n = int(qweight.shape[0]), int(qweight.shape[1]) * 8
-    if n % 16:
-        raise ValueError("AWQ kernel needs N % 16 == 0")
-    x, m = _check_x(x, k)
-    g = k if group_size in (-1, 0) else int(group_size)
-    groups = (k + g - 1) // g  # the kernel reads row k // g of qzeros and scales
-    _need(qzeros.shape[0] >= groups and qzeros.shape[1] * 8 == n and scales.shape[0] >= groups
-          and scales.shape[1] == n, f"qzeros must be [{groups}, {n // 8}] and scales [{groups}, {n}], "
-          f"got {tuple(qzeros.shape)}, {tuple(scales.shape)}")
-    b, has_b = _bias(bias, n)
-    y = _out(out, m, n)
-    return _launch("awq", "awq4", AWQ_TILE_N, AWQ_MT, m, n, y, (
-        x, _contig(qweight, cupy.int32), _contig(qzeros, cupy.int32), _contig(scales, cupy.float16),
-        b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(g), has_b))
+    """AWQ GEMM layout: qweight int32 [K, N/8], qzeros int32 [K/g, N/8], scales fp16 [K/g, N] (packs per call)."""
+    return int4_matmul(x, pack.pack_awq(qweight, qzeros, scales, group_size), bias, out)
 
 
 def gguf_matmul(x: Any, raw: Any, type_name: str, shape: tuple[int, int], bias: Any = None, out: Any = None) -> Any:
-    """GGUF Q4_0 / Q4_1 / Q4_K: raw uint8 [rows=N, bytes_per_row], shape (N, K)."""
-    import cupy
-
-    if type_name not in GGUF_KERNELS:
-        raise ValueError(f"no kernel for GGUF type {type_name}")
-    name, per, nbytes = GGUF_KERNELS[type_name]
-    n, k = int(shape[0]), int(shape[1])
-    if k % per:
-        raise ValueError(f"{type_name} rows must be a multiple of {per}")
-    raw = _contig(raw, cupy.uint8).reshape(n, -1)
-    row_bytes = k // per * nbytes
-    if raw.shape[1] != row_bytes:
-        raise ValueError(f"{type_name} rows must be {row_bytes} bytes, got {raw.shape[1]}")
-    x, m = _check_x(x, k)
-    b, has_b = _bias(bias, n)
-    y = _out(out, m, n)
-    return _launch("gguf", name, ROWS_PER_BLOCK, ROW_MT, m, n, y,
-                   (x, raw, b, y, np.int32(m), np.int32(k), np.int32(n), np.int64(row_bytes), has_b))
+    """GGUF Q4_0 / Q4_1 / Q4_K: raw uint8 [rows=N, bytes_per_row], shape (N, K) (packs per call)."""
+    return int4_matmul(x, pack.pack_gguf(raw, type_name, shape), bias, out)
 
 
 def bnb_matmul(x: Any, weight: Any, quant_map: Any, absmax: Any, shape: tuple[int, int], blocksize: int = 64,
                nested_absmax: Any = None, nested_quant_map: Any = None, nested_offset: float = 0.0,
                nested_blocksize: int = 256, bias: Any = None, out: Any = None) -> Any:
-    """bitsandbytes 4-bit: packed uint8 (high nibble first), absmax f32 (or uint8 + nested stats)."""
-    import cupy
-
-    n, k = int(shape[0]), int(shape[1])
-    if k % 32 or blocksize % 32:
-        raise ValueError("bitsandbytes kernel needs K % 32 == 0 and blocksize % 32 == 0")
-    x, m = _check_x(x, k)
-    nested = nested_absmax is not None and absmax.dtype == cupy.uint8
-    nblocks = (n * k + blocksize - 1) // blocksize
-    _need(int(weight.size) * 2 >= n * k, f"weight holds {int(weight.size) * 2} codes, shape needs {n * k}")
-    _need(int(absmax.size) >= nblocks, f"absmax has {int(absmax.size)} blocks, shape needs {nblocks}")
-    _need(int(quant_map.size) == 16, "quant_map must have 16 entries")
-    if nested:
-        _need(nested_quant_map is not None and int(nested_quant_map.size) == 256,
-              "nested_quant_map must have 256 entries")
-        _need(int(nested_absmax.size) >= (nblocks + nested_blocksize - 1) // nested_blocksize,
-              "nested_absmax is too short for absmax")
-    f32_dummy = cupy.zeros(1, dtype=cupy.float32)
-    u8_dummy = cupy.zeros(1, dtype=cupy.uint8)
-    absmax_f32 = f32_dummy if nested else _contig(absmax, cupy.float32)
-    absmax_u8 = _contig(absmax, cupy.uint8) if nested else u8_dummy
-    ncode = _contig(nested_quant_map, cupy.float32) if nested else f32_dummy
-    nabs = _contig(nested_absmax, cupy.float32) if nested else f32_dummy
-    b, has_b = _bias(bias, n)
-    y = _out(out, m, n)
-    return _launch("bnb", "bnb4", ROWS_PER_BLOCK, ROW_MT, m, n, y, (
-        x, _contig(weight, cupy.uint8).reshape(-1), _contig(quant_map, cupy.float32), absmax_f32,
-        absmax_u8, ncode, nabs, np.float32(nested_offset), np.int32(nested_blocksize),
-        np.int32(nested), b, y, np.int32(m), np.int32(k), np.int32(n), np.int32(blocksize), has_b))
+    """bitsandbytes 4-bit: packed uint8 (high nibble first), absmax f32 (or uint8 + nested stats) (packs per call)."""
+    return int4_matmul(x, pack.pack_bnb(weight, quant_map, absmax, shape, blocksize, nested_absmax, nested_quant_map,
+                                        nested_offset, nested_blocksize), bias, out)

@@ -13,10 +13,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .report import Report, Severity
-from .safetext import dumps_json
+from .report import WEIGHT_KINDS, Report, Severity
+from .safetext import dumps_json, plain
 from .safetext import markup_safe as esc
 from .size import SizeEstimate
+from .units import format_size
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
 
@@ -31,10 +32,6 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(dumps_json(obj, indent=2, sort_keys=False) + "\n")
 
 
-def gb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e9:.2f} GB"
-
-
 def print_report(report: Report, out: Console | None = None) -> None:
     out = out or console()
     _print_one(report, out)
@@ -47,29 +44,20 @@ def print_report(report: Report, out: Console | None = None) -> None:
     out.print(f"\n{verdict}: {errors} error(s), {warnings} warning(s)")
     if report.remote is not None:
         r = report.remote
-        out.print(f"remote: {esc(r['repo'])}@{esc(r['revision'])} (commit {esc(r['commit'][:10])}): read {size_text(r['bytes_read'])} "
-                  f"of {size_text(r['total_bytes'])} in {r['requests']} requests"
+        out.print(f"remote: {esc(r['repo'])}@{esc(r['revision'])} (commit {esc(r['commit'][:10])}): read {format_size(r['bytes_read'])} "
+                  f"of {format_size(r['total_bytes'])} in {r['requests']} requests"
                   + ("" if r.get("range_supported", True) else " (the server ignored Range: reads streamed through)"))
         if r.get("mirror"):
             out.print(f"sparse mirror kept in {esc(r['mirror'])}")
-
-
-def size_text(n: int) -> str:
-    """Decimal units, as the Hub shows sizes: ``1.2 MB``, ``36.65 GB``."""
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}" if unit == "GB" else f"{n / scale:.1f} {unit}"
-    return f"{n} bytes"
 
 
 def _print_one(report: Report, out: Console) -> None:
     params = esc(" ".join(f"{k}={v}" for k, v in report.params.items()))
     source = f" from {esc(report.config_source)}" if report.config_source else ""
     out.print(f"[bold]{esc(report.path)}[/]: format [bold]{esc(report.format)}[/]{source}  {params}")
-    size = f"size {gb(report.actual_bytes)} ({report.actual_bytes} bytes)"
-    if report.predicted_bytes is not None:
-        size += f", predicted {gb(report.predicted_bytes)} ({report.predicted_bytes} bytes)"
-    out.print(size)
+    size = size_line(report)
+    if size:
+        out.print(size)
     if report.runtimes:
         cells = [f"{esc(r.name)} {'[green]yes[/]' if r.compatible else '[red]no[/]'}" for r in report.runtimes]
         out.print("runtimes: " + ", ".join(cells))
@@ -85,20 +73,36 @@ def _print_one(report: Report, out: Console) -> None:
         out.print(table)
 
 
+def size_line(report: Report) -> str:
+    """``weights 979.06 kB (979,064 bytes), exactly as predicted``: the weights files against the prediction."""
+    has_weights = any(f.kind in WEIGHT_KINDS for f in report.files)
+    if not has_weights and report.predicted_bytes is None:
+        return ""
+    actual, predicted = report.actual_bytes, report.predicted_bytes
+    text = f"weights {format_size(actual)} ({actual:,} bytes)"
+    if predicted == actual:
+        return text + ", exactly as predicted"
+    if predicted is not None:
+        text += f", predicted {format_size(predicted)} ({predicted:,} bytes, {actual - predicted:+,})"
+    return text
+
+
 def print_size(est: SizeEstimate, per_tensor: bool = False, out: Console | None = None) -> None:
     out = out or console()
-    params = esc(" ".join(f"{k}={v}" for k, v in est.params.items()))
+    params = esc(" ".join(f"{k}={v}" for k, v in est.params.items() if not isinstance(v, (dict, list))))
     out.print(f"[bold]{esc(est.format)}[/] {params}")
     table = Table(box=None, show_header=True, header_style="bold")
     table.add_column("part")
     table.add_column("bytes", justify="right")
-    table.add_column("GB", justify="right")
+    table.add_column("size", justify="right")
     for part, n in est.parts.items():
-        table.add_row(esc(part), f"{n:,}", f"{n / 1e9:.3f}")
-    table.add_row("[bold]total[/]", f"[bold]{est.total_bytes:,}[/]", f"[bold]{est.total_bytes / 1e9:.2f}[/]")
+        table.add_row(esc(part), f"{n:,}", format_size(n))
+    table.add_row("[bold]total[/]", f"[bold]{est.total_bytes:,}[/]", f"[bold]{format_size(est.total_bytes)}[/]")
     out.print(table)
     if est.ram_bytes is not None:
-        out.print(f"Max RAM required, no GPU offloading: {est.ram_bytes / 1e9:.2f} GB")
+        out.print(f"Max RAM required, no GPU offloading: {format_size(est.ram_bytes)}")
+    for note in est.notes:
+        out.print(plain(note), markup=False, highlight=False)
     if per_tensor:
         t = Table(box=None, show_header=True, header_style="bold")
         for col in ("tensor", "type", "bytes"):

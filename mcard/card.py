@@ -20,8 +20,8 @@ from typing import Any
 from .errors import UnusableInput
 from .evals import EvalEntry, format_value
 from .registry import Entry, RegistryVariant, load_entry
+from .card_rows import Row, build_rows, exllama_cell, size_cell
 from .untrusted import read_text
-from .card_rows import Row, build_rows, exllama_cell, gb_text
 from .report import Runtime
 
 FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "awq": "awq.md.j2", "bnb": "bnb.md.j2", "gguf": "gguf.md.j2",
@@ -132,6 +132,8 @@ def card_data(entry: Entry, prompt_text: str | None) -> Any:
     ):
         if value is not None:
             extra[key] = value
+    if entry.family == "lora":  # the Hub shows adapters as PEFT repos (and offers the PEFT snippet)
+        extra["library_name"] = "peft"
     return ModelCardData(
         base_model=m.base_model,
         language=m.language or None,
@@ -168,7 +170,7 @@ def environment(extra_dir: Path | None = None) -> Any:
         lstrip_blocks=True,
     )
     env.filters["cell"] = _md_cell
-    env.filters["gb"] = gb_text
+    env.filters["size"] = size_cell
     env.filters["value"] = format_value
     return env
 
@@ -188,7 +190,7 @@ def _prompt(entry: Entry) -> tuple[str | None, str | None]:
     p = entry.model.prompt
     if p is None:
         return None, None
-    tpl = prompts.get(p, entry.path) if isinstance(p, str) else prompts.custom(p["text"], p["name"])
+    tpl = prompts.resolve(p, str(entry.path))
     return tpl.title, tpl.filled(entry.model.system_message)
 
 
@@ -208,7 +210,7 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
     out = []
     for r in rows:
         v = r.variant
-        size = gb_text(r.size, r.predicted)
+        size = size_cell(r.size, r.predicted)
         if entry.family == "gptq":
             cells = [v.branch, v.bits, v.group_size, v.desc_act, size, exllama_cell(r.runtimes),
                      v.made_with or "-", v.description]
@@ -218,9 +220,9 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
                      v.made_with or "-", v.description]
         elif entry.family == "bnb":
             cells = [v.branch, v.format, v.double_quant, size, runtimes_cell(r.runtimes), v.description]
-        elif entry.family == "gguf":
-            cells = [v.file, v.type, v.bits if v.bits is not None else "-", size, gb_text(r.ram, r.predicted),
-                     v.description]
+        elif entry.family == "gguf":  # a split variant (shards, raw parts) is one row, named as the set
+            cells = [split_display_name(v.file) if v.file else v.file, v.type, v.bits if v.bits is not None else "-",
+                     size, size_cell(r.ram, r.predicted), v.description]
         elif entry.family == "lora":
             cells = [v.branch, v.r if v.r is not None else "-", format_value(v.alpha) if v.alpha is not None else "-",
                      format_value(v.dropout) if v.dropout is not None else "-", _lora_modules(v), size,
@@ -231,9 +233,46 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
     return out
 
 
-def context(entry: Entry, variants_dir: Path | None = None,
-            variant_paths: dict[str, Path] | None = None) -> dict[str, Any]:
+def split_display_name(name: str) -> str:
+    from .formats._gguf_split import display_name
+
+    return display_name(name)
+
+
+# Metrics that are either fractions (lm-evaluation-harness: 0.527) or percentages (papers: 52.7).
+PERCENTABLE_METRICS = frozenset({"acc", "acc_norm", "accuracy", "exact_match", "em", "f1", "mc1", "mc2"})
+
+
+def eval_display(evaluations: list[EvalEntry]) -> tuple[list[tuple[str, str]], str]:
+    """The evaluation table's (value, stderr) texts in one convention, and the sentence that states it.
+
+    Fractions and percentages of accuracy-like metrics are never mixed in one table: when an
+    entry gives both (an lm-eval file next to a paper's figure), fractions are shown x 100.
+    The model-index keeps the values as given.
+    """
+    kinds = {e.value <= 1 for e in evaluations if e.metric_type.lower() in PERCENTABLE_METRICS}
+    mixed = kinds == {True, False}
+    shown = []
+    for e in evaluations:
+        scale = 100 if mixed and e.metric_type.lower() in PERCENTABLE_METRICS and e.value <= 1 else 1
+        stderr = "" if e.stderr is None else format_value(round(e.stderr * scale, 4))
+        shown.append((format_value(round(e.value * scale, 4)), stderr))
+    if not kinds:
+        return shown, ""
+    if mixed:
+        return shown, "Accuracies are percentages (lm-evaluation-harness fractions are shown x 100)."
+    if kinds == {False}:
+        return shown, "Accuracies are percentages."
+    return shown, "Accuracies are fractions, as lm-evaluation-harness reports them (0.5 = 50 %)."
+
+
+def context(entry: Entry, variants_dir: Path | None = None, variant_paths: dict[str, Path] | None = None,
+            listed: set[str] | None = None, left_out: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template's values. ``listed``: only these variants get a provided-files row (``sync --render``
+    lists the variants that passed); ``left_out``: variant key -> why it is not listed."""
     rows = build_rows(entry, variants_dir, variant_paths)
+    if listed is not None:
+        rows = [r for r in rows if r.variant.key in listed]
     prompt_title, prompt_text = _prompt(entry)
     original = None
     if entry.model.original_card is not None:
@@ -243,22 +282,24 @@ def context(entry: Entry, variants_dir: Path | None = None,
         v = r.variant
         variants.append({
             "key": v.key, "branch": v.branch, "file": v.file, "format": v.format, "bits": v.bits,
+            "split_name": split_display_name(v.file) if v.file and split_display_name(v.file) != v.file else None,
             "group_size": v.group_size, "desc_act": v.desc_act, "sym": v.sym, "type": v.type,
             "version": v.version, "zero_point": v.zero_point, "double_quant": v.double_quant,
             "made_with": v.made_with, "description": v.description, "dataset": v.dataset,
             "seq_len": v.seq_len, "damp_percent": v.damp_percent, "r": v.r, "alpha": v.alpha,
             "dropout": v.dropout, "target_modules": _lora_modules(v),
-            "size": gb_text(r.size, r.predicted), "size_source": r.size_source,
+            "size": size_cell(r.size, r.predicted), "size_source": r.size_source,
             "runtimes": [{"name": rt.name, "compatible": rt.compatible, "reason": rt.reason} for rt in r.runtimes or []],
             "compatible_runtimes": runtimes_cell(r.runtimes),
         })
     m = entry.model
+    shown, eval_note = eval_display(entry.evaluations)
     evals = [{
         "variant": e.variant or "", "dataset": e.dataset_name, "config": e.dataset_config or "",
-        "split": e.dataset_split or "", "metric": e.display_metric, "value": format_value(e.value),
-        "stderr": format_value(e.stderr) if e.stderr is not None else "", "shots": "" if e.shots is None else e.shots,
+        "split": e.dataset_split or "", "metric": e.display_metric, "value": value,
+        "stderr": stderr, "shots": "" if e.shots is None else e.shots,
         "source": e.source_name or "", "source_url": e.source_url or "",
-    } for e in entry.evaluations]
+    } for e, (value, stderr) in zip(entry.evaluations, shown)]
     return {
         "model": {
             "repo": m.repo, "name": m.name, "license": m.license, "creator": m.creator or "",
@@ -270,9 +311,13 @@ def context(entry: Entry, variants_dir: Path | None = None,
         "columns": TABLE_COLUMNS[entry.family],
         "rows": table_rows(entry, rows),
         "variants": variants,
-        "first": variants[0],
+        "first": variants[0] if variants else None,
+        "left_out": [{"key": k, "reason": _md_cell(why)} for k, why in (left_out or {}).items()],
+        "gguf_files": [v for v in variants if v["format"] == "gguf"],
+        "eval_note": eval_note,
         "any_predicted": any(r.predicted for r in rows),
         "any_measured": any(r.size_source == "measured" for r in rows),
+        "all_measured": bool(rows) and all(r.size_source == "measured" for r in rows),
         "prompt_title": prompt_title or "",
         "prompt_text": prompt_text or "",
         "chat_template": find_chat_template(entry, variants_dir, variant_paths) or "",
@@ -285,12 +330,15 @@ def context(entry: Entry, variants_dir: Path | None = None,
 
 
 def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, template: str | Path | None = None,
-                variant_paths: dict[str, Path] | None = None, registry_root: str | Path | None = None) -> str:
+                variant_paths: dict[str, Path] | None = None, listed: set[str] | None = None,
+                left_out: dict[str, str] | None = None, registry_root: str | Path | None = None) -> str:
     """Render the model card (front matter + Markdown) of a registry entry. Deterministic.
 
     ``variants_dir``: one subfolder per branch (or the GGUF/GGML files); every variant is
     measured and must be there. ``variant_paths``: {variant key: file or folder} for the
-    variants to measure; the others keep their recorded or predicted sizes.
+    variants to measure; the others keep their recorded or predicted sizes. ``listed``: only
+    these variants get a row (``sync --render``: the ones that passed); ``left_out``: key -> why
+    a variant is not listed, said under the table.
     """
     from jinja2 import TemplateError, TemplateNotFound
     from jinja2.exceptions import SecurityError
@@ -299,7 +347,7 @@ def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, 
     vdir = Path(variants_dir) if variants_dir is not None else None
     if vdir is not None and not vdir.is_dir():
         raise UnusableInput("--variants: not a folder", vdir)
-    ctx = context(entry, vdir, variant_paths)
+    ctx = context(entry, vdir, variant_paths, listed, left_out)
 
     extra_dir, name = None, FAMILY_TEMPLATES[entry.family]
     if template is not None:

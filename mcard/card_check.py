@@ -7,19 +7,22 @@ variant's provided-files row and size (as :mod:`mcard.card` would render it).
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .card import TABLE_COLUMNS, eval_result
-from .card_rows import SIZE_UNITS, expected_size, gb_text
+from .card_rows import expected_size
+from .units import UNITS, format_size
 from .errors import UnusableInput
 from .evals import format_value
 from .registry import Entry, load_entry
 from .report import FileEntry, Report
 from .untrusted import MAX_TEXT_BYTES, load_yaml, read_text
 
-GB = 1e9
 # The column of each family's provided-files table that holds the size.
 SIZE_COLUMN = {"gptq": "File Size", "awq": "Size", "bnb": "Size", "gguf": "Size", "lora": "Size", "base": "Size"}
 
@@ -69,15 +72,13 @@ def _clean_key(cell: str) -> str:
     return link.group(1).strip("`") if link else cell
 
 
+_SIZE_CELL = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(" + "|".join(UNITS) + r")\*?\s*$")
+
+
 def parse_size_cell(cell: str) -> tuple[float, str] | None:
-    """``"7.26 GB"`` -> (7.26, "GB"); ``"0.91 MB*"`` -> (0.91, "MB"); None when not a size."""
-    found = re.match(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(GB|MB)\*?\s*$", cell)
+    """``"7.26 GB"`` -> (7.26, "GB"); ``"979.06 kB*"`` -> (979.06, "kB"); None when not a size."""
+    found = _SIZE_CELL.match(cell)
     return (float(found.group(1)), found.group(2)) if found else None
-
-
-def parse_gb(cell: str) -> float | None:
-    parsed = parse_size_cell(cell)
-    return None if parsed is None else parsed[0] * SIZE_UNITS[parsed[1]] / GB
 
 
 # -- front matter and model-index ----------------------------------------------------
@@ -136,6 +137,19 @@ def _eval_keys(results: list[Any]) -> set[tuple[str, str, str, str]]:
 # -- checking ------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _quiet_hub_logging() -> Iterator[None]:
+    """Keep huggingface_hub's warnings (e.g. "Repo card metadata block was not found") off the output."""
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+
 def check_card(card_path: str | Path, registry_path: str | Path | None = None,
                registry_root: str | Path | None = None) -> Report:
     """Check a rendered (or hand-edited) card: metadata, model-index round trip, and with an
@@ -168,7 +182,8 @@ def check_card(card_path: str | Path, registry_path: str | Path | None = None,
     body = text
     if usable:
         try:
-            body = ModelCard(text, ignore_metadata_errors=True).text
+            with _quiet_hub_logging():  # mcard's findings say what is wrong, not huggingface_hub's log lines
+                body = ModelCard(text, ignore_metadata_errors=True).text
         except Exception as exc:  # noqa: BLE001 - huggingface_hub raises plain ValueError/YAML errors
             report.error("bad-metadata", name, "front matter", f"huggingface_hub cannot parse the card: {exc}")
     else:
@@ -219,8 +234,14 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
     name = Path(report.path).name
     m = entry.model
     for key, want in (("license", m.license), ("base_model", m.base_model)):
-        if want is not None and meta.get(key) != want:
-            report.error("metadata-mismatch", name, key, f"card says {meta.get(key)!r}, registry says {want!r}")
+        have = meta.get(key)
+        if want is None or have == want:
+            continue
+        if have is None:  # missing, not a value "None"; said once
+            if not any(f.code == "missing-metadata" and f.where == key for f in report.findings):
+                report.error("missing-metadata", name, key, f"no {key} in the front matter; the registry says {want!r}")
+            continue
+        report.error("metadata-mismatch", name, key, f"card says {have!r}, registry says {want!r}")
     if entry.evaluations:
         if model_name is not None and model_name != m.name:
             report.error("metadata-mismatch", name, "model-index[0].name",
@@ -264,12 +285,13 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
             cell = row[col[column]] if col[column] < len(row) else ""
             parsed = parse_size_cell(cell)
             if parsed is None:
-                report.error("size-mismatch", name, f"{where}/{column}", f"{cell!r} is not a size in GB or MB")
+                report.error("size-mismatch", name, f"{where}/{column}",
+                             f"{cell!r} is not a size in {', '.join(UNITS)}")
                 continue
             have, unit = parsed  # compare at the precision the card shows: one unit in the last digit
-            if abs(have - round(want / SIZE_UNITS[unit], 2)) > 0.01 + 1e-9:
+            if abs(have - round(want / UNITS[unit], 2)) > 0.01 + 1e-9:
                 report.error("size-mismatch", name, f"{where}/{column}",
-                             f"card says {have:.2f} {unit}, registry ({source}) says {gb_text(want)}")
+                             f"card says {cell.rstrip('*').strip()}, registry ({source}) says {format_size(want)}")
         if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
             report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
         if "Quant type" in col and v.family == "bnb" and col["Quant type"] < len(row) \

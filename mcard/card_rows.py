@@ -14,8 +14,7 @@ from typing import Any
 from .errors import UnusableInput
 from .registry import Entry, RegistryVariant
 from .report import Runtime
-
-WEIGHT_KINDS = ("safetensors", "gguf", "ggml", "pickle")
+from .units import format_size
 
 
 @dataclass
@@ -34,15 +33,9 @@ class Row:
         return self.size_source == "predicted"
 
 
-SIZE_UNITS = {"GB": 1e9, "MB": 1e6}
-
-
-def gb_text(n: int | None, predicted: bool = False) -> str:
-    """A size as cards show it: decimal GB with 2 decimals, or MB below 0.1 GB (tiny models)."""
-    if n is None:
-        return "-"
-    unit = "GB" if n >= 1e8 else "MB"
-    return f"{n / SIZE_UNITS[unit]:.2f} {unit}" + ("*" if predicted else "")
+def size_cell(n: int | None, predicted: bool = False) -> str:
+    """A size as cards show it (:func:`mcard.units.format_size`), starred when predicted."""
+    return format_size(n) + ("*" if predicted and n is not None else "")
 
 
 def _format_module(fmt: str) -> Any | None:
@@ -107,7 +100,7 @@ def measure(path: Path) -> tuple[int, list[Runtime]]:
     from .validate import inspect
 
     report = inspect(path)
-    size = sum(f.size for f in report.files if f.kind in WEIGHT_KINDS)
+    size = report.actual_bytes
     runtimes = list(report.runtimes)
     for part in report.parts:
         runtimes.extend(part.runtimes)

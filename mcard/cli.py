@@ -6,18 +6,18 @@ where one was required.
 
 from __future__ import annotations
 
-import contextlib
-import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from . import __version__
-from .errors import EXIT_FAILED, EXIT_UNUSABLE, McardError, UnusableInput
-from .safetext import echo, one_line
+from .cli_errors import command_errors, run_app
+from .errors import EXIT_FAILED, UnusableInput
+
+if TYPE_CHECKING:
+    from .formats import BadParam
 
 app = typer.Typer(
     help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
@@ -27,22 +27,23 @@ app = typer.Typer(
 )
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"mcard {__version__}")
+        raise typer.Exit(0)
+
+
 @app.callback()
-def _redact_output(ctx: typer.Context) -> None:
-    """Everything a command prints passes the one redaction step (mcard.safetext), whoever built the text."""
+def _root(
+    ctx: typer.Context,
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print mcard's version (from the installed package) and exit."),
+) -> None:
+    """Fetch, validate, size, smoke-test and document quantized LLM variants."""
     from .safetext import redact_process_output
 
+    # everything a command prints passes the one redaction step (mcard.safetext), whoever built the text
     ctx.call_on_close(redact_process_output())
-
-
-@contextlib.contextmanager
-def errors_to_exit() -> Iterator[None]:
-    """Turn a :class:`McardError` into one line on stderr and its exit code."""
-    try:
-        yield
-    except McardError as exc:
-        echo(f"mcard: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 @app.command()
@@ -59,7 +60,7 @@ def validate(
     from . import _output
     from .validate import inspect
 
-    with errors_to_exit():
+    with command_errors(json_out):
         if Path(path).exists():
             if revision is not None or mirror is not None:
                 raise UnusableInput("--revision and --mirror apply to a Hub repo, not a local path", path)
@@ -78,43 +79,105 @@ def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
     from .hub.refs import parse_repo_spec
     from .hub.remote_validate import inspect_remote
 
+    from .errors import McardError
+
     try:
         spec = parse_repo_spec(text, revision)
     except UnusableInput:
         if revision is not None or mirror is not None:
             raise
         raise UnusableInput("no such file or folder (nor a Hub REPO[:BRANCH])", text) from None
-    return inspect_remote(spec, mirror=mirror)
+    try:
+        return inspect_remote(spec, mirror=mirror)
+    except McardError as exc:
+        if "://" in text:  # a Hub URL is no local path: the Hub's answer alone
+            raise
+        # `org/name` is also a relative path: say both what is not here and what the Hub said
+        said = exc.message if exc.path in (text, spec.repo_id) else str(exc)
+        for prefix in (f"{text}: ", f"{spec.repo_id}: "):
+            said = said.removeprefix(prefix)
+        raise UnusableInput(f"no such file or folder; as a Hub repo: {said}", text) from None
+
+
+# `mcard size` options -> the format parameters they set (mcard.formats.<module>.PARAMS).
+SIZE_OPTIONS = {"bits": "--bits", "group_size": "--group-size", "desc_act": "--act-order", "type": "--type",
+                "double_quant": "--double-quant", "r": "--rank", "target_modules": "--target-modules",
+                "writer": "--writer", "split_max_size": "--split-max-size", "imatrix": "--imatrix"}
+
+
+def _expected(fmt: str, key: str) -> str:
+    """The valid values of a format's parameter, in words, from the format module's own PARAMS."""
+    from . import formats
+
+    return formats.get(formats.SIZE_FORMATS[fmt][0]).PARAMS[key].expected
+
+
+def _size_formats() -> str:
+    from .formats import SIZE_FORMATS
+
+    return ", ".join(SIZE_FORMATS)
+
+
+def _option_error(exc: BadParam, fmt: str) -> UnusableInput:
+    """A parameter problem in the words of the command line: option names, not parameter names."""
+    option = SIZE_OPTIONS.get(exc.key, exc.key)
+    takes = ", ".join(SIZE_OPTIONS.get(k, k) for k in exc.takes) or "no options"
+    if exc.reason == "not-applicable":
+        return UnusableInput(f"{option} does not apply to --format {fmt} (it takes {takes})")
+    return UnusableInput(f"{option}: {exc.problem}")
 
 
 @app.command()
 def size(
     config: Path = typer.Argument(..., help="A model's config.json (or its folder)."),
-    fmt: str = typer.Option(..., "--format", "-f", help="gptq, awq, gguf, ggml, nf4, fp4, fp16, bf16, fp32"),
-    bits: Optional[int] = typer.Option(None, help="GPTQ/AWQ bits (2, 3, 4, 8)."),
-    group_size: Optional[int] = typer.Option(None, "--group-size", "-g", help="GPTQ/AWQ group size (-1 for none)."),
-    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="GPTQ desc_act."),
-    qtype: Optional[str] = typer.Option(None, "--type", "-t", help="GGUF/GGML type or mix: Q4_K_M, Q8_0, q4_0..."),
-    double_quant: Optional[bool] = typer.Option(None, "--double-quant/--no-double-quant", help="bitsandbytes nested absmax."),
+    fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {_size_formats()}."),
+    bits: Optional[int] = typer.Option(
+        None, help=f"gptq: {_expected('gptq', 'bits')} (default 4); awq: {_expected('awq', 'bits')}."),
+    group_size: Optional[int] = typer.Option(
+        None, "--group-size", "-g", help=f"gptq/awq group size: {_expected('gptq', 'group_size')} (default 128)."),
+    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="gptq: desc_act (no size change)."),
+    writer: Optional[str] = typer.Option(
+        None, "--writer", help=f"gptq: the writer whose layout to predict, {_expected('gptq', 'writer')} "
+        "(default autogptq: a bias on every linear; gptqmodel writes none)."),
+    qtype: Optional[str] = typer.Option(
+        None, "--type", "-t", help=f"gguf/ggml (required): the llama.cpp type; gguf: {_expected('gguf', 'type')}; "
+        f"ggml: {_expected('ggml', 'type')}."),
+    split_max_size: Optional[str] = typer.Option(
+        None, "--split-max-size",
+        help=f"gguf: the shard sizes gguf-split writes for this size, {_expected('gguf', 'split_max_size')}."),
+    imatrix: Optional[bool] = typer.Option(
+        None, "--imatrix/--no-imatrix", help="gguf: quantized with an importance matrix (a few tensor types differ)."),
+    double_quant: Optional[bool] = typer.Option(
+        None, "--double-quant/--no-double-quant", help="nf4/fp4: nested absmax (default: on)."),
+    rank: Optional[int] = typer.Option(None, "--rank", help=f"lora: the rank r, {_expected('lora', 'r')} (default 64)."),
+    target_modules: Optional[str] = typer.Option(
+        None, "--target-modules",
+        help=f"lora: comma-separated, {_expected('lora', 'target_modules')} (default: all of them)."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="List every tensor."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
-    """Predict a variant's exact size from config.json and quant parameters, without weights."""
+    """Predict a variant's exact size from config.json and quant parameters, without weights.
+
+    An option that does not apply to the format, or a value the format cannot represent, is refused (exit 2).
+    """
     from . import _output
+    from .formats import BadParam
     from .size import predict_size
 
+    modules = None if target_modules is None else [m.strip() for m in target_modules.split(",") if m.strip()]
     params = {
         k: v
         for k, v in {
             "bits": bits, "group_size": group_size, "desc_act": act_order, "type": qtype, "double_quant": double_quant,
+            "r": rank, "target_modules": modules, "writer": writer, "split_max_size": split_max_size, "imatrix": imatrix,
         }.items()
         if v is not None
     }
-    with errors_to_exit():
+    with command_errors(json_out):
         try:
             est = predict_size(config, fmt, **params)
-        except TypeError as exc:
-            raise UnusableInput(f"--format {fmt} does not take that option ({exc})") from None
+        except BadParam as exc:
+            raise _option_error(exc, fmt) from None
     if json_out:
         _output.print_json(est.to_dict(per_tensor=per_tensor))
     else:
@@ -134,6 +197,7 @@ def _register_optional() -> None:
         ("cli_card", ("card",)),
         ("cli_smoke", ("smoke",)),
         ("cli_sync", ("sync", "plan", "demo")),
+        ("cli_publish", ("package", "publish")),
     ):
         try:
             module = __import__(f"mcard.{module_name}", fromlist=["*"])
@@ -153,19 +217,7 @@ _register_optional()
 
 
 def main() -> None:
-    try:
-        app()
-    except SystemExit:
-        raise
-    except KeyboardInterrupt:
-        typer.echo("mcard: interrupted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - never a traceback for users
-        if os.environ.get("MCARD_DEBUG"):
-            raise
-        echo(f"mcard: internal error: {type(exc).__name__}: {one_line(exc, 500)} (set MCARD_DEBUG=1 for details)",
-             err=True)
-        sys.exit(EXIT_UNUSABLE)
+    sys.exit(run_app(app))
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from .errors import EXIT_FAILED, McardError
-from .safetext import echo
+from .cli_errors import command_errors
+from .errors import EXIT_FAILED, UnusableInput
 
 card = typer.Typer(
     help="Model cards from the registry: render them, check them.",
@@ -17,11 +17,6 @@ card = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(exc: McardError) -> typer.Exit:
-    echo(f"mcard: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
 
 
 @card.command("render")
@@ -38,19 +33,15 @@ def render(
     """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
     from .card import render_card
 
-    try:
+    with command_errors():
         text = render_card(entry, variants_dir=variants, template=template, registry_root=registry_root)
-    except McardError as exc:
-        raise _fail(exc) from None
-    if output is None:
-        sys.stdout.write(text)
-        return
-    try:
-        output.write_text(text, encoding="utf-8", newline="\n")
-    except OSError as exc:
-        from .errors import UnusableInput
-
-        raise _fail(UnusableInput(f"cannot write: {exc.strerror or exc}", output)) from None
+        if output is None:
+            sys.stdout.write(text)
+            return
+        try:
+            output.write_text(text, encoding="utf-8", newline="\n")
+        except OSError as exc:
+            raise UnusableInput(f"cannot write: {exc.strerror or exc}", output) from None
     typer.echo(f"wrote {output}", err=True)
 
 
@@ -66,10 +57,8 @@ def check(
     from . import _output
     from .card_check import check_card
 
-    try:
+    with command_errors(json_out):
         report = check_card(card_path, registry_path=registry, registry_root=registry_root)
-    except McardError as exc:
-        raise _fail(exc) from None
     if json_out:
         _output.print_json(report.to_dict())
     else:

@@ -14,39 +14,27 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, NoReturn
+from typing import Annotated, Any, Callable
 
 import typer
 
-from .errors import EXIT_FAILED, McardError
-from .hub.branches import BranchListing, RefReport, format_size, list_branches
+from .cli_errors import PREFIX, command_errors
+from .errors import EXIT_FAILED
+from .hub.branches import BranchListing, RefReport, list_branches
 from .hub.download import FetchResult
 from .hub.download import fetch as fetch_revision
 from .hub.progress import NullReporter, Reporter, RichReporter
 from .safetext import dumps_json, echo, plain
 from .safetext import markup_safe as esc
+from .units import format_size
 
-EXIT_INTERRUPTED = 130
-
-
-def _die(message: str, code: int, as_json: bool) -> NoReturn:
-    if as_json:
-        typer.echo(dumps_json({"ok": False, "error": message, "exit_code": code}))
-    echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+INTERRUPTED = "interrupted; partial downloads are kept and resume on the next run"
 
 
 def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
     """Run ``call``; turn every failure into one line and an exit code (never a traceback)."""
-    try:
+    with command_errors(as_json, interrupted=INTERRUPTED):
         return call()
-    except McardError as exc:
-        _die(str(exc), exc.exit_code, as_json)
-    except KeyboardInterrupt:
-        _die("interrupted; partial downloads are kept and resume on the next run", EXIT_INTERRUPTED, as_json)
-    except OSError as exc:
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        _die(f"{where}{exc.strerror or exc}", EXIT_FAILED, as_json)
 
 
 # -- branches -------------------------------------------------------------------------------------
@@ -84,16 +72,11 @@ def _print_branches_table(listing: BranchListing, console: Any = None) -> None:
 
 
 def _print_branches_plain(listing: BranchListing) -> None:
+    """One tab-separated line per ref on stdout (for scripts); what disagrees goes to stderr."""
     for ref in listing.refs:
         config = _config_text(ref)
         echo("\t".join([ref.name, ref.kind, ref.commit, ref.name_params.describe(), config, ref.status,
                          str(ref.file_count), str(ref.total_size)]))
-        for d in ref.disagreements:
-            echo(f"  disagreement: {d}")
-        for note in ref.notes:
-            echo(f"  note: {note}")
-        if ref.error:
-            echo(f"  error: {ref.error}")
 
 
 def branches(
@@ -109,10 +92,13 @@ def branches(
         _print_branches_table(listing)
     else:
         _print_branches_plain(listing)
-    if not listing.ok:
+    if not listing.ok:  # a ref that disagrees with its configs, or could not be read: the check failed
         for ref in listing.refs:
+            if not sys.stdout.isatty() or as_json:  # the table already lists them below itself
+                for d in ref.disagreements:
+                    echo(f"{PREFIX}{listing.repo_id}@{ref.name}: {d}", err=True)
             if ref.error:
-                echo(f"error: {listing.repo_id}@{ref.name}: {ref.error}", err=True)
+                echo(f"{PREFIX}{listing.repo_id}@{ref.name}: {ref.error}", err=True)
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -181,6 +167,6 @@ def fetch(
                 echo(f"skipped {path}: {reason}", err=True)
     failed = result.failures()
     for f in failed:
-        echo(f"error: {f.error}", err=True)
+        echo(f"{PREFIX}{f.error}", err=True)
     if failed:
         raise typer.Exit(max(f.failure.exit_code if f.failure else EXIT_FAILED for f in failed))

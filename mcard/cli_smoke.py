@@ -19,9 +19,9 @@ def smoke(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the per-layer table."),
 ) -> None:
     """Run quantized layers through the int4 CUDA kernels and compare with a float32 reference."""
-    from .cli import errors_to_exit
+    from .cli_errors import command_errors
 
-    with errors_to_exit():
+    with command_errors(json_out):
         from .smoke import run
 
         result = run(path, device=device, layers=layers, batches=batch, seed=seed, require_gpu=require_gpu)

@@ -9,23 +9,11 @@ from typing import Optional
 
 import typer
 
-from .errors import EXIT_FAILED, McardError
-from .safetext import dumps_json, echo, plain
+from .cli_errors import command_errors
+from .errors import EXIT_FAILED
+from .safetext import dumps_json, plain
 from .safetext import markup_safe as esc
-
-
-def _fail(exc: McardError) -> typer.Exit:
-    echo(f"mcard: {exc}", err=True)
-    return typer.Exit(exc.exit_code)
-
-
-def _size(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= scale:
-            return f"{n / scale:.2f} {unit}"
-    return f"{n} B"
+from .sync import MAX_MATRIX_JOBS
 
 
 def _print_summary(results: list) -> None:
@@ -34,6 +22,7 @@ def _print_summary(results: list) -> None:
     from .sync import FAILED
 
     from ._output import console as make_console
+    from .units import format_size
 
     console = make_console()
     for res in results:
@@ -43,8 +32,8 @@ def _print_summary(results: list) -> None:
         for r in res.records:
             style = "red" if r.status == FAILED else "green" if r.status == "passed" else "dim"
             table.add_row(
-                esc(r.variant), f"[{style}]{esc(r.status)}[/]", esc((r.commit or "-")[:8]), _size(r.measured_bytes),
-                _size(r.predicted_bytes), esc(r.validate), esc(r.smoke),
+                esc(r.variant), f"[{style}]{esc(r.status)}[/]", esc((r.commit or "-")[:8]),
+                format_size(r.measured_bytes), format_size(r.predicted_bytes), esc(r.validate), esc(r.smoke),
                 "-" if r.smoke_max_error is None else f"{r.smoke_max_error:.1e}", f"{r.seconds:.1f}s",
             )
         console.print(table)
@@ -66,25 +55,36 @@ def sync(
     report: Optional[Path] = typer.Option(None, "--report", help="Report folder (default reports/<repo>/)."),
     force: bool = typer.Option(False, "--force", help="Run variants unchanged since their last passing report too."),
     device: str = typer.Option("auto", "--device", help="Smoke-test device: auto, cuda or cpu."),
+    batch: Optional[int] = typer.Option(None, "--batch", help="Only job N of `mcard plan TARGET` (what a CI matrix job runs)."),
+    max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs", help="With --batch: the --max-jobs the plan was made with."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default $HF_ENDPOINT or huggingface.co)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    publish: bool = typer.Option(False, "--publish", help="Package -> validate -> smoke -> publish -> verify, from --from."),
+    from_dir: Optional[Path] = typer.Option(None, "--from", help="With --publish: the quantizer outputs (DIR/<branch>/, DIR/<file>)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="With --publish: the package folder (default packages/<repo>)."),
+    create: bool = typer.Option(False, "--create", help="With --publish: create the repo when missing."),
+    private: bool = typer.Option(False, "--private", help="With --publish --create: a private repo."),
+    repo: Optional[str] = typer.Option(None, "--repo", help="With --publish: publish to this repo instead of the entry's."),
     registry_root: Optional[Path] = typer.Option(
         None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
-    """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card."""
+    """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card.
+
+    With --publish: package the variants from --from, validate, smoke-test, publish and fetch them back.
+    """
     from .sync import SyncOptions
     from .sync import sync as run_sync
 
     options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
-                          endpoint=endpoint, device=device, registry_root=registry_root)
+                          endpoint=endpoint, device=device, batch=batch, max_jobs=max_jobs,
+                          publish=publish, from_dir=from_dir, package_dir=out,
+                          create=create, private=private, repo=repo, registry_root=registry_root)
     progress = None
     if not json_out and sys.stderr.isatty():
         def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
             typer.echo(f"  {record.variant}: {record.status}", err=True)
-    try:
+    with command_errors(json_out):
         results = run_sync(target, options, progress=progress)
-    except McardError as exc:
-        raise _fail(exc) from None
     ok = all(r.ok for r in results)
     if json_out:
         typer.echo(dumps_json({"ok": ok, "repos": [r.to_dict() for r in results]}, indent=2))
@@ -96,19 +96,19 @@ def sync(
 def plan(
     target: Path = typer.Argument(..., help="A registry folder (or one entry)."),
     fmt: str = typer.Option("github-matrix", "--format", help="github-matrix (one line for $GITHUB_OUTPUT) or json."),
+    max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs",
+                                 help="At most this many jobs (GitHub allows 256 a matrix); beyond, variants are batched."),
     registry_root: Optional[Path] = typer.Option(
         None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
-    """Emit one CI job per variant: a GitHub Actions matrix, or a JSON list for any CI."""
+    """Emit the CI jobs: one per variant (batches beyond --max-jobs), as a GitHub Actions matrix or a JSON list."""
     from .errors import UnusableInput
     from .sync import plan_jobs
 
-    try:
+    with command_errors():
         if fmt not in ("github-matrix", "json"):
             raise UnusableInput(f"--format {fmt!r}: expected github-matrix or json")
-        jobs = plan_jobs(target, registry_root)
-    except McardError as exc:
-        raise _fail(exc) from None
+        jobs = plan_jobs(target, max_jobs, registry_root=registry_root)
     if fmt == "github-matrix":
         typer.echo(json.dumps({"include": jobs}, separators=(",", ":")))
     else:
@@ -119,18 +119,56 @@ def demo(
     out: Path = typer.Option(Path("mcard-demo"), "--out", help="Where the registry, reports, cards and cache go."),
     broken: bool = typer.Option(False, "--with-broken", help="Add three broken GPTQ branches to see them caught."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test."),
+    serve: bool = typer.Option(False, "--serve", help="Keep the local Hub running afterwards (until Ctrl-C) to try "
+                                                      "mcard on its repos."),
 ) -> None:
     """Build tiny repos, serve them on a local Hub-API server, and run sync --render end to end."""
     from .demo import run_demo
 
+    def report(results: list, folder: Path) -> None:
+        _print_summary(results)
+        for again in republished:  # the publish step's rerun: nothing to send, no new commit
+            typer.echo(f"republished {again.repo} unchanged: {again.uploaded_bytes} bytes sent, "
+                       f"{sum(1 for b in again.branches if b.commit != b.head)} new commits, "
+                       f"{'verified' if again.ok else 'NOT verified'}")
+        typer.echo(f"Registry entries: {folder / 'registry'}")
+        typer.echo(f"Reports and cards: {folder / 'reports'}/<repo>/ (report.md, report.json, README.md)")
+        typer.echo(f"Downloaded variants: {folder / 'hf-cache'} (the Hugging Face cache layout; each variant's "
+                   "folder is its local_path in report.json)")
+        ok = all(r.ok for r in results)
+        typer.echo("All variants passed." if ok else "Some variants failed: see the reasons above.")
+
+    def while_serving(endpoint: str, results: list) -> None:
+        report(results, out.resolve())
+        _serve_until_interrupted(endpoint, [r.repo for r in results])
+
     typer.echo("mcard demo: building tiny GPTQ/AWQ/GGUF/QLoRA repos and serving them on 127.0.0.1 ...", err=True)
+    republished: list = []
+    with command_errors():
+        results, folder = run_demo(out, broken=broken, smoke=not no_smoke, republished=republished,
+                                   while_serving=while_serving if serve else None)
+    if not serve:
+        report(results, folder)
+    raise typer.Exit(0 if all(r.ok for r in results) else EXIT_FAILED)
+
+
+def _serve_until_interrupted(endpoint: str, repos: list[str]) -> None:
+    """Print how to reach the local Hub and wait for Ctrl-C (or SIGTERM); then the demo stops its server."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    typer.echo(f"\nThe local Hub is serving the demo's repos. In another shell:\n\n  export HF_ENDPOINT={endpoint}")
+    for repo in repos:
+        typer.echo(f"  mcard branches {repo}")
+    typer.echo(f"  mcard fetch {repos[0]}:main\n\nPress Ctrl-C to stop the server.")
+    sys.stdout.flush()
     try:
-        results, folder = run_demo(out, broken=broken, smoke=not no_smoke)
-    except McardError as exc:
-        raise _fail(exc) from None
-    _print_summary(results)
-    ok = all(r.ok for r in results)
-    typer.echo(f"Registry entries: {folder / 'registry'}")
-    typer.echo(f"Reports and cards: {folder / 'reports'}/<repo>/ (report.md, report.json, README.md)")
-    typer.echo("All variants passed." if ok else "Some variants failed: see the reasons above.")
-    raise typer.Exit(0 if ok else EXIT_FAILED)
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo("Stopped the local Hub.")

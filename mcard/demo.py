@@ -183,10 +183,21 @@ def _write_registry(registry: Path, config: dict[str, Any], broken: bool) -> Non
 
 
 def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
-             progress: Any = None) -> tuple[list[Any], Path]:
-    """Build, serve, ``sync --render``; returns the sync results and the output folder."""
+             progress: Any = None, publish: bool = True, republished: list[Any] | None = None,
+             while_serving: Any = None) -> tuple[list[Any], Path]:
+    """Build, serve, ``sync --render``, then the publish step; returns the sync results and the output folder.
+
+    With ``publish``, :func:`mcard.demo_publish.publish_step` packages the tiny
+    variants, publishes them to the local Hub and fetches them back; its sync
+    results follow the others, and the unchanged republish of each repo
+    (:class:`mcard.publish.PublishResult`) is appended to ``republished``.
+    ``while_serving(endpoint, results)``, when given, is called last with the local Hub
+    still running (``mcard demo --serve`` blocks there until Ctrl-C); the server stops when it returns.
+    Downloaded variants stay in ``out/hf-cache`` (the Hugging Face cache layout).
+    """
+    from .demo_publish import DEMO_TOKEN, publish_step
     from .sync import SyncOptions, sync
-    from .testing.hubserver import OlahServer
+    from .testing.hub import LocalHub
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)
@@ -196,8 +207,15 @@ def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
         registry.mkdir(exist_ok=True)
         for entry in repos.registry.glob("*.toml"):
             (registry / entry.name).write_text(entry.read_text())
-        with OlahServer(repos.mirrors) as hub:
+        with LocalHub(repos.mirrors, token=DEMO_TOKEN) as hub:
             options = SyncOptions(render=True, smoke=smoke, report_dir=out / "reports", force=True,
                                   endpoint=hub.endpoint, cache_dir=out / "hf-cache")
             results = sync(registry, options, progress=progress)
+            if publish:
+                published, again = publish_step(Path(tmp), out, hub.endpoint, smoke, progress)
+                results += published
+                if republished is not None:
+                    republished.extend(again)
+            if while_serving is not None:
+                while_serving(hub.endpoint, results)
     return results, out

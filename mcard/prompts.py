@@ -105,3 +105,13 @@ def get(name: str, source: str | None = None) -> PromptTemplate:
 
 def custom(text: str, title: str = "Custom") -> PromptTemplate:
     return PromptTemplate("custom", title, text)
+
+
+def resolve(value: str | dict[str, str], source: str | None = None) -> PromptTemplate:
+    """A registry ``prompt``: a library name, a literal template (a string with ``{prompt}``),
+    or ``{name, text}``. Unknown names are named with the closest known one."""
+    if isinstance(value, dict):
+        return custom(value["text"], value["name"])
+    if "{prompt}" in value:
+        return custom(value)
+    return get(value, source)

@@ -166,15 +166,28 @@ def q4k_scale_min(scales: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sc, mn
 
 
+def gguf_reference_types() -> frozenset[str]:
+    """The GGUF tensor types :func:`gguf_dequantize` reads (with a kernel or not)."""
+    from . import reference_gguf
+
+    return frozenset(GGUF_BLOCKS) | frozenset(reference_gguf.DEQUANTIZERS)
+
+
 def gguf_dequantize(raw: Any, type_name: str, shape: tuple[int, int]) -> torch.Tensor:
     """raw uint8 [rows, bytes_per_row] of ``type_name`` -> [rows, cols] float32.
 
     GGUF's ``rows`` are the linear's outputs N and ``cols`` (ne0) its inputs K,
     so the result is already in ``nn.Linear.weight`` orientation.
     """
-    if type_name not in GGUF_BLOCKS:
-        raise ValueError(f"no reference for GGUF type {type_name}")
     rows, cols = shape
+    if type_name not in GGUF_BLOCKS:  # types without a kernel: mcard.reference_gguf
+        from . import reference_gguf
+
+        if type_name not in reference_gguf.DEQUANTIZERS:
+            raise ValueError(f"no reference for GGUF type {type_name}")
+        per, nbytes = reference_gguf.BLOCKS[type_name]
+        blocks = _t(raw).reshape(rows, cols // per, nbytes)
+        return reference_gguf.DEQUANTIZERS[type_name](blocks).reshape(rows, cols)
     per, nbytes = GGUF_BLOCKS[type_name]
     blocks = _t(raw).reshape(rows, cols // per, nbytes)
     if type_name == "Q4_0":

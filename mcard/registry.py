@@ -6,12 +6,12 @@ for commented examples)::
     [model]          repo, name, license (required); creator, base_model,
                      base_model_name, description, prompt, system_message,
                      original_card, quantized_by, tags, pipeline_tag, inference,
-                     language, notes, links
+                     language, notes, links, license_file
     [architecture]   config = "path/to/config.json", or config.json keys inline
     [[variants]]     format (required); branch / file; bits, group_size, desc_act,
                      sym, checkpoint_format, version, zero_point, double_quant,
                      type, r, alpha, dropout, target_modules, made_with,
-                     description, size, ram, dataset, seq_len, damp_percent
+                     description, size, ram, dataset, seq_len, damp_percent, source
     [[evaluations]]  dataset, metric, value (inline) or path (lm-eval JSON)
     [[tables]]       title, columns, rows, caption
 
@@ -31,6 +31,7 @@ from typing import Any
 from .errors import UnusableInput
 from .evals import EvalEntry, load_lm_eval
 from .hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
+from .formats import BadParam, check_params, params_of
 from .jsonio import load_json_object, load_toml
 from .registry_schema import (
     EVAL_FILE_SPEC, EVAL_INLINE_SPEC, LINK_SPEC, LIST, MODEL_SPEC, PROMPT_SPEC, STR, TABLE, TABLE_SPEC, TOP_SPEC,
@@ -64,8 +65,8 @@ REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "gguf": ("file", "type"),
     "ggml": ("file", "type"),
 }
-AWQ_VERSIONS = ("gemm", "gemv")  # as mcard.formats.awq.VERSIONS
-AWQ_BITS = 4  # AutoAWQ, vLLM and transformers load 4-bit AWQ only
+# The values of format parameters (bits, group_size, version, type, r...) are checked by the format
+# module's own PARAMS (mcard.formats.check_params), the same check `mcard size` makes.
 
 
 # -- the loaded entry -----------------------------------------------------------
@@ -90,6 +91,7 @@ class ModelInfo:
     language: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     links: list[dict[str, str]] = field(default_factory=list)
+    license_file: str | None = None  # the license text to package as LICENSE, relative to the entry
 
 
 @dataclass
@@ -118,6 +120,7 @@ class RegistryVariant:
     dataset: str | None = None
     seq_len: int | None = None
     damp_percent: float | None = None
+    source: str | None = None  # the quantizer's output (folder or file) to package, relative to the entry
 
     @property
     def key(self) -> str:
@@ -126,10 +129,11 @@ class RegistryVariant:
 
     def size_params(self) -> dict[str, Any]:
         """Keyword arguments for :func:`mcard.size.predict_size`."""
-        if self.format == "gptq":
-            return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act}
+        if self.format == "gptq":  # made_with = "GPTQModel": its layout (no bias, its tensor order)
+            writer = "gptqmodel" if (self.made_with or "").lower().startswith("gptqmodel") else "autogptq"
+            return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act, "writer": writer}
         if self.format == "awq":
-            return {"bits": self.bits, "group_size": self.group_size, "version": self.version or AWQ_VERSIONS[0]}
+            return {"bits": self.bits, "group_size": self.group_size, "version": self.version or _awq_default_version()}
         if self.format in ("nf4", "fp4"):  # the quant type is implied by the format name
             return {"double_quant": self.double_quant}
         if self.format == "lora":  # lora_alpha and dropout do not change the file
@@ -202,10 +206,10 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
         check_keys(prompt, PROMPT_SPEC, "model.prompt", path)
         if "{prompt}" not in prompt["text"]:
             raise UnusableInput("model.prompt.text: has no {prompt} placeholder", path)
-    elif isinstance(prompt, str):
+    elif isinstance(prompt, str):  # a library name, or a literal template with {prompt}
         from . import prompts
 
-        prompts.get(prompt, f"{path}: model.prompt")
+        prompts.resolve(prompt, f"{path}: model.prompt")
     links = list_of(m.get("links", []), TABLE, "model.links", path)
     for i, link in enumerate(links):
         check_keys(link, LINK_SPEC, f"model.links[{i}]", path)
@@ -215,6 +219,8 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
         original = entry_file(m["original_card"], "model.original_card", path, registry_root)
         if not original.is_file():
             raise UnusableInput(f"model.original_card: no such file {m['original_card']!r}", path)
+    if isinstance(m.get("license_file"), str):  # packaged as LICENSE and published: the same rule
+        entry_file(m["license_file"], "model.license_file", path, registry_root)
     model = ModelInfo(
         repo=m["repo"],
         name=m["name"],
@@ -233,6 +239,7 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
         language=list(list_of(m.get("language", []), STR, "model.language", path)),
         notes=list(list_of(m.get("notes", []), STR, "model.notes", path)),
         links=[dict(link) for link in links],
+        license_file=m.get("license_file"),
     )
 
     arch, arch_source = None, None
@@ -315,16 +322,8 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
     for key, fmts in FORMAT_ONLY_KEYS.items():
         if key in v and fmt not in fmts:
             raise UnusableInput(f"{where}.{key}: only for format {' or '.join(fmts)}, not {fmt}", path)
-    version = None
-    if fmt == "awq":
-        version = str(v.get("version", AWQ_VERSIONS[0])).lower()
-        if version not in AWQ_VERSIONS:
-            close = difflib.get_close_matches(version, list(AWQ_VERSIONS), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise UnusableInput(
-                f"{where}.version: unknown AWQ version {v['version']!r}{hint}; known: {', '.join(AWQ_VERSIONS)}", path)
-        if v["bits"] != AWQ_BITS:
-            raise UnusableInput(f"{where}.bits: AWQ is {AWQ_BITS}-bit only, found {v['bits']}", path)
+    checked = _format_params(fmt, v, where, path)
+    version = checked.get("version", _awq_default_version()) if fmt == "awq" else None
     if "branch" in v:
         _named(validate_ref_name, v["branch"], f"{where}.branch", path)
     if "file" in v:
@@ -338,11 +337,11 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         group_size=v.get("group_size"),
         desc_act=v.get("desc_act", False),
         sym=v.get("sym", True),
-        checkpoint_format=v.get("checkpoint_format", "gptq"),
+        checkpoint_format=checked.get("checkpoint_format", "gptq"),
         version=version,
         zero_point=v.get("zero_point", True),
         double_quant=v.get("double_quant", True),
-        type=v.get("type"),
+        type=v.get("type"),  # checked above; kept as spelled (file names and cards use q4_K_M)
         r=v.get("r"),
         alpha=v.get("alpha"),
         dropout=v.get("dropout"),
@@ -354,15 +353,29 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         dataset=v.get("dataset"),
         seq_len=v.get("seq_len"),
         damp_percent=v.get("damp_percent"),
+        source=v.get("source"),
     )
     if out.bits is None and out.type:
         found = re.search(r"(\d+)", out.type)
         out.bits = int(found.group(1)) if found else None
-    if out.r is not None and out.r < 1:
-        raise UnusableInput(f"{where}.r: the LoRA rank must be at least 1, found {out.r}", path)
-    if out.damp_percent is not None and not 0 < out.damp_percent < 1:
-        raise UnusableInput(f"{where}.damp_percent: must be between 0 and 1, found {out.damp_percent}", path)
     return out
+
+
+def _awq_default_version() -> str:
+    from .formats import awq
+
+    return str(awq.DEFAULTS["version"])
+
+
+def _format_params(fmt: str, v: dict[str, Any], where: str, path: Path) -> dict[str, Any]:
+    """The variant's format parameters, checked and normalized by the format module (as `mcard size` does)."""
+    given = {key: v[key] for key in params_of(fmt) if key in v}
+    if not given:
+        return {}
+    try:
+        return check_params(fmt, given)
+    except BadParam as exc:
+        raise UnusableInput(f"{where}.{exc.key}: {exc.problem}", path) from None
 
 
 def _evaluation(e: dict[str, Any], where: str, path: Path, variant_keys: set[str],

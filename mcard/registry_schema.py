@@ -51,6 +51,7 @@ MODEL_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
     "prompt": ((STR, TABLE), False),
     "system_message": ((STR,), False),
     "original_card": ((STR,), False),
+    "license_file": ((STR,), False),
     "quantized_by": ((STR,), False),
     "tags": ((LIST,), False),
     "pipeline_tag": ((STR,), False),
@@ -85,6 +86,7 @@ VARIANT_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
     "dataset": ((STR,), False),
     "seq_len": ((INT,), False),
     "damp_percent": ((FLOAT,), False),
+    "source": ((STR,), False),
 }
 EVAL_INLINE_SPEC: dict[str, tuple[tuple[str, ...], bool]] = {
     "dataset": ((STR,), True),

@@ -7,6 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+# File kinds that hold weights: what a variant's size (measured and predicted) counts.
+WEIGHT_KINDS = ("safetensors", "gguf", "ggml", "pickle")
+
+
 class Severity(str, enum.Enum):
     ERROR = "error"
     WARNING = "warning"
@@ -106,7 +110,10 @@ class Report:
 
     @property
     def actual_bytes(self) -> int:
-        return sum(f.size for f in self.files)
+        """Bytes of the weights files, what ``predicted_bytes`` predicts: configs are not counted, nor
+        pickle weights next to safetensors ones (loaders read the safetensors)."""
+        kinds = ("safetensors",) if any(f.kind == "safetensors" for f in self.files) else WEIGHT_KINDS
+        return sum(f.size for f in self.files if f.kind in kinds)
 
     def codes(self) -> set[str]:
         return {f.code for f in self.all_findings()}

@@ -220,9 +220,18 @@ _DTYPE_ORDER = ["BOOL", "U8", "I8", "F8_E5M2", "F8_E4M3", "I16", "U16", "F16", "
                 "I32", "U32", "F32", "F64", "I64", "U64"]
 
 
-def predict_file_size(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None) -> int:
-    """Exact size of the file the reference writer produces for ``(name, dtype, shape)`` entries."""
+def predict_file_size(entries: list[tuple[str, str, tuple[int, ...]]], metadata: dict[str, str] | None = None,
+                      order: list[str] | None = None) -> int:
+    """Exact size of the file the reference writer produces for ``(name, dtype, shape)`` entries.
+
+    ``order``: the tensors' order in the data section when a writer does not use the
+    reference one (the header's offsets, and so its length, depend on it); names not in
+    it follow in the reference order.
+    """
     ordered = sorted(entries, key=lambda e: (-_DTYPE_ORDER.index(e[1]), e[0]))
+    if order is not None:
+        rank = {name: i for i, name in enumerate(order)}
+        ordered.sort(key=lambda e: rank.get(e[0], len(rank)))
     doc: dict[str, Any] = {}
     if metadata:
         doc["__metadata__"] = metadata

@@ -27,6 +27,7 @@ class SizeEstimate:
     parts: dict[str, int]
     tensors: list[tuple[str, str, int]] = field(default_factory=list)
     ram_bytes: int | None = None  # GGUF/GGML only: no GPU offloading
+    notes: list[str] = field(default_factory=list)  # what is estimated and by how much, shard sizes...
 
     @property
     def total_gb(self) -> float:
@@ -43,6 +44,8 @@ class SizeEstimate:
         if self.ram_bytes is not None:
             out["ram_bytes"] = self.ram_bytes
             out["ram_gb"] = round(self.ram_bytes / 1e9, 2)
+        if self.notes:
+            out["notes"] = self.notes
         if per_tensor:
             out["tensors"] = [{"name": n, "type": t, "bytes": b} for n, t, b in self.tensors]
         return out
@@ -63,9 +66,24 @@ def predict_size(config: ModelShape | dict[str, Any] | str | Path, format: str, 
     """Predict the size of ``format`` (gptq, awq, gguf, ggml, nf4, fp16, bf16) for a model config."""
     from . import formats
 
-    shape = as_shape(config)
     found = formats.for_size(format)
     if found is None:
         raise UnusableInput(f"unknown format {format!r} (known: {', '.join(formats.SIZE_FORMATS)})")
+    params = formats.check_params(format, params, for_size=True)  # BadParam (exit 2) names what is wrong
+    shape = as_shape(config)
     module, implied = found
-    return module.predict_size(shape, **{**implied, **params})
+    context = _config_context(config)
+    return module.predict_size(shape, **{**implied, **context, **params})
+
+
+def _config_context(config: ModelShape | dict[str, Any] | str | Path) -> dict[str, Any]:
+    """What a format may read beside the shape: the config document and its folder (tokenizer files)."""
+    from .jsonio import load_json_object
+
+    if isinstance(config, dict):
+        return {"config_doc": config}
+    if isinstance(config, (str, Path)):
+        path = Path(config)
+        path = path / "config.json" if path.is_dir() else path
+        return {"config_doc": load_json_object(path), "model_dir": path.parent}
+    return {}

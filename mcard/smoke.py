@@ -245,8 +245,10 @@ def run(
         message = (f"no kernel was exercised ({gpu_text}); ran the torch reference against the "
                    f"{fmt} module's numpy dequantization only")
     result = SmokeResult(str(path), fmt, f"cuda: {gpu_text}" if use_gpu else "cpu", use_gpu, message)
-    if skipped_note:
-        result.message += f"; {skipped_note}"
+    notes = [skipped_note] if skipped_note else []
+    no_kernel = sorted({layer.kernel_note for layer in loaded if layer.kernel is None and layer.kernel_note})
+    if no_kernel:  # e.g. GGUF Q8_0, GPTQ 3-bit: reference check only, said plainly
+        notes.append("; ".join(no_kernel) + " (reference check only)")
     rng = np.random.default_rng(seed)
     for layer in loaded:
         for batch in batch_list:
@@ -258,4 +260,5 @@ def run(
     if use_gpu and not any(r.engine == "kernel" for r in result.layers):
         result.kernels_run = False
         result.message = f"no kernel was exercised: no selected layer has a kernel ({gpu_text})"
+    result.message = "; ".join([result.message, *notes])
     return result

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from cupy_kernels import limits as kernel_limits  # no CuPy import: which layers the int4 kernels serve
 
 from .errors import UnusableInput
+from .formats import SIZE_FORMATS
 from .variant import Variant
 
-SUPPORTED = ("gptq", "awq", "gguf", "bnb")
-GGUF_KERNEL_TYPES = ("Q4_0", "Q4_1", "Q4_K")
+SUPPORTED = ("gptq", "awq", "gguf", "bnb")  # format modules smoke loads layers from
+# Which layers have a CUDA kernel is cupy_kernels.limits' answer, asked by the layer adapters
+# below (with the layer's shape) and by `mcard plan` (kernel_runs, with a variant's parameters).
 _LAYER = re.compile(r"(?:layers|blk|h|block)\.(\d+)\.")
 _FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 
@@ -73,21 +76,18 @@ def _gptq_layer(mod: Any, variant: Variant, name: str) -> Layer:
                                  lin.bits, lin.checkpoint_format)
 
     kernel = None
-    note = ""
-    if lin.bits == 4 and lin.out_features % 8 == 0:
+    note = kernel_limits.why_not_gptq(lin.bits, lin.out_features, lin.in_features)
+    if not note:
         dev_arrays: dict[str, Any] = {}
 
         def kernel(x: Any, out: Any) -> Any:
             import cupy_kernels
 
-            if not dev_arrays:
-                dev_arrays.update(q=_cp(lin.qweight), z=_cp(lin.qzeros), s=_cp(lin.scales), g=_cp(lin.g_idx),
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
+                dev_arrays.update(p=cupy_kernels.pack_gptq(_cp(lin.qweight), _cp(lin.qzeros), _cp(lin.scales),
+                                                           lin.g_idx, lin.group_size, lin.checkpoint_format),
                                   b=None if lin.bias is None else _cp(lin.bias))
-            d = dev_arrays
-            return cupy_kernels.gptq_matmul(x, d["q"], d["z"], d["s"], d["g"], lin.group_size,
-                                            lin.checkpoint_format, d["b"], out)
-    else:
-        note = f"no kernel for {lin.bits}-bit GPTQ" if lin.bits != 4 else "no kernel: N % 8 != 0"
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
     return Layer(name, kind, (lin.out_features, lin.in_features), lambda: mod.dequantize_linear(lin), ref_w,
                  kernel, _nbytes(lin.qweight, lin.qzeros, lin.scales, lin.g_idx, lin.bias), lin.bias, note)
 
@@ -105,20 +105,18 @@ def _awq_layer(mod: Any, variant: Variant, name: str) -> Layer:
         return r.awq_dequantize(r._t(lin.qweight, dev), lin.qzeros, lin.scales, lin.group_size)
 
     kernel = None
-    note = ""
-    if lin.version == "gemm" and lin.out_features % 16 == 0:
+    note = kernel_limits.why_not_awq(lin.version, lin.group_size, lin.out_features, lin.in_features)
+    if not note:
         dev_arrays: dict[str, Any] = {}
 
         def kernel(x: Any, out: Any) -> Any:
             import cupy_kernels
 
-            if not dev_arrays:
-                dev_arrays.update(q=_cp(lin.qweight), z=_cp(lin.qzeros), s=_cp(lin.scales),
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
+                dev_arrays.update(p=cupy_kernels.pack_awq(_cp(lin.qweight), _cp(lin.qzeros), _cp(lin.scales),
+                                                          lin.group_size),
                                   b=None if lin.bias is None else _cp(lin.bias))
-            d = dev_arrays
-            return cupy_kernels.awq_matmul(x, d["q"], d["z"], d["s"], lin.group_size, d["b"], out)
-    else:
-        note = "no kernel for the AWQ GEMV layout" if lin.version != "gemm" else "no kernel: N % 16 != 0"
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
     return Layer(name, kind, (lin.out_features, lin.in_features), lambda: mod.dequantize_linear(lin), ref_w,
                  kernel, _nbytes(lin.qweight, lin.qzeros, lin.scales, lin.bias), lin.bias, note)
 
@@ -141,24 +139,22 @@ def _bnb_layer(mod: Any, variant: Variant, name: str) -> Layer:
         return r.bnb_dequantize(r._t(lin.weight, dev), absmax(dev), lin.quant_map, shape, lin.blocksize)
 
     kernel = None
-    note = ""
-    if lin.in_features % 32 == 0 and lin.blocksize % 32 == 0:
+    note = kernel_limits.why_not_bnb(lin.blocksize, lin.in_features)
+    if not note:
         dev_arrays: dict[str, Any] = {}
 
         def kernel(x: Any, out: Any) -> Any:
             import cupy_kernels
 
-            if not dev_arrays:
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
                 dev_arrays.update(
-                    w=_cp(lin.weight), qm=_cp(lin.quant_map), a=_cp(lin.absmax),
-                    na=None if lin.nested_absmax is None else _cp(lin.nested_absmax),
-                    nq=None if lin.nested_quant_map is None else _cp(lin.nested_quant_map),
+                    p=cupy_kernels.pack_bnb(
+                        _cp(lin.weight), _cp(lin.quant_map), _cp(lin.absmax), shape, lin.blocksize,
+                        None if lin.nested_absmax is None else _cp(lin.nested_absmax),
+                        None if lin.nested_quant_map is None else _cp(lin.nested_quant_map),
+                        lin.nested_offset or 0.0, lin.nested_blocksize or 256),
                     b=None if lin.bias is None else _cp(lin.bias))
-            d = dev_arrays
-            return cupy_kernels.bnb_matmul(x, d["w"], d["qm"], d["a"], shape, lin.blocksize, d["na"], d["nq"],
-                                           lin.nested_offset or 0.0, lin.nested_blocksize or 256, d["b"], out)
-    else:
-        note = "no kernel: K or blocksize not a multiple of 32"
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], dev_arrays["b"], out)
     nbytes = _nbytes(lin.weight, lin.absmax, lin.nested_absmax, lin.quant_map, lin.bias)
     return Layer(name, kind, shape, lambda: mod.dequantize_linear(lin), ref_w, kernel, nbytes, lin.bias, note)
 
@@ -173,39 +169,86 @@ def _gguf_layer(mod: Any, path: Path, name: str, label: str) -> Layer:
 
         return r.gguf_dequantize(r._t(raw, dev), type_name, shape)
 
-    dev_arrays: dict[str, Any] = {}
+    kernel = None
+    note = kernel_limits.why_not_gguf(type_name)
+    if not note:
+        dev_arrays: dict[str, Any] = {}
 
-    def kernel(x: Any, out: Any) -> Any:
-        import cupy_kernels
+        def kernel(x: Any, out: Any) -> Any:
+            import cupy_kernels
 
-        if not dev_arrays:
-            dev_arrays["raw"] = _cp(raw)
-        return cupy_kernels.gguf_matmul(x, dev_arrays["raw"], type_name, shape, None, out)
-
+            if not dev_arrays:  # packed once into the kernel's layout, on the device
+                dev_arrays["p"] = cupy_kernels.pack_gguf(_cp(raw), type_name, shape)
+            return cupy_kernels.int4_matmul(x, dev_arrays["p"], None, out)
     return Layer(label, f"gguf {type_name}", shape, lambda: mod.dequantize_tensor(path, name), ref_w, kernel,
-                 int(raw.nbytes))
+                 int(raw.nbytes), kernel_note=note)
 
 
 def _gguf_layers(mod: Any, variant: Variant, count: int | None, spread: Callable) -> tuple[list[Layer], str]:
+    """The quantized 2-D weights (token embeddings aside) whose type has a reference.
+
+    Layers of types with a kernel are spread over the depth (``count`` of them); every other
+    referenced type present gets one layer (reference check only; all of them with ``count=None``),
+    and when no type has a kernel, ``count`` layers are spread over all of them. Types without a
+    reference are named in the note.
+    """
+    from .reference import gguf_reference_types
+
+    referenced = gguf_reference_types()
     files = variant.files_of("gguf")
     many = len(files) > 1
-    candidates: list[tuple[Path, str, str]] = []
+    candidates: dict[str, list[tuple[Path, str, str]]] = {}  # type -> (path, tensor, label)
     others: Counter[str] = Counter()
     for rel in files:
         path = variant.abspath(rel)
         for name, tname in mod.tensor_types(path).items():
             if tname in _FLOAT_TYPES or not name.endswith(".weight") or name.startswith("token_embd"):
                 continue
-            if tname in GGUF_KERNEL_TYPES:
-                candidates.append((path, name, f"{rel}:{name}" if many else name))
+            if tname in referenced:
+                candidates.setdefault(tname, []).append((path, name, f"{rel}:{name}" if many else name))
             else:
                 others[tname] += 1
     note = ""
     if others:
-        note = "tensors of types without a kernel not exercised: " + ", ".join(f"{t} x{n}" for t, n in sorted(others.items()))
-    chosen = spread(by_depth([c[2] for c in candidates]), count)
-    by_label = {c[2]: c for c in candidates}
+        note = "tensors of types without a reference not exercised: " + ", ".join(
+            f"{t} x{n}" for t, n in sorted(others.items()))
+    by_label = {c[2]: c for cs in candidates.values() for c in cs}
+    with_kernel = [c[2] for t, cs in candidates.items() if not kernel_limits.why_not_gguf(t) for c in cs]
+    without = {t: [c[2] for c in cs] for t, cs in candidates.items() if kernel_limits.why_not_gguf(t)}
+    if count is None:
+        chosen = by_depth(list(by_label))
+    elif with_kernel:
+        chosen = spread(by_depth(with_kernel), count) + [spread(by_depth(labels), 1)[0] for labels in without.values()]
+    else:
+        chosen = spread(by_depth([lbl for labels in without.values() for lbl in labels]), count)
     return [_gguf_layer(mod, by_label[lbl][0], by_label[lbl][1], lbl) for lbl in chosen], note
+
+
+# -- what a registry variant will run -------------------------------------------------
+def smoke_module(fmt: str) -> str | None:
+    """The format module smoke loads a registry format's layers with (``nf4`` -> ``bnb``), or None."""
+    module = SIZE_FORMATS.get(fmt.lower(), (None,))[0]
+    return module if module in SUPPORTED else None
+
+
+def kernel_runs(fmt: str, params: dict[str, Any], tensor_types: set[str] | None = None) -> bool:
+    """Whether smoke would run a CUDA kernel for a variant of registry format ``fmt``.
+
+    ``params``: the variant's bits / group_size / version (bitsandbytes: blocksize, when known);
+    ``tensor_types``: for GGUF, the ggml types of its quantized tensors (its mix). Asked of
+    :mod:`cupy_kernels.limits`, as the layer adapters above ask it; shapes are not known here
+    (N and K multiples of 8 or 32 hold for every real model) and are not checked.
+    """
+    module = smoke_module(fmt)
+    if module == "gptq":
+        return not kernel_limits.why_not_gptq(params.get("bits"))
+    if module == "awq":
+        return not kernel_limits.why_not_awq(params.get("version"), params.get("group_size"))
+    if module == "gguf":
+        return any(not kernel_limits.why_not_gguf(t) for t in tensor_types or ())
+    if module == "bnb":
+        return not kernel_limits.why_not_bnb(params.get("blocksize"))
+    return False
 
 
 # -- dispatch -----------------------------------------------------------------------

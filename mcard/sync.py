@@ -3,15 +3,20 @@
 One variant's failure never stops the others. Each variant's outcome is kept
 in ``<report dir>/variants/<key>.json`` as ``{"latest": ..., "last_pass": ...}``:
 a failed run updates ``latest`` only, so nothing already reported as passing
-is lost. A variant whose commit and mcard version equal those of its last
-passing record is skipped (``--force`` runs it anyway), so re-running after an
-interruption continues where it stopped. ``report.json`` and ``report.md``
-summarise the latest state of every variant of the repo.
+is lost. A variant is skipped (``--force`` runs it anyway) only when its latest
+run passed and its last passing record has the same commit, the same mcard
+version, the same registry content for the variant (:func:`variant_digest`)
+and covered every stage now requested; a skip never writes ``latest``. So
+re-running after an interruption continues where it stopped, and a variant
+that failed stays failed until a run passes. ``report.json`` and
+``report.md`` summarise the latest state of every variant of the repo.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 import math
 import re
@@ -28,11 +33,14 @@ from .pathguard import Target
 from .safetext import redact
 from .untrusted import read_capped
 
+from .smoke_layers import kernel_runs
+from .units import format_size
+
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # one variants/<key>.json record
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
-# Registry formats that `mcard smoke` has kernels and references for.
-SMOKE_FORMATS = frozenset({"gptq", "awq", "gguf", "nf4", "fp4"})
+# GitHub Actions runs at most 256 jobs from one matrix: beyond that `plan` batches variants per job.
+MAX_MATRIX_JOBS = 256
 # Registry parameters compared with what validate read from the files.
 _PARAM_CHECKS: dict[str, tuple[str, ...]] = {
     "gptq": ("bits", "group_size", "desc_act"),
@@ -63,6 +71,10 @@ class VariantRecord:
     local_path: str | None = None
     seconds: float = 0.0
     tool_version: str = __version__
+    stages: list[str] = field(default_factory=list)  # what this run covered: fetch, validate, smoke
+    registry_digest: str | None = None  # variant_digest() of the registry entry it ran against
+    publish: str = "-"  # sync --publish: published, unchanged, failed, -
+    uploaded_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +130,14 @@ class SyncOptions:
     smoke_batches: tuple[int, ...] = (1,)
     device: str = "auto"
     registry_root: Path | None = None  # files named in entries may lie anywhere inside it
+    batch: int | None = None  # run only job `batch` (1-based) of `mcard plan TARGET --max-jobs max_jobs`
+    max_jobs: int = MAX_MATRIX_JOBS
+    publish: bool = False  # package -> validate -> smoke -> publish -> verify (mcard.sync_publish)
+    from_dir: Path | None = None
+    package_dir: Path | None = None
+    create: bool = False
+    private: bool = False
+    repo: str | None = None
 
 
 def entry_paths(target: str | Path) -> list[Path]:
@@ -160,17 +180,43 @@ def sync(target: str | Path, options: SyncOptions | None = None,
     """Sync every entry named by ``target``; returns one :class:`RepoSync` per entry."""
     options = options or SyncOptions()
     paths = entry_paths(target)
+    one_of_many = len(paths) > 1
+    only: dict[Path, set[str]] | None = None
+    if options.batch is not None:
+        only = batch_selection(target, options.batch, options.max_jobs)
+        paths = [p for p in paths if p in only]
+    if options.variant is not None:
+        _check_variant_exists(paths, options.variant, target)
     results = []
     for path in paths:
-        results.append(sync_entry(path, options, progress, one_of_many=len(paths) > 1))
-    if len(paths) > 1 and options.variant is not None and not any(r.records for r in results):
-        raise UnusableInput(f"no entry has a variant named {options.variant!r}", target)
+        results.append(sync_entry(path, options, progress, one_of_many=one_of_many,
+                                  only=None if only is None else only[path]))
     return results
 
 
+def _check_variant_exists(paths: list[Path], key: str, target: str | Path) -> None:
+    """``--variant`` names no variant: bad usage (exit 2), with the variants there are."""
+    keys: list[str] = []
+    for path in paths:
+        keys += [v.key for v in load_entry(path).variants]
+    if key in keys:
+        return
+    keys = list(dict.fromkeys(keys))
+    shown = ", ".join(keys[:20]) + (f" ... ({len(keys)} in all)" if len(keys) > 20 else "")
+    where = paths[0].name if len(paths) == 1 else "any entry"
+    raise UnusableInput(f"--variant {key!r}: no such variant in {where}; variants: {shown}", target)
+
+
 def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
-               one_of_many: bool = False) -> RepoSync:
-    """Sync one entry. With ``--report DIR`` and several entries, each repo gets ``DIR/<repo>``."""
+               one_of_many: bool = False, only: set[str] | None = None) -> RepoSync:
+    """Sync one entry (its variants named in ``only``, when given).
+
+    With ``--report DIR`` and a registry folder, each repo gets ``DIR/<repo>``.
+    """
+    if options.publish:
+        from .sync_publish import publish_entry
+
+        return publish_entry(path, options, progress, one_of_many, only)
     entry = load_entry(path, options.registry_root)
     if options.report_dir is None:
         report_dir = default_report_dir(entry.model.repo)
@@ -178,12 +224,7 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
         report_dir = options.report_dir / slug(entry.model.repo) if one_of_many else options.report_dir
     store = _Store(Path(report_dir))
     result = RepoSync(str(path), entry.model.repo, str(report_dir))
-    chosen = [v for v in entry.variants if options.variant in (None, v.key)]
-    if options.variant is not None and not chosen and not one_of_many:
-        known = ", ".join(v.key for v in entry.variants)
-        result.records.append(VariantRecord(
-            entry.model.repo, options.variant, "-", "-", stage="registry",
-            reason=f"no variant named {options.variant!r} in {path.name}; known: {known}"))
+    chosen = [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]
     local_paths: dict[str, Path] = {}
     for v in chosen:
         record = _sync_variant(entry, v, options, store)
@@ -203,11 +244,22 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
 # -- one variant ---------------------------------------------------------------------
 
 
+def variant_digest(entry: Entry, v: RegistryVariant) -> str:
+    """sha256 of what the registry says about one variant: its table, the repo and the architecture."""
+    doc = {"repo": entry.model.repo, "variant": asdict(v), "architecture": entry.architecture}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def requested_stages(options: SyncOptions) -> list[str]:
+    return ["fetch", "validate"] + (["smoke"] if options.smoke else [])
+
+
 def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store") -> VariantRecord:
     from .card_rows import predict
 
     started = time.monotonic()
-    record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size)
+    record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size,
+                           stages=requested_stages(options), registry_digest=variant_digest(entry, v))
     try:
         record.predicted_bytes = predict(entry, v)[0]
     except McardError:
@@ -231,12 +283,13 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     record.stage = "fetch"
     plan = fetch(entry.model.repo, files, revision=v.branch, dry_run=True, **hub)
     record.commit = plan.commit
-    last = store.last_pass(v.key)
-    if (not options.force and last is not None and last.commit == plan.commit
-            and last.tool_version == __version__ and last.local_path and Path(last.local_path).exists()):
+    last = None if options.force else _skippable(store, record)
+    if last is not None:
         _copy_measurements(last, record)
+        record.stages = list(last.stages)
         record.status, record.stage = SKIPPED, ""
-        record.reason = f"unchanged since the last passing report (commit {plan.commit[:12]}, mcard {__version__})"
+        record.reason = (f"unchanged since the last passing run (commit {plan.commit[:12]}, mcard {__version__}, "
+                         f"same registry entry, covered {'+'.join(last.stages)})")
         return
 
     fetched = fetch(entry.model.repo, files, revision=plan.commit, **hub)
@@ -248,7 +301,9 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     report = inspect(local)
     errors = [f for f in report.all_findings() if f.severity.value == "error"]
     record.validate_errors = [f"{f.code}: {f.file} {f.where} {f.message}".replace("  ", " ") for f in errors]
-    record.measured_bytes = sum(f.size for f in report.files if f.kind in ("safetensors", "gguf", "ggml", "pickle"))
+    record.measured_bytes = report.actual_bytes
+    if report.predicted_bytes is not None:  # validate's prediction knows the file's own header: one per variant
+        record.predicted_bytes = report.predicted_bytes
     mismatches = _registry_mismatches(v, report.params)
     record.validate_errors.extend(mismatches)
     record.validate = "ok" if not record.validate_errors else "failed"
@@ -264,6 +319,24 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     record.status, record.stage, record.reason = PASSED, "", record.reason or ""
 
 
+def _skippable(store: "_Store", record: VariantRecord) -> VariantRecord | None:
+    """The last passing record when this run may be skipped, else None.
+
+    Skipped only when the latest run did not fail and the last pass ran on the same commit,
+    mcard version and registry content, covered every stage requested now, and its files
+    are still there.
+    """
+    latest, last = store.latest(record.variant), store.last_pass(record.variant)
+    if latest is None or latest.status == FAILED or last is None:
+        return None
+    same = (last.commit == record.commit and last.tool_version == __version__
+            and last.registry_digest is not None and last.registry_digest == record.registry_digest)
+    covered = set(record.stages) <= set(last.stages)
+    if same and covered and last.local_path and Path(last.local_path).exists():
+        return last
+    return None
+
+
 def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str]:
     """Where the registry entry and the files disagree on quant parameters."""
     out = []
@@ -276,8 +349,9 @@ def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str
 
 def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
     from .smoke import run
+    from .smoke_layers import smoke_module
 
-    if record.format not in SMOKE_FORMATS:
+    if smoke_module(record.format) is None:
         record.smoke = "n/a"
         return
     try:
@@ -299,7 +373,8 @@ def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
 
 
 def _copy_measurements(last: VariantRecord, record: VariantRecord) -> None:
-    for name in ("measured_bytes", "validate", "smoke", "smoke_max_error", "kernels_run", "local_path"):
+    for name in ("measured_bytes", "predicted_bytes", "validate", "smoke", "smoke_max_error", "kernels_run",
+                 "local_path"):
         setattr(record, name, getattr(last, name))
 
 
@@ -330,7 +405,14 @@ class _Store:
         data = self._load(key).get("last_pass")
         return VariantRecord.from_dict(data) if isinstance(data, dict) else None
 
+    def latest(self, key: str) -> VariantRecord | None:
+        data = self._load(key).get("latest")
+        return VariantRecord.from_dict(data) if isinstance(data, dict) else None
+
     def save(self, record: VariantRecord) -> None:
+        """Record a run: ``latest`` always, ``last_pass`` when it passed; a skip writes nothing."""
+        if record.status == SKIPPED:
+            return
         data = self._load(record.variant)
         data["latest"] = record.to_dict()
         if record.status == PASSED:
@@ -370,28 +452,42 @@ def summary_markdown(repo: str, records: list[VariantRecord]) -> str:
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in records:
         lines.append("| " + " | ".join([
-            r.variant, r.status, (r.commit or "-")[:12], _gb(r.measured_bytes), _gb(r.predicted_bytes),
+            r.variant, r.status, (r.commit or "-")[:12], format_size(r.measured_bytes), format_size(r.predicted_bytes),
             r.validate, r.smoke, f"{r.smoke_max_error:.2e}" if r.smoke_max_error is not None else "-",
             f"{r.seconds:.1f} s", r.reason.replace("|", "\\|") or "-",
         ]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _gb(n: int | None) -> str:
-    return "-" if n is None else f"{n / 1e9:.2f} GB"
-
-
 def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_paths: dict[str, Path],
             registry_root: Path | None = None) -> Path:
+    """The card of what passed: a variant gets a row (sized and rated from its measured files) only when it
+    passed in this run (``local_paths``) or its latest run passed against the registry content of today;
+    the others are named under the table."""
     from .card import render_card
 
-    keys = {v.key for v in entry.variants}
-    paths = {k: p for k, p in local_paths.items() if k in keys}
-    for r in records:  # variants skipped this run still have their files from the passing run
-        if (r.variant in keys and r.variant not in paths and r.status != FAILED and r.local_path
-                and Path(r.local_path).exists()):
-            paths[r.variant] = Path(r.local_path)
-    text = render_card(entry.path, variant_paths=paths, registry_root=registry_root)
+    latest = {r.variant: r for r in records}
+    paths: dict[str, Path] = {}
+    left_out: dict[str, str] = {}
+    for v in entry.variants:
+        r = latest.get(v.key)
+        if v.key in local_paths and local_paths[v.key].exists():  # passed (or was skipped as unchanged) this run
+            paths[v.key] = local_paths[v.key]
+            continue
+        path = Path(r.local_path) if r is not None and r.local_path else None
+        if r is None:
+            left_out[v.key] = "not checked yet"
+        elif r.status == FAILED:
+            reason = r.reason if len(r.reason) <= 200 else r.reason[:197] + "..."
+            left_out[v.key] = f"failed at {r.stage or 'sync'}: {reason}"
+        elif r.registry_digest != variant_digest(entry, v):
+            left_out[v.key] = "its registry entry changed since it passed; sync it again"
+        elif path is None or not path.exists():
+            left_out[v.key] = "its files are no longer where it passed; sync it again"
+        else:
+            paths[v.key] = path
+    text = render_card(entry.path, variant_paths=paths, listed=set(paths), left_out=left_out,
+                       registry_root=registry_root)
     out = store.root / "README.md"
     _atomic_write(store.root, out, text)
     return out
@@ -406,19 +502,100 @@ def _atomic_write(root: Path, path: Path, text: str) -> None:
 # -- CI plan -------------------------------------------------------------------------
 
 
-def plan_jobs(target: str | Path, registry_root: str | Path | None = None) -> list[dict[str, Any]]:
-    """One job per variant of every entry: what a CI matrix runs with ``mcard sync ENTRY --variant KEY``."""
-    jobs = []
+@dataclass(frozen=True)
+class PlannedVariant:
+    """One variant of a plan: its entry, and whether smoke would run a CUDA kernel for it."""
+
+    entry: str
+    repo: str
+    variant: str
+    format: str
+    gpu: bool
+
+
+def planned_variants(target: str | Path, registry_root: str | Path | None = None) -> list[PlannedVariant]:
+    """Every variant of ``target``, GPU ones first, then in registry order."""
+    out = []
     for path in entry_paths(target):
         entry = load_entry(path, registry_root)
+        arch = None if entry.architecture is None else json.dumps(entry.architecture, sort_keys=True)
         for v in entry.variants:
-            jobs.append({
-                "entry": path.as_posix(),
-                "repo": entry.model.repo,
-                "variant": v.key,
-                "format": v.format,
-                "gpu": v.format in SMOKE_FORMATS,
-                "command": f"mcard sync {shlex.quote(path.as_posix())} --variant {shlex.quote(v.key)}"
-                           + (f" --registry-root {shlex.quote(Path(registry_root).as_posix())}" if registry_root else ""),
-            })
+            out.append(PlannedVariant(path.as_posix(), entry.model.repo, v.key, v.format, needs_gpu(v, arch)))
+    return sorted(out, key=lambda p: not p.gpu)  # stable: registry order within each group
+
+
+def needs_gpu(v: RegistryVariant, architecture: str | None = None) -> bool:
+    """Whether ``mcard smoke`` would run a CUDA kernel for this variant (asked of the kernel facts).
+
+    ``architecture``: the entry's ``[architecture]`` as sorted JSON; it decides a GGUF mix's types.
+    """
+    types = _mix_types(architecture, str(v.type)) if v.family == "gguf" else None
+    return kernel_runs(v.format, {"bits": v.bits, "group_size": v.group_size, "version": v.version}, types)
+
+
+@functools.lru_cache(maxsize=1024)
+def _mix_types(architecture: str | None, qtype: str) -> frozenset[str]:
+    """The ggml tensor types of a GGUF mix (its base type alone without an architecture)."""
+    from .arch import ModelShape
+    from .formats import _kquant as kq
+    from .formats import gguf
+
+    ftype = kq.canonical_ftype(qtype)
+    if architecture is None:
+        return frozenset({kq.FTYPES[ftype][1]})
+    return frozenset(gguf.expected_types(ModelShape.from_config(json.loads(architecture)), ftype).values())
+
+
+def plan_batches(target: str | Path, max_jobs: int = MAX_MATRIX_JOBS,
+                 registry_root: str | Path | None = None) -> list[list[PlannedVariant]]:
+    """The variants of ``target`` in at most ``max_jobs`` jobs: one variant a job when they fit, else
+    batches of equal size, each all-GPU or all-CPU. Deterministic: ``sync --batch I`` recomputes it."""
+    if max_jobs < 1:
+        raise UnusableInput(f"--max-jobs {max_jobs}: must be at least 1")
+    variants = planned_variants(target, registry_root)
+    if len(variants) <= max_jobs:
+        return [[p] for p in variants]
+    groups = [[p for p in variants if p.gpu], [p for p in variants if not p.gpu]]
+    groups = [g for g in groups if g]
+    if len(groups) > max_jobs:
+        raise UnusableInput(f"--max-jobs {max_jobs}: GPU and CPU variants need at least {len(groups)} jobs")
+    size = math.ceil(len(variants) / (max_jobs - len(groups) + 1))
+    return [g[i:i + size] for g in groups for i in range(0, len(g), size)]
+
+
+def batch_selection(target: str | Path, batch: int, max_jobs: int = MAX_MATRIX_JOBS) -> dict[Path, set[str]]:
+    """Entry path -> variant keys of job ``batch`` (1-based) of :func:`plan_batches`."""
+    batches = plan_batches(target, max_jobs)
+    if not 1 <= batch <= len(batches):
+        raise UnusableInput(f"--batch {batch}: the plan has jobs 1 to {len(batches)} (--max-jobs {max_jobs})", target)
+    out: dict[Path, set[str]] = {}
+    for p in batches[batch - 1]:
+        out.setdefault(Path(p.entry), set()).add(p.variant)
+    return out
+
+
+def plan_jobs(target: str | Path, max_jobs: int = MAX_MATRIX_JOBS,
+              registry_root: str | Path | None = None) -> list[dict[str, Any]]:
+    """The CI jobs for ``target``: what a matrix runs with ``mcard sync TARGET --batch N``.
+
+    Each job has ``batch`` (its number), ``gpu`` (a CUDA kernel would run: send it to a GPU runner),
+    ``count`` and ``command``; a job of one variant also has ``entry``, ``repo``, ``variant`` and
+    ``format``, and its command names them. Beyond ``max_jobs`` variants, jobs hold batches.
+    """
+    target_text = Path(target).as_posix()
+    jobs = []
+    batches = plan_batches(target, max_jobs, registry_root)
+    limit = "" if max_jobs == MAX_MATRIX_JOBS else f" --max-jobs {max_jobs}"
+    if registry_root is not None:
+        limit += f" --registry-root {shlex.quote(Path(registry_root).as_posix())}"
+    single = all(len(b) == 1 for b in batches)
+    for i, batch in enumerate(batches, 1):
+        job: dict[str, Any] = {"batch": i, "gpu": batch[0].gpu, "count": len(batch)}
+        if single:
+            p = batch[0]
+            job.update(entry=p.entry, repo=p.repo, variant=p.variant, format=p.format,
+                       command=f"mcard sync {shlex.quote(p.entry)} --variant {shlex.quote(p.variant)}{limit}")
+        else:
+            job["command"] = f"mcard sync {shlex.quote(target_text)} --batch {i}{limit}"
+        jobs.append(job)
     return jobs

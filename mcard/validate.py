@@ -13,7 +13,7 @@ from . import formats
 from .errors import UnusableInput
 from .jsonio import load_json_object
 from .report import FileEntry, Report
-from .variant import Variant
+from .variant import Variant, misnamed_files
 
 
 def inspect(path: str | Path) -> Report:
@@ -27,10 +27,16 @@ def inspect(path: str | Path) -> Report:
         report.files.append(FileEntry(rel, variant.size(rel), variant.kinds[rel]))
 
     module = formats.detect(variant)
+    misnamed = misnamed_files(variant)
     if module is None and not variant.headers:
+        if misnamed:  # say what is wrong with the file, not that there is no model
+            rel, problem = misnamed[0]
+            raise UnusableInput(problem, variant.abspath(rel) if variant.single_file is None else variant.path)
         raise UnusableInput(
             "no model in it (no safetensors, GGUF, GGML or adapter files found)", variant.path
         )
+    for rel, problem in misnamed:  # next to a readable model: a finding, not silence
+        report.error("bad-magic", rel, "", problem)
     if variant.headers:  # safetensors-based: shared structural checks first
         _check_safetensors_layout(variant, report)
         _check_shard_index(variant, report)

@@ -6,6 +6,7 @@ particular quantization format beyond recognising file kinds by their magic.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -25,6 +26,7 @@ _MAGICS: list[tuple[bytes, str]] = [
     (b"PK\x03\x04", "pickle"),  # torch.save zip archive (holds a pickle)
 ]
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+_RAW_GGUF_PART = re.compile(r".+\.gguf-split-[a-z]{1,2}$")
 _SKIP_DIRS = {".git", ".cache", "__pycache__"}
 
 CONFIG_NAMES = (
@@ -37,11 +39,34 @@ CONFIG_NAMES = (
 )
 
 
+# A file named like a model file of a kind -> the magic it must start with.
+SUFFIX_MAGICS = {".gguf": b"GGUF"}
+
+
+def bad_magic(head: bytes, expected: bytes, kind: str) -> str:
+    """One line saying what a file starts with instead of its kind's magic."""
+    seen = " ".join(f"{b:02x}" for b in head[:4]) or "nothing"
+    return f"not a {kind} file: bad magic, it starts with {head[:4]!r} ({seen}), a {kind} file starts with {expected!r}"
+
+
+def misnamed_files(variant: "Variant") -> list[tuple[str, str]]:
+    """(file, problem) for files named like a model file (``*.gguf``) whose bytes are not one."""
+    out = []
+    for rel, kind in variant.kinds.items():
+        expected = SUFFIX_MAGICS.get(Path(rel).suffix.lower())
+        if expected is not None and kind == "other":
+            with variant.abspath(rel).open("rb") as fh:
+                out.append((rel, bad_magic(fh.read(4), expected, Path(rel).suffix[1:].upper())))
+    return out
+
+
 def sniff(path: Path) -> str:
     """The kind of a file: safetensors, gguf, ggml, pickle, json or other."""
     name = path.name
     if name.endswith(".safetensors"):
         return "safetensors"
+    if _RAW_GGUF_PART.match(name):  # a byte part of a GGUF file split with `split` (only part a has the header)
+        return "gguf"
     if name.endswith(".json"):
         return "json"
     try:

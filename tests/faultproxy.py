@@ -66,6 +66,9 @@ class Logged:
     status: int
     sent: int
     authorization: str | None
+    # Set when the handler has written its last byte: the client can finish reading before the
+    # handler thread gets back the GIL to count the bytes of its last write.
+    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -91,6 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
         path = self.path
         entry = Logged(self.command, path, self.headers.get("Range"), 0, 0, self.headers.get("Authorization"))
         proxy._record(entry)
+        try:
+            self._answer(proxy, entry, path, body)
+        finally:
+            entry.done.set()
+
+    def _answer(self, proxy: "FaultProxy", entry: Logged, path: str, body: bytes | None) -> None:
         faults = proxy.faults
         matching = faults.match in urlparse(path).path
         if matching and proxy._take("status"):
@@ -223,10 +232,18 @@ class FaultProxy:
         with self._lock:
             self.log.clear()
 
-    def bytes_sent(self, substring: str = "/resolve/") -> int:
-        """Body bytes written to clients for GETs whose path contains ``substring``."""
+    def bytes_sent(self, substring: str = "/resolve/", timeout: float = 10.0) -> int:
+        """Body bytes written to clients for GETs whose path contains ``substring``.
+
+        Waits (up to ``timeout``) for those responses to finish, so a count taken right after
+        the client has read the last byte includes it.
+        """
         with self._lock:
-            return sum(e.sent for e in self.log if substring in e.path and e.method == "GET")
+            entries = [e for e in self.log if substring in e.path and e.method == "GET"]
+        deadline = time.monotonic() + timeout
+        for e in entries:
+            e.done.wait(max(0.0, deadline - time.monotonic()))
+        return sum(e.sent for e in entries)
 
     def requests(self, substring: str = "") -> list[Logged]:
         with self._lock:

@@ -17,7 +17,7 @@ import pytest
 
 from mcard.arch import tiny_config
 from mcard.card import render_card
-from mcard.card_rows import gb_text
+from mcard.card_rows import size_cell
 from mcard.card_check import check_card, markdown_tables
 from mcard.errors import UnusableInput
 
@@ -239,7 +239,7 @@ def test_template_override_can_use_partials(tmp_path: Path) -> None:
     _, rows = files_table(text, "Branch")
     assert [r["Branch"] for r in rows] == ["main", "gptq-8bit-128g"]
     assert [r["ExLlama Compatible"] for r in rows] == ["True", "False"]
-    assert all(r["File Size"].endswith(" MB*") for r in rows)  # predicted from the tiny architecture
+    assert all(r["File Size"].endswith("B*") for r in rows)  # predicted from the tiny architecture
 
 
 # -- measured from --variants ---------------------------------------------------------------
@@ -257,7 +257,7 @@ def test_variants_dir_measures_sizes_and_reads_chat_template(tmp_path: Path) -> 
     _, rows = files_table(text, "Branch")
     for row, branch in zip(rows, ["main", "gptq-8bit-128g"]):
         weights = sum(p.stat().st_size for p in (vdir / branch).glob("*.safetensors"))
-        assert row["File Size"] == gb_text(weights)  # measured: no star
+        assert row["File Size"] == size_cell(weights)  # measured: no star
     assert [r["ExLlama Compatible"] for r in rows] == ["True", "False"]
     assert "Sizes measured from the files" in text
     assert template in text  # shown literally, never executed
@@ -281,7 +281,7 @@ def test_variants_dir_measures_ggml_files(tmp_path: Path) -> None:
     assert [r["Name"] for r in rows] == ["tiny.q4_0.bin", "tiny.q8_0.bin"]  # sorted by size
     for r in rows:
         size = (vdir / r["Name"]).stat().st_size
-        assert r["Size"] == gb_text(size)
+        assert r["Size"] == size_cell(size)
         assert r["Max RAM required"] == f"{(size + 2_500_000_000) / 1e9:.2f} GB"
 
 
@@ -432,7 +432,7 @@ def test_awq_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     assert [by[k]["Version"] for k in params] == ["GEMM", "GEMV", "GEMM"]
     assert (by["main"]["AWQ Dataset"], by["main"]["Seq Len"], by["main"]["Made With"]) == ("pileval", "512", "AutoAWQ")
     assert by["awq-4bit-64g-gemv"]["AWQ Dataset"] == "-"
-    assert all(r["Size"].endswith(" MB*") for r in table)
+    assert all(r["Size"].endswith("B*") for r in table)
     assert by["main"]["Compatible runtimes"] == "vLLM AWQ, Marlin, transformers"
     assert by["awq-4bit-64g-gemv"]["Compatible runtimes"] == "transformers"  # GEMV: no vLLM, no Marlin
     assert by["awq-4bit-256g-nozp"]["Compatible runtimes"] == "vLLM AWQ, transformers"  # Marlin: group size, zero point
@@ -480,7 +480,7 @@ def test_bnb_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
         ("main", "nf4", "True"), ("fp4", "fp4", "False")]
     compatible = ", ".join(r.name for r in bnb.runtimes("nf4", True) if r.compatible)
     assert table[0]["Compatible runtimes"] == compatible and "llama.cpp" not in compatible
-    assert all(r["Size"].endswith(" MB*") for r in table)
+    assert all(r["Size"].endswith("B*") for r in table)
     assert "bitsandbytes" in text
     card = tmp_path / "README.md"
     card.write_text(text, encoding="utf-8")
@@ -522,7 +522,7 @@ def test_lora_sizes_predicted_from_rank_and_targets(tmp_path: Path) -> None:
     assert rows["main"].size < rows["all-linear"].size
     assert (rows["no-rank"].size, rows["no-rank"].size_source) == (None, "unknown")  # no r: no prediction
     _, table = files_table(render_card(entry), "Branch")
-    assert [r["Size"].endswith(" MB*") for r in table] == [True, True, False]
+    assert [r["Size"].endswith("B*") for r in table] == [True, True, False]
     # without an architecture nothing is predicted
     _, rows = _entry_rows(tiny_entry(tmp_path, LORA_VARIANTS, arch=False))
     assert all(r.size is None for r in rows.values())
@@ -553,8 +553,8 @@ def test_variant_paths_measure_only_the_given_variants(tmp_path: Path) -> None:
     assert rows["gptq-8bit-128g"].size_source == "predicted"
     text = render_card(entry, variant_paths={"main": tmp_path / "built-main"})
     _, table = files_table(text, "Branch")
-    assert table[0]["File Size"] == gb_text(weights)  # measured: no star
-    assert table[1]["File Size"].endswith(" MB*")
+    assert table[0]["File Size"] == size_cell(weights)  # measured: no star
+    assert table[1]["File Size"].endswith("B*")
     assert "Sizes measured from the files" in text and "\\* Predicted by `mcard size`" in text
     assert template in text  # the measured folder's tokenizer_config.json
     # the same bytes as measuring every variant would give for that variant
@@ -611,3 +611,45 @@ def test_variant_paths_errors(tmp_path: Path) -> None:
         render_card(entry, variant_paths={"mian": tmp_path})
     with pytest.raises(UnusableInput, match="no such file or folder for variant 'main'"):
         render_card(entry, variant_paths={"main": tmp_path / "nope"})
+
+
+# -- issue #10 item 19: what the cards tell a user ---------------------------------------------------
+
+
+GGUF_ENTRY = """\
+[model]
+repo = "org/tiny-GGUF"
+name = "Tiny GGUF"
+license = "apache-2.0"
+base_model = "org/tiny"
+
+[[variants]]
+file = "tiny.Q4_K_M.gguf"
+format = "gguf"
+type = "Q4_K_M"
+size = "4.08 GB"
+"""
+
+
+def test_gguf_card_fetches_one_file_and_shows_llama_cpp(tmp_path: Path, rendered: dict[str, str]) -> None:
+    entry = tmp_path / "tiny-gguf.toml"
+    entry.write_text(GGUF_ENTRY)
+    text = render_card(entry)
+    assert "fetch one file" in text and "mcard fetch org/tiny-GGUF tiny.Q4_K_M.gguf\n" in text
+    assert "mcard fetch org/tiny-GGUF:main" not in text
+    assert "## How to run with llama.cpp" in text and "llama-cli -m tiny.Q4_K_M.gguf " in text
+    ggml = rendered["guanaco-7b-ggml"]  # legacy GGML files: no llama.cpp recipe that would not load them
+    assert "mcard fetch TheBloke/guanaco-7B-GGML guanaco-7B.ggmlv3.q2_K.bin\n" in ggml
+    assert "llama-cli" not in ggml and "llama.cpp has loaded only GGUF since August 2023" in ggml
+
+
+def test_adapter_fp16_and_eval_conventions(rendered: dict[str, str]) -> None:
+    assert "\nlibrary_name: peft\n" in rendered["qlora-instruct"].split("\n---\n")[0]
+    llama = rendered["llama-13b"]
+    assert "from the architecture and the dtype, not measured" in llama and "quantization parameters" not in llama
+    header, rows = next(t for t in markdown_tables(llama) if t[0][:4] == ["Variant", "Dataset", "Metric", "Value"])
+    values = {row[1]: float(row[3]) for row in rows}
+    assert values["MMLU"] == 46.9 and values["arc_challenge"] == 52.7  # one convention in one table
+    assert all(v > 1 for v in values.values())
+    assert "Accuracies are percentages (lm-evaluation-harness fractions are shown x 100)." in llama
+    assert "value: 0.527" in llama  # model-index keeps the values as given

@@ -6,6 +6,9 @@ same path the real kernels take in tests/test_kernels.py) and launches it.
 
 from __future__ import annotations
 
+from fractions import Fraction
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -195,3 +198,303 @@ def test_grid_and_block_coordinates() -> None:
     o = np.full(2 * 3 * 2 * 24, -1, np.int32)
     k((2, 3, 2), (4, 3, 2), (o,))
     assert o.tolist() == [1000 * b + t for b in range(12) for t in range(24)]
+
+
+# ---- the PTX wrappers of cupy_kernels/ptx.cuh and the warp-level semantics behind them -----------
+PTX = (Path(__file__).resolve().parent.parent / "cupy_kernels" / "ptx.cuh").read_text()
+
+
+def ptx_kernel(body: str, name: str = "k"):
+    return HostModule(code="#include <cuda_fp16.h>\n" + PTX + body).get_function(name)
+
+
+def test_lop3_every_truth_table() -> None:
+    """All 256 immediates against the PTX definition: bit i of the table is F at (a, b, c) = bits (2, 1, 0) of i."""
+    lines = "\n".join(f"    o[{lut} * 64 + t] = lop3<{lut}>(a[t], b[t], c[t]);" for lut in range(256))
+    k = ptx_kernel('extern "C" __global__ void k(const unsigned* a, const unsigned* b, const unsigned* c, unsigned* o) {\n'
+                   "    const int t = threadIdx.x;\n" + lines + "\n}\n")
+    r = np.random.default_rng(1)
+    a, b, c = (r.integers(0, 2**32, 64, dtype=np.uint64).astype(np.uint32) for _ in range(3))
+    out = np.zeros(256 * 64, np.uint32)
+    k((1,), (64,), (a, b, c, out))
+    got = out.reshape(256, 64)
+    for lut in (0x00, 0xEA, 0x96, 0x80, 0xFE, 0x6A, 0xF8, 0x2C):
+        want = np.zeros(64, np.uint32)
+        for bit in range(32):
+            idx = ((a >> bit) & 1) << 2 | ((b >> bit) & 1) << 1 | ((c >> bit) & 1)
+            want |= ((np.uint32(lut) >> idx) & 1) << bit
+        assert np.array_equal(got[lut], want), hex(lut)
+    assert np.array_equal(got[0xEA], (a & b) | c)  # the dequantization's (a & b) | c
+    assert np.array_equal(got[0x96], a ^ b ^ c)
+
+
+def test_prmt_selects_bytes_and_replicates_signs() -> None:
+    k = ptx_kernel('extern "C" __global__ void k(const unsigned* a, const unsigned* b, const unsigned* s, unsigned* o) {\n'
+                   "    o[threadIdx.x] = prmt(a[threadIdx.x], b[threadIdx.x], s[threadIdx.x]); }\n")
+    r = np.random.default_rng(2)
+    a, b = (r.integers(0, 2**32, 256, dtype=np.uint64).astype(np.uint32) for _ in range(2))
+    s = r.integers(0, 2**16, 256, dtype=np.uint64).astype(np.uint32)
+    s[:3] = [0x3210, 0x7654, 0x4440]
+    out = np.zeros(256, np.uint32)
+    k((1,), (256,), (a, b, s, out))
+    for i in range(256):
+        src = int(a[i]).to_bytes(4, "little") + int(b[i]).to_bytes(4, "little")
+        want = bytearray()
+        for j in range(4):
+            sel = (int(s[i]) >> (4 * j)) & 15
+            byte = src[sel & 7]
+            want.append((0xFF if byte & 0x80 else 0) if sel & 8 else byte)
+        assert int(out[i]) == int.from_bytes(want, "little"), (hex(a[i]), hex(b[i]), hex(s[i]))
+    a0, b0 = int(a[2]) & 0xFF, int(b[2]) & 0xFF
+    assert out[0] == a[0] and out[1] == b[1] and int(out[2]) == a0 | b0 << 8 | b0 << 16 | b0 << 24
+
+
+def _half_rn(v: Fraction, zero_sign: float = 0.0) -> int:
+    """Exact value -> binary16 bits, round to nearest even (IEEE), overflow to infinity.
+
+    An exact zero takes the sign IEEE gives it, passed as the same operation in float64.
+    """
+    sign = 0x8000 if v < 0 else 0
+    v = abs(v)
+    if v == 0:
+        return 0x8000 if np.signbit(zero_sign) else 0
+    e = v.numerator.bit_length() - v.denominator.bit_length()
+    while Fraction(2) ** e > v:
+        e -= 1
+    while Fraction(2) ** (e + 1) <= v:
+        e += 1
+    e = max(e, -14)
+    q = v / Fraction(2) ** (e - 10)
+    n = q.numerator // q.denominator
+    frac = q - n
+    if frac > Fraction(1, 2) or (frac == Fraction(1, 2) and n % 2):
+        n += 1
+    r = n * Fraction(2) ** (e - 10)
+    if r > 65504:
+        return sign | 0x7C00
+    return sign | int(np.array(float(r), np.float16).view(np.uint16))
+
+
+HALF2_OPS = """
+extern "C" __global__ void k(const unsigned* a, const unsigned* b, const unsigned* c, unsigned* o, int n) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    half2 x, y, z;
+    memcpy(&x, a + i, 4); memcpy(&y, b + i, 4); memcpy(&z, c + i, 4);
+    const half2 r[4] = {__hadd2(x, y), __hsub2(x, y), __hmul2(x, y), __hfma2(x, y, z)};
+    memcpy(o + 4 * i, r, 16);
+}
+"""
+
+
+def test_half2_arithmetic_rounds_like_cuda() -> None:
+    """add, sub, mul, fma on half2: the exact result rounded once to nearest even, subnormals kept (PTX .rn)."""
+    r = np.random.default_rng(3)
+    n = 3000
+    bits = r.integers(0, 0x7C00, (3, n, 2), dtype=np.uint16) | (r.integers(0, 2, (3, n, 2), dtype=np.uint16) << 15)
+    bits[:, :300] &= 0x83FF  # subnormals
+    halves = bits.view(np.float16)
+    # ties and near-ties of fma: products that land between two halves, plus exact cancellation
+    halves[0, 300:600] = np.float16(1 + 2 ** -10)
+    halves[1, 300:600] = np.float16(1 + 2 ** -10)
+    halves[2, 300:600, 0] = (r.integers(-8, 8, 300) * np.float16(2 ** -20)).astype(np.float16)
+    halves[2, 300:600, 1] = -np.float16(1 + 2 ** -9)
+    halves[0, 600:700] = np.float16(60000)
+    halves[1, 600:700] = np.float16(2)  # overflow to infinity
+    a, b, c = (np.ascontiguousarray(halves[i]).view(np.uint32).reshape(-1) for i in range(3))
+    out = np.zeros(4 * n, np.uint32)
+    k = kernel(HALF2_OPS)
+    k(((n + 255) // 256,), (256,), (a, b, c, out, i32(n)))
+    got = out.view(np.uint16).reshape(n, 4, 2)
+    for i in range(0, n, 3) if n > 1000 else range(n):
+        for h in range(2):
+            fx, fy, fz = (np.float64(halves[j, i, h]) for j in range(3))
+            x, y, z = Fraction(float(fx)), Fraction(float(fy)), Fraction(float(fz))
+            want = [_half_rn(x + y, fx + fy), _half_rn(x - y, fx - fy), _half_rn(x * y, fx * fy),
+                    _half_rn(x * y + z, fx * fy + fz)]
+            assert [int(v) for v in got[i, :, h]] == want, (i, h, float(x), float(y), float(z))
+
+
+def _frag_regs(lanes: int = 32):
+    """Per the PTX ISA (mma.m16n8k16, .f16): (row, col) of each element a0..a7, b0..b3, c0..c3 of each lane."""
+    out = []
+    for lane in range(lanes):
+        g, t = lane >> 2, lane % 4
+        a = [(g + 8 * ((i >> 1) & 1), 2 * t + (i & 1) + 8 * (i >= 4)) for i in range(8)]
+        b = [(2 * t + (i & 1) + 8 * (i >= 2), g) for i in range(4)]
+        c = [(g + 8 * (i >= 2), 2 * t + (i & 1)) for i in range(4)]
+        out.append((a, b, c))
+    return out
+
+
+MMA = """
+extern "C" __global__ void k(const unsigned* a, const unsigned* b, const float* c, float* d) {
+    const int l = threadIdx.x;
+    const unsigned fa[4] = {a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]};
+    const unsigned fb[2] = {b[2 * l], b[2 * l + 1]};
+    const float fc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]};
+    float fd[4];
+    mma_m16n8k16(fd, fa, fb, fc);
+    for (int i = 0; i < 4; ++i) d[4 * l + i] = fd[i];
+}
+"""
+
+
+def test_mma_sync_follows_the_ptx_fragment_layout() -> None:
+    r = np.random.default_rng(4)
+    A = r.standard_normal((16, 16)).astype(np.float16)
+    B = r.standard_normal((16, 8)).astype(np.float16)
+    C = r.standard_normal((16, 8)).astype(np.float32)
+    frags = _frag_regs()
+    fa = np.array([[A[rc] for rc in f[0]] for f in frags], np.float16).view(np.uint32)  # [32, 4]: pairs a0a1, ...
+    fb = np.array([[B[rc] for rc in f[1]] for f in frags], np.float16).view(np.uint32)
+    fc = np.array([[C[rc] for rc in f[2]] for f in frags], np.float32)
+    d = np.zeros((32, 4), np.float32)
+    ptx_kernel(MMA)((1,), (32,), (fa.reshape(-1), fb.reshape(-1), fc.reshape(-1), d.reshape(-1)))
+    D = np.zeros((16, 8))
+    for lane, f in enumerate(frags):
+        for i, rc in enumerate(f[2]):
+            D[rc] = d[lane, i]
+    want = A.astype(np.float64) @ B.astype(np.float64) + C
+    assert np.allclose(D, want, rtol=1e-6, atol=1e-6)
+    # a transposed B fragment (b0b1 taken along n instead of k) is a different product: the layout has teeth
+    assert not np.allclose(A.astype(np.float64) @ B.astype(np.float64)[::-1] + C, want, atol=1e-3)
+
+
+def test_mma_sync_needs_the_whole_warp() -> None:
+    k = ptx_kernel('extern "C" __global__ void k(float* d) {\n'
+                   "    if (threadIdx.x == 7) return;\n"
+                   "    const unsigned a[4] = {0u, 0u, 0u, 0u}, b[2] = {0u, 0u}; const float c[4] = {0.f, 0.f, 0.f, 0.f};\n"
+                   "    float o[4]; mma_m16n8k16(o, a, b, c); d[threadIdx.x] = o[0]; }\n")
+    with pytest.raises(KernelFault, match="has exited"):
+        k((1,), (32,), (np.zeros(32, np.float32),))
+
+
+LDMATRIX = """
+extern "C" __global__ void k(const unsigned short* m, const int* rows, unsigned* o) {
+    __shared__ uint4 s[32];  // 32 rows of 8 halves
+    const int l = threadIdx.x;
+    s[l] = *reinterpret_cast<const uint4*>(m + 8 * l);
+    __syncwarp();
+    unsigned r4[4], r2[2];
+    ldmatrix<4>(r4, &s[rows[l]]);
+    ldmatrix<2>(r2, &s[rows[l]]);
+    for (int i = 0; i < 4; ++i) o[6 * l + i] = r4[i];
+    o[6 * l + 4] = r2[0]; o[6 * l + 5] = r2[1];
+}
+"""
+
+
+def test_ldmatrix_gives_each_lane_its_row_pair() -> None:
+    r = np.random.default_rng(5)
+    m = r.integers(0, 2**16, (32, 8), dtype=np.uint64).astype(np.uint16)
+    rows = r.permutation(32).astype(np.int32)
+    out = np.zeros(32 * 6, np.uint32)
+    ptx_kernel(LDMATRIX)((1,), (32,), (m.reshape(-1), rows, out))
+    got = out.reshape(32, 6)
+    for lane in range(32):
+        for i in range(4):  # matrix i's row lane/4 comes from the address lane 8i + lane/4 gave
+            row = rows[8 * i + lane // 4]
+            want = int(m[row, 2 * (lane % 4)]) | int(m[row, 2 * (lane % 4) + 1]) << 16
+            assert got[lane, i] == want and (i >= 2 or got[lane, 4 + i] == want), (lane, i)
+
+
+def test_ldmatrix_rejects_addresses_outside_shared_memory() -> None:
+    k = ptx_kernel('extern "C" __global__ void k(const unsigned* g, unsigned* o) {\n'
+                   "    unsigned r[2]; ldmatrix<2>(r, g + 4 * threadIdx.x); o[threadIdx.x] = r[0]; }\n")
+    with pytest.raises(KernelFault, match="ldmatrix row address is not a 16-byte aligned row of shared memory"):
+        k((1,), (32,), (np.zeros(128, np.uint32), np.zeros(32, np.uint32)))
+
+
+CP_ASYNC = """
+extern "C" __global__ void k(const unsigned* src, unsigned* o, int mode) {
+    __shared__ uint4 s[3][32];
+    const int l = threadIdx.x;
+    for (int g = 0; g < 3; ++g) {  // three groups, one 16-byte copy per lane each
+        cp_async16(&s[g][l], src + 4 * (32 * g + l), mode == 3 && g == 2 ? 0 : 16);
+        cp_async_commit();
+    }
+    if (mode == 0) { cp_async_wait<0>(); __syncwarp(); }
+    if (mode == 1) { cp_async_wait<1>(); }                 // groups 0 and 1 have landed, 2 has not
+    if (mode == 2) { cp_async_wait<0>(); }                 // own copies only: no barrier before reading a neighbour's
+    if (mode == 3) { cp_async_wait<0>(); __syncwarp(); }   // group 2 copied 0 bytes: zero-filled
+    for (int g = 0; g < 3; ++g) o[3 * l + g] = s[g][mode == 1 ? l : (l + 1) % 32].x;  // mode 1: its own copy
+}
+"""
+
+
+def test_cp_async_lands_only_at_the_wait() -> None:
+    src = np.arange(3 * 32 * 4, dtype=np.uint32) + 1000
+    k = ptx_kernel(CP_ASYNC)
+
+    def run(mode: int) -> np.ndarray:
+        out = np.zeros(3 * 32, np.uint32)
+        k((1,), (32,), (src, out, i32(mode)))
+        return out.reshape(32, 3)
+
+    want = np.array([[src[4 * (32 * g + (l + 1) % 32)] for g in range(3)] for l in range(32)])
+    own = np.array([[src[4 * (32 * g + l)] for g in range(3)] for l in range(32)])
+    assert np.array_equal(run(0), want)
+    early = run(1)
+    assert np.array_equal(early[:, :2], own[:, :2])
+    assert (early[:, 2] == 0xFFFFFFFF).all()  # read before its wait_group: the poison, not the data
+    zero = run(3)
+    assert np.array_equal(zero[:, :2], want[:, :2]) and (zero[:, 2] == 0).all()
+    with pytest.raises(KernelFault, match="differ between thread orders"):
+        run(2)  # a lane reads a neighbour's copy without a barrier after the neighbour's wait
+
+
+def test_cp_async_checks_alignment() -> None:
+    k = ptx_kernel('extern "C" __global__ void k(const unsigned* src) {\n'
+                   "    __shared__ uint4 s[4];\n"
+                   "    cp_async16(reinterpret_cast<char*>(s) + 4, src, 16); cp_async_commit(); cp_async_wait<0>(); }\n")
+    with pytest.raises(KernelFault, match="cp.async destination is not 16-byte aligned shared memory"):
+        k((1,), (1,), (np.zeros(8, np.uint32),))
+
+
+def test_syncwarp_with_an_exited_lane_is_reported() -> None:
+    k = kernel("""extern "C" __global__ void k(int* o) {
+        if (threadIdx.x == 3) return;
+        __syncwarp(); o[threadIdx.x] = 1; }""")
+    with pytest.raises(KernelFault, match="has exited"):
+        k((1,), (32,), (np.zeros(32, np.int32),))
+
+
+def test_each_library_keeps_its_own_shared_memory() -> None:
+    """Two kernel libraries with the same template: each one's __shared__ copy is the one it poisons and checks."""
+    body = """template <int N> __device__ void f(float* o) {
+        __shared__ float s[N];
+        if (threadIdx.x < N / 2) s[threadIdx.x] = 1.f;
+        __syncthreads();
+        o[threadIdx.x] = s[threadIdx.x]; }
+    extern "C" __global__ void k(float* o) { f<32>(o); }
+    """
+    for tag in ("first", "second"):
+        out = np.zeros(32, np.float32)
+        kernel(body + f"// {tag} library\n")((1,), (32,), (out,))
+        assert (out[:16] == 1).all() and np.isnan(out[16:]).all(), tag
+
+
+LDMATRIX_AFTER_CP_ASYNC = """
+extern "C" __global__ void k(const unsigned* src, unsigned* o, int sync) {
+    __shared__ uint4 s[32];
+    const int l = threadIdx.x;
+    cp_async16(&s[l], src + 4 * l, 16);
+    cp_async_commit();
+    cp_async_wait<0>();
+    if (sync) __syncwarp();  // publishes every lane's landed copy to the warp
+    unsigned r[4];
+    ldmatrix<4>(r, &s[l]);
+    o[l] = r[0] ^ r[3];
+}
+"""
+
+
+def test_ldmatrix_of_other_lanes_copies_needs_a_barrier_after_their_wait() -> None:
+    """Warp-collective instructions are no memory barrier: rows landed by another lane's wait_group need __syncwarp."""
+    k = ptx_kernel(LDMATRIX_AFTER_CP_ASYNC)
+    src, out = np.arange(128, dtype=np.uint32), np.zeros(32, np.uint32)
+    k((1,), (32,), (src, out, i32(1)))
+    assert out[0] == src[0] ^ src[4 * 24]  # r[0] = row 0 of matrix 0, r[3] = row 0 of matrix 3 (lane 24's row)
+    with pytest.raises(KernelFault, match="ldmatrix reads shared memory that thread .* cp.async wrote, with no barrier"):
+        k((1,), (32,), (src, out, i32(0)))

@@ -105,13 +105,27 @@ def test_truncated_file_size(tmp_path, tiny_cfg):
         gguf.load_tensor(path, "output.weight")
 
 
-def test_bad_magic_exit_2(tmp_path, tiny_cfg):
+def test_bad_magic_exit_2(tmp_path, tiny_cfg, capsys):
+    from mcard.cli import app
+    from mcard.cli_errors import run_app
+
     path = _write(tmp_path, tiny_cfg)
     _patch(path, 0, b"GGUX")
+    says = "not a GGUF file: bad magic, it starts with b'GGUX' (47 47 55 58), a GGUF file starts with b'GGUF'"
     with pytest.raises(UnusableInput, match="bad magic"):
         gguf.read(path)
     code, _doc, err = _cli(path)
     assert code == 2 and err.count("\n") == 1 and "Traceback" not in err
+    for target in (path, path.parent):  # the file or its folder: what is wrong with the file, not "no model"
+        assert run_app(app, ["validate", str(target)]) == 2
+        assert capsys.readouterr().err.strip() == f"mcard: {path}: {says}"
+    (tmp_path / "more").mkdir()
+    good = _write(tmp_path / "more", tiny_cfg)  # next to a good GGUF file: an error finding, exit 1
+    (good.parent / "broken.gguf").write_bytes(b"GGUX" + path.read_bytes()[4:])
+    assert run_app(app, ["validate", str(good.parent), "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert [(f["code"], f["file"], f["message"]) for f in doc["findings"] if f["severity"] == "error"] == [
+        ("bad-magic", "broken.gguf", says)]
 
 
 def test_bad_version_exit_2(tmp_path, tiny_cfg):

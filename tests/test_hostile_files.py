@@ -227,7 +227,7 @@ def test_adapter_tensor_with_an_empty_dtype_is_a_finding(tmp_path):
     assert code == 1 and "dtype" in out
 
 
-@pytest.mark.parametrize("qtype", ["IQ2_XS", "", "Q4_K_Z"])
+@pytest.mark.parametrize("qtype", ["NVFP4", "", "Q4_K_Z", "IQ2_XS_" * 20])
 def test_unknown_size_types_are_one_line(tmp_path, qtype):
     (tmp_path / "config.json").write_text(json.dumps(tiny_config()))
     code, out = _cli("size", tmp_path / "config.json", "-f", "gguf", "--type", qtype)

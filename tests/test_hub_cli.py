@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -25,7 +26,11 @@ from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_byte
 REPO = "TheBloke/Tiny-GPTQ"
 SLOW = "org/slow"
 TOKEN = "hf_SeCrEtTokenValue123"
-APP = ("import typer; from mcard import cli_hub; app = typer.Typer(); "
+# The child stands for `mcard` started from a terminal, where Ctrl-C raises KeyboardInterrupt. It sets
+# that handler itself: an inherited "ignore SIGINT" (the test run started as a background job) would
+# otherwise make it ignore the interrupt the test sends and finish the download (exit 0, not 130).
+APP = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+       "import typer; from mcard import cli_hub; app = typer.Typer(); "
        "app.command('branches')(cli_hub.branches); app.command('fetch')(cli_hub.fetch); app()")
 
 app = typer.Typer()
@@ -85,13 +90,13 @@ def test_dry_run_prints_the_plan(hub: dict[str, Any], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("args, code, message", [
-    (["fetch", "nobody/nothing"], 2, "error: nobody/nothing: repo not found on "),
-    (["fetch", f"{REPO}:nope"], 2, "error: TheBloke/Tiny-GPTQ: no branch, tag or commit 'nope'; branches: "),
-    (["fetch", REPO, "nope.json"], 2, "error: TheBloke/Tiny-GPTQ@main (commit "),
-    (["fetch", f"{REPO}:main", "--revision", "v2"], 2, "error: TheBloke/Tiny-GPTQ:main names revision 'main'"),
-    (["fetch", "org/pickles"], 2, "error: org/pickles@main (commit "),
-    (["branches", "../etc"], 2, "error: not a Hub repo id"),
-    (["branches", "nobody/nothing", "--json"], 2, "error: nobody/nothing: repo not found"),
+    (["fetch", "nobody/nothing"], 2, "mcard: nobody/nothing: repo not found on "),
+    (["fetch", f"{REPO}:nope"], 2, "mcard: TheBloke/Tiny-GPTQ: no branch, tag or commit 'nope'; branches: "),
+    (["fetch", REPO, "nope.json"], 2, "mcard: TheBloke/Tiny-GPTQ@main (commit "),
+    (["fetch", f"{REPO}:main", "--revision", "v2"], 2, "mcard: TheBloke/Tiny-GPTQ:main names revision 'main'"),
+    (["fetch", "org/pickles"], 2, "mcard: org/pickles@main (commit "),
+    (["branches", "../etc"], 2, "mcard: not a Hub repo id"),
+    (["branches", "nobody/nothing", "--json"], 2, "mcard: nobody/nothing: repo not found"),
 ])
 def test_errors_are_one_line_with_exit_codes(hub: dict[str, Any], tmp_path: Path, args: list[str], code: int,
                                              message: str) -> None:
@@ -113,7 +118,7 @@ def test_verification_failure_exits_1_naming_the_file(hub: dict[str, Any], tmp_p
     assert res.exit_code == 1
     expected = hub["built"].files["main"]["model.safetensors"].sha256
     (line,) = _lines(res.stderr)
-    assert line.startswith(f"error: model.safetensors: sha256 mismatch: expected {expected}, got ")
+    assert line.startswith(f"mcard: model.safetensors: sha256 mismatch: expected {expected}, got ")
     data = json.loads(res.stdout)
     assert not data["ok"] and {f["path"]: f["status"] for f in data["files"]}["model.safetensors"] == "failed"
 
@@ -132,16 +137,23 @@ def test_token_is_sent_but_never_shown(hub: dict[str, Any], tmp_path: Path) -> N
 
 
 def test_branches_outputs(hub: dict[str, Any]) -> None:
+    """A branch that disagrees with its config fails the check (exit 1, #10 item 8)."""
     res = _run(["branches", REPO, "--json"], hub["olah"].endpoint)
-    assert res.exit_code == 0
-    refs = {r["name"]: r for r in json.loads(res.stdout)["refs"]}
-    assert refs["gptq-8bit-128g-actorder_False"]["status"] == "DISAGREES"
+    assert res.exit_code == 1
+    doc = json.loads(res.stdout)
+    refs = {r["name"]: r for r in doc["refs"]}
+    assert doc["ok"] is False and refs["gptq-8bit-128g-actorder_False"]["status"] == "DISAGREES"
     assert refs["gptq-4bit-32g-actorder_True"]["name_params"]["group_size"] == 32
+    bits = refs["gptq-4bit-32g-actorder_True"]["name_params"]["bits"]
+    assert bits == 4 and type(bits) is int
+    assert type(refs["gptq-8bit-128g-actorder_False"]["config_params"]["quantize_config.json"]["bits"]) is int
     plain = _run(["branches", REPO], hub["olah"].endpoint)
-    assert plain.exit_code == 0
-    lines = plain.stdout.splitlines()
+    assert plain.exit_code == 1
+    lines = plain.stdout.splitlines()  # one tab-separated line per ref, nothing else
+    assert [line.split("\t")[0] for line in lines] == list(refs) and all(line.count("\t") == 7 for line in lines)
     assert lines[0].split("\t")[:2] == ["main", "branch"]
-    assert "  disagreement: group_size: branch name says 128, quantize_config.json says 64" in lines
+    assert (f"mcard: {REPO}@gptq-8bit-128g-actorder_False: group_size: branch name says 128, quantize_config.json "
+            "says 64") in plain.stderr.splitlines()
     buffer = io.StringIO()
     cli_hub._print_branches_table(list_branches(REPO, endpoint=hub["olah"].endpoint),
                                   Console(file=buffer, width=200, color_system=None))
@@ -172,14 +184,28 @@ def test_real_process_no_traceback(hub: dict[str, Any], tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in err and len(_lines(err)) == 1
 
 
-def test_interrupted_process_resumes_in_the_next_run(hub: dict[str, Any], tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _sigint(disposition: str) -> Iterator[None]:
+    """The SIGINT disposition children inherit: a shell without job control starts background
+    jobs (``pytest ... &``, CI scripts) with SIGINT ignored, and Python keeps an ignored SIGINT
+    ignored, so such a child never sees Ctrl-C."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN if disposition == "ignored" else signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@pytest.mark.parametrize("parent_sigint", ["default", "ignored"])
+def test_interrupted_process_resumes_in_the_next_run(hub: dict[str, Any], tmp_path: Path, parent_sigint: str) -> None:
     proxy: FaultProxy = hub["proxy"]
     sha = hub["slow"].files["main"]["w.safetensors"].sha256
     size = hub["slow"].files["main"]["w.safetensors"].size
     partial = tmp_path / "models--org--slow" / "blobs" / f"{sha}.incomplete"
     proxy.set_faults(Faults(match="w.safetensors", honour_range=True, chunk_delay=0.05))
     try:
-        proc = _subprocess(["fetch", SLOW], proxy.endpoint, tmp_path)
+        with _sigint(parent_sigint):
+            proc = _subprocess(["fetch", SLOW], proxy.endpoint, tmp_path)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not (partial.exists() and partial.stat().st_size > 200_000):
             time.sleep(0.05)

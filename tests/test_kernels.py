@@ -156,8 +156,8 @@ def test_bnb(n: int, k: int, nested: bool) -> None:
 
 
 def test_modules_compile_once() -> None:
-    a = launch.kernel("gguf", "gguf_q4_0_gemv")
-    b = launch.kernel("gguf", "gguf_q4_0_gemv")
+    a = launch.kernel("int4", "int4_affine_m8")
+    b = launch.kernel("int4", "int4_affine_m8")
     assert a is b or launch._module.cache_info().hits > 0
 
 
@@ -240,3 +240,47 @@ def test_gptq_more_groups_than_shared_memory_holds(act: bool, fmt: str) -> None:
     d = [cupy.asarray(a) for a in (qweight, qzeros, sc, g_idx)]
     for m in BATCHES[:2]:
         check(lambda x, out: cupy_kernels.gptq_matmul(x, *d, group, fmt, None, out), activations(r, m, k), w, n)
+
+
+# -- the packed layout: load once, multiply many times --------------------------------------
+def test_packed_layer_serves_every_batch_kernel() -> None:
+    """One pack_gptq (act-order), then M = 0, 1, 8 (m8), 13 (m16), 40 (m32 on two grid rows) through int4_matmul."""
+    k, n, group = 512, 40, 64
+    r = rng(11)
+    qweight, qzeros, sc = words(r, k // 8, n), words(r, k // group, n // 8), scales(r, k // group, n)
+    g_idx = (np.argsort(r.permutation(k)) // group).astype(np.int32)
+    packed = cupy_kernels.pack_gptq(*(cupy.asarray(a) for a in (qweight, qzeros, sc, g_idx)), group, "gptq", xp=cupy)
+    assert packed.kind == "affine" and packed.perm is not None and packed.pshift == 6 and packed.kp == k
+    w = ref.gptq_dequantize(qweight, qzeros, sc, g_idx, 4, "gptq")
+    assert cupy_kernels.int4_matmul(cupy.zeros((0, k), dtype=cupy.float16), packed).shape == (0, n)
+    for m in (1, 8, 13, 40):
+        check(lambda x, out: cupy_kernels.int4_matmul(x, packed, None, out), activations(r, m, k), w, n)
+
+
+def test_gptq_irregular_groups_are_padded_to_chunks() -> None:
+    """g_idx with groups of unequal sizes (not multiples of 32), unsorted: each group's run is padded with zero rows."""
+    k, n = 384, 32
+    r = rng(12)
+    sizes = [40, 8, 100, 56, 180]  # sums to 384
+    g_idx = r.permutation(np.repeat(np.arange(len(sizes)), sizes)).astype(np.int32)
+    qweight, qzeros, sc = words(r, k // 8, n), words(r, len(sizes), n // 8), scales(r, len(sizes), n)
+    packed = cupy_kernels.pack_gptq(*(cupy.asarray(a) for a in (qweight, qzeros, sc, g_idx)), 64, "gptq_v2", xp=cupy)
+    assert packed.kp > k and packed.pshift == 5
+    w = ref.gptq_dequantize(qweight, qzeros, sc, g_idx, 4, "gptq_v2")
+    for m in (1, 20):
+        check(lambda x, out: cupy_kernels.int4_matmul(x, packed, None, out), activations(r, m, k), w, n)
+
+
+@pytest.mark.parametrize("blocksize", [32, 128])
+def test_bnb_blocksizes(blocksize: int) -> None:
+    """Scale groups of 32 k run on the m32 kernel at every batch (the only one that scales every 32 k); 128 on all."""
+    n, k = 24, 256
+    r = rng(blocksize)
+    packed_w = r.integers(0, 256, size=n * k // 2, dtype=np.uint8)
+    absmax = (r.random(n * k // blocksize) * 0.05 + 0.01).astype(np.float32)
+    w = ref.bnb_dequantize(packed_w, ref.bnb_absmax(absmax), NF4, (n, k), blocksize)
+    packed = cupy_kernels.pack_bnb(cupy.asarray(packed_w), cupy.asarray(NF4), cupy.asarray(absmax), (n, k), blocksize,
+                                   xp=cupy)
+    assert packed.kind == "lut" and packed.pshift == {32: 5, 128: 7}[blocksize]
+    for m in (1, 17):
+        check(lambda x, out: cupy_kernels.int4_matmul(x, packed, None, out), activations(r, m, k), w, n)

@@ -248,3 +248,32 @@ def test_awq_gemv_reference() -> None:
             z = (int(qzeros[r, 0].view(np.uint32)) >> (4 * (kk // g))) & 15
             want[r, kk] = (q - z) * float(scales[r, kk // g])
     np.testing.assert_allclose(ref.awq_gemv_dequantize(qweight, qzeros, scales, g).numpy(), want, rtol=1e-6, atol=1e-7)
+
+
+# ---------------------------------------------------------------- GGUF types without a kernel (#10 item 6)
+# type -> byte offsets of its fp16 fields (d, dmin, m): set to finite values, every other byte random
+NO_KERNEL_TYPES = {"Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82), "Q3_K": (108,), "Q5_K": (0, 2),
+                   "Q6_K": (208,)}
+
+
+@pytest.mark.parametrize("type_name", sorted(NO_KERNEL_TYPES))
+def test_gguf_reference_for_types_without_kernel(type_name) -> None:
+    """The torch reading of each ggml block struct equals gguf-py's on random blocks (every bit pattern)."""
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+    from gguf import quants as gguf_quants
+
+    from mcard import reference_gguf
+
+    per, nbytes = reference_gguf.BLOCKS[type_name]
+    assert GGML_QUANT_SIZES[GGMLQuantizationType[type_name]] == (per, nbytes)
+    rows, cols = 6, 1024
+    rng = np.random.default_rng(7)
+    raw = rng.integers(0, 256, (rows, cols // per, nbytes), dtype=np.uint8)
+    for off in NO_KERNEL_TYPES[type_name]:
+        halves = (rng.random((rows, cols // per)) * 0.1 - 0.05).astype("<f2")
+        raw[..., off:off + 2] = np.ascontiguousarray(halves).view(np.uint8).reshape(rows, cols // per, 2)
+    raw = raw.reshape(rows, -1)
+    got = ref.gguf_dequantize(raw, type_name, (rows, cols)).numpy()
+    up = gguf_quants.dequantize(raw, GGMLQuantizationType[type_name]).reshape(rows, cols)
+    np.testing.assert_allclose(got, up, rtol=1e-6, atol=1e-7)
+    assert type_name in ref.gguf_reference_types()

@@ -108,6 +108,12 @@ def test_minimal_entry_loads(tmp_path: Path) -> None:
         ("group_size = 128\n", "", "variants[0]: missing required key 'group_size' for format gptq"),
         ("bits = 4", 'bits = "4"', "variants[0].bits: expected an integer, found a string"),
         ('format = "gptq"', 'format = "gptg"', "unknown format 'gptg' (did you mean 'gptq'?)"),
+        # #10 item 3: what the format cannot represent, in the words `mcard size` uses
+        ("bits = 4", "bits = 5", "variants[0].bits: gptq bits must be 2, 3, 4 or 8, not 5"),
+        ("group_size = 128", "group_size = 0", "variants[0].group_size: gptq group_size must be -1 (no groups) or a "
+                                               "positive integer, not 0"),
+        ("bits = 4", 'bits = 4\ncheckpoint_format = "marlin"',
+         "variants[0].checkpoint_format: gptq checkpoint_format must be gptq or gptq_v2, not 'marlin'"),
         ("[[variants]]", "[[variant]]", "unknown key 'variant' (did you mean 'variants'?)"),
     ],
 )
@@ -117,6 +123,18 @@ def test_schema_errors_name_the_key(tmp_path: Path, old: str, new: str, expected
         load_entry(path)
     assert expected in str(info.value)
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("qtype, expected", [
+    ("Q9_K", "variants[0].type: unknown GGUF/GGML type 'Q9_K' (known: F32, F16"),
+    ("NVFP4", "variants[0].type: NVFP4 is a llama.cpp type mcard does not model (modelled: F32"),
+])
+def test_gguf_type_checked_at_load(tmp_path: Path, qtype: str, expected: str) -> None:
+    text = MINIMAL.replace('branch = "main"\nformat = "gptq"\nbits = 4\ngroup_size = 128\n',
+                           f'file = "x.gguf"\nformat = "gguf"\ntype = "{qtype}"\n')
+    with pytest.raises(UnusableInput) as info:
+        load_entry(write(tmp_path, text))
+    assert expected in str(info.value)
 
 
 def test_toml_syntax_error_has_line_and_column(tmp_path: Path) -> None:
@@ -233,6 +251,17 @@ def test_registry_eval_file_and_unknown_shape(tmp_path: Path) -> None:
 # -- prompts ----------------------------------------------------------------------------------
 
 
+def test_literal_prompt_as_documented(tmp_path: Path) -> None:
+    """#10 item 10: `prompt = "USER: {prompt} ASSISTANT:"` is a literal template, as the README says."""
+    from mcard.card import render_card
+
+    text = MINIMAL.replace('base_model = "org/x"', 'base_model = "org/x"\nprompt = "USER: {prompt} ASSISTANT:"')
+    path = write(tmp_path, text)
+    assert load_entry(path).model.prompt == "USER: {prompt} ASSISTANT:"
+    card = render_card(path)
+    assert "prompt_template: 'USER: {prompt} ASSISTANT:'" in card and "USER: {prompt} ASSISTANT:\n```" in card
+
+
 def test_prompt_library() -> None:
     for name in ("alpaca", "vicuna", "guanaco", "llama-2-chat", "chatml"):
         assert "{prompt}" in prompts.get(name).text
@@ -279,10 +308,10 @@ def test_lora_size_params(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (AWQ + 'version = "gemv2"\n', "variants[0].version: unknown AWQ version 'gemv2' (did you mean 'gemv'?)"),
-        (AWQ + 'version = "marlin"\n', "variants[0].version: unknown AWQ version 'marlin'; known: gemm, gemv"),
+        (AWQ + 'version = "gemv2"\n', "variants[0].version: awq version must be gemm or gemv, not 'gemv2' (did you mean 'gemv'?)"),
+        (AWQ + 'version = "marlin"\n', "variants[0].version: awq version must be gemm or gemv, not 'marlin'"),
         (AWQ + "version = 2\n", "variants[0].version: expected a string, found an integer"),
-        (AWQ.replace("bits = 4", "bits = 8"), "variants[0].bits: AWQ is 4-bit only, found 8"),
+        (AWQ.replace("bits = 4", "bits = 8"), "variants[0].bits: awq bits must be 4, not 8"),
         (AWQ.replace("group_size = 128\n", ""), "variants[0]: missing required key 'group_size' for format awq"),
         (AWQ + "double_quant = true\n", "variants[0].double_quant: only for format nf4 or fp4, not awq"),
         (MINIMAL + 'version = "gemm"\n', "variants[0].version: only for format awq, not gptq"),
@@ -290,7 +319,7 @@ def test_lora_size_params(tmp_path: Path) -> None:
         (BNB + '\n[[variants]]\nbranch = "b"\nformat = "awq"\nbits = 4\ngroup_size = 128\n',
          "all variants of a repo must be one format family, found awq, bnb"),
         (BNB.replace('format = "nf4"', 'format = "nf5"'), "unknown format 'nf5' (did you mean 'nf4'?)"),
-        (BNB.replace('format = "nf4"', 'format = "lora"\nr = 0'), "variants[0].r: the LoRA rank must be at least 1"),
+        (BNB.replace('format = "nf4"', 'format = "lora"\nr = 0'), "variants[0].r: lora r must be a positive integer, not 0"),
     ],
     ids=["version-close", "version-unknown", "version-type", "awq-bits", "awq-group-size", "dq-on-awq",
          "version-on-gptq", "zp-on-nf4", "mixed-families", "unknown-format", "lora-rank"],

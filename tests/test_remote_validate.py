@@ -88,6 +88,25 @@ def hub(tmp_path_factory):
     bnb.write_variant(bnb_dir, cfg, quant_type="nf4", double_quant=True)
     add("bnb", bnb_dir)
 
+    shards = tmp / "gguf-shards"  # written by llama.cpp's gguf-split (tests/fixtures/llamacpp)
+    shards.mkdir()
+    for p in sorted((Path(__file__).parent / "fixtures" / "llamacpp" / "smol576").glob("*-of-*.gguf")):
+        (shards / p.name).write_bytes(p.read_bytes())
+    add("gguf-shards", shards)
+
+    parts = tmp / "gguf-parts"  # the older raw byte parts, joined with cat
+    parts.mkdir()
+    blob = (gguf_dir / "tiny.Q4_K_M.gguf").read_bytes()
+    for i, letter in enumerate("abc"):
+        (parts / f"tiny.Q4_K_M.gguf-split-{letter}").write_bytes(blob[i * (len(blob) // 3 + 1):(i + 1) * (len(blob) // 3 + 1)])
+    add("gguf-parts", parts)
+
+    many = tmp / "gguf-many"  # a folder of quant files, as GGUF repos publish them
+    many.mkdir()
+    for t in ("Q4_0", "Q8_0"):
+        gguf.write_variant(many / f"tiny.{t}.gguf", cfg, ftype=t)
+    add("gguf-many", many)
+
     build_git_repo(tmp / "mirrors", REPO, branches)
     with OlahServer(tmp / "mirrors") as server:
         yield server, local
@@ -100,7 +119,8 @@ def _same_findings(remote, local) -> None:
     assert (remote.format, remote.params, remote.predicted_bytes) == (local.format, local.params, local.predicted_bytes)
 
 
-@pytest.mark.parametrize("branch", ["gptq-4bit-32g-actorder_True", "main", "ggml", "pickle", "bnb"])
+@pytest.mark.parametrize("branch", ["gptq-4bit-32g-actorder_True", "main", "ggml", "pickle", "bnb", "gguf-shards",
+                                    "gguf-parts"])
 def test_remote_findings_equal_local(hub, branch):
     server, local = hub
     report = inspect_remote(f"{REPO}:{branch}", endpoint=server.endpoint, token="")
@@ -223,3 +243,28 @@ def test_gguf_header_prefix_doubles_until_it_parses(hub, monkeypatch):
     assert ranges[:3] == ["bytes=0-1023", "bytes=1024-2047", "bytes=2048-4095"]
     assert report.remote["bytes_read"] < 0.1 * report.remote["total_bytes"]
     _same_findings(report, inspect(local["main"]))
+
+
+@pytest.mark.parametrize("branch,kind,files", [("gguf-shards", "shards", 3), ("gguf-parts", "parts", 3)])
+def test_remote_split_gguf_is_one_model_from_every_shard_header(hub, branch, kind, files):
+    server, _local = hub
+    report = inspect_remote(f"{REPO}:{branch}", endpoint=server.endpoint, token="")
+    assert report.ok and report.params["split"] == kind and report.params["files"] == files
+    assert report.predicted_bytes == sum(f.size for f in report.files if f.kind == "gguf")
+
+
+def test_a_folder_of_gguf_files_reports_each_file_and_its_size(hub):
+    """#10 item 5: each part reports its real size; the folder lists every file (locally and remotely)."""
+    server, local = hub
+    sizes = {p.name: p.stat().st_size for p in local["gguf-many"].glob("*.gguf")}
+    remote = inspect_remote(f"{REPO}:gguf-many", endpoint=server.endpoint, token="")
+    for report in (inspect(local["gguf-many"]), remote):
+        assert {f.path: f.size for f in report.files if f.kind == "gguf"} == sizes
+        assert report.actual_bytes == sum(sizes.values())
+        assert len(report.parts) == 2
+        for part in report.parts:
+            [entry] = part.files
+            assert part.path.endswith(entry.path) and entry.size == sizes[entry.path]
+            assert part.actual_bytes == part.predicted_bytes == entry.expected_size == sizes[entry.path]
+        assert report.predicted_bytes == sum(sizes.values())
+    _same_findings(remote, inspect(local["gguf-many"]))

@@ -40,6 +40,8 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "bnb-plain": lambda m, p: m.write_variant(p, cfg, quant_type="nf4", double_quant=False),
         "gguf-q4km": lambda m, p: m.write_variant(p, cfg, "Q4_K_M"),
         "gguf-q4_1": lambda m, p: m.write_variant(p, cfg, "Q4_1"),
+        "gguf-q8_0": lambda m, p: m.write_variant(p, cfg, "Q8_0"),
+        "gguf-q6_k": lambda m, p: m.write_variant(p, cfg, "Q6_K"),
     }
     for label, build in builders.items():
         fmt = label.split("-")[0]
@@ -62,7 +64,9 @@ def test_reference_path_passes_on_builder_variants(variants: dict[str, Path], la
     assert result.ok, [r.to_dict() for r in result.layers if not r.ok]
     assert not result.kernels_run and "no kernel was exercised" in result.message
     assert {r.engine for r in result.layers} == {"reference"}
-    assert len(result.layers) == 6 and all(r.rel_error is not None and r.rel_error < 1e-5 for r in result.layers)
+    # 3 layers x 2 batches; a GGUF mix adds one layer of its type without a kernel (Q6_K output)
+    assert len(result.layers) == 6 + 2 * label.startswith("gguf")
+    assert all(r.rel_error is not None and r.rel_error < 1e-5 for r in result.layers)
 
 
 def test_layout_error_is_caught_without_gpu(variants: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -203,17 +207,18 @@ def test_kernel_path_passes_on_builder_variants(variants: dict[str, Path], label
 
 def test_kernel_path_catches_a_broken_kernel(variants: dict[str, Path], host_gpu, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """The AWQ kernel with the identity nibble order (a mistake kernels have shipped with): exit 1, FAIL rows."""
+    """The kernel with a wrong lop3 truth table in its dequantization (a mistake kernels have shipped with): exit 1."""
     import shutil
 
     from typer.testing import CliRunner
 
     from mcard.cli import app
 
-    for cu in Path(host_gpu.HERE).glob("*.cu"):
+    for cu in [*Path(host_gpu.HERE).glob("*.cu"), *Path(host_gpu.HERE).glob("*.cuh")]:
         shutil.copy(cu, tmp_path)
-    src = tmp_path / "awq.cu"
-    src.write_text(src.read_text().replace("{0, 4, 1, 5, 2, 6, 3, 7}", "{0, 1, 2, 3, 4, 5, 6, 7}"))
+    src = tmp_path / "int4.cu"
+    assert src.read_text().count("lop3<0xEA>(w, 0x000F000Fu") == 1
+    src.write_text(src.read_text().replace("lop3<0xEA>(w, 0x000F000Fu", "lop3<0xE8>(w, 0x000F000Fu"))
     monkeypatch.setattr(host_gpu, "HERE", tmp_path)
     res = CliRunner().invoke(app, ["smoke", str(variants["awq"]), "--device", "cuda", "--layers", "1",
                                    "--batch", "1", "--json"])
@@ -221,3 +226,24 @@ def test_kernel_path_catches_a_broken_kernel(variants: dict[str, Path], host_gpu
     doc = json.loads(res.output)
     assert doc["kernels_run"] and not doc["ok"]
     assert doc["layers"][0]["engine"] == "kernel" and doc["layers"][0]["note"] == "kernel disagrees with the reference"
+
+
+@pytest.mark.parametrize("label, qtype", [("gguf-q8_0", "Q8_0"), ("gguf-q6_k", "Q6_K")])
+def test_gguf_types_without_kernel_are_quantized_layers(variants: dict[str, Path], label: str, qtype: str) -> None:
+    """#10 item 6: the reference check runs on them and the result says there is no kernel: exit 0, not 2."""
+    from typer.testing import CliRunner
+
+    from mcard.cli import app
+
+    result = smoke.run(variants[label], device="cpu", layers="2", batches="1", seed=1)
+    assert result.ok and result.layers and {r.kind for r in result.layers} == {f"gguf {qtype}"}
+    assert all(r.engine == "reference" and r.note == f"no kernel for GGUF {qtype}" for r in result.layers)
+    assert f"no kernel for GGUF {qtype} (reference check only)" in result.message
+    res = CliRunner().invoke(app, ["smoke", str(variants[label]), "--device", "cpu", "--layers", "1", "--batch", "1"])
+    assert res.exit_code == EXIT_OK, res.output
+
+
+def test_gguf_without_kernel_on_a_gpu_says_no_kernel_ran(variants: dict[str, Path], host_gpu) -> None:
+    result = smoke.run(variants["gguf-q8_0"], device="cuda", layers="1", batches="1", seed=1)
+    assert result.ok and not result.kernels_run
+    assert result.message.startswith("no kernel was exercised") and "no kernel for GGUF Q8_0" in result.message

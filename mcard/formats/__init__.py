@@ -25,10 +25,14 @@ same module: the tests, the smoke test and the demo all use them.
 
 from __future__ import annotations
 
+import functools
 import importlib
 from types import ModuleType
+from typing import Any
 
+from ..errors import UnusableInput
 from ..variant import Variant
+from ._params import BadParam
 
 # Detection order matters: the first module whose detect() says yes owns the variant.
 DETECT_ORDER = ("gguf", "ggml", "lora", "gptq", "awq", "bnb", "hf", "pickle")
@@ -68,6 +72,38 @@ def detect(variant: Variant) -> ModuleType | None:
         if module.detect(variant):
             return module
     return None
+
+
+def check_params(fmt: str, params: dict[str, Any], for_size: bool = False) -> dict[str, Any]:
+    """``params`` for format ``fmt`` (a key of :data:`SIZE_FORMATS`), normalized; :class:`BadParam` otherwise.
+
+    The valid values are the format module's own ``PARAMS``; ``mcard size`` and the registry both ask here.
+    ``None`` values mean "the default" and are left out.
+    """
+    from . import _params
+
+    given = {k: v for k, v in params.items() if v is not None}
+    return _params.check(fmt.lower(), params_of(fmt), given, for_size)
+
+
+def params_of(fmt: str) -> dict[str, Any]:
+    """The format module's ``PARAMS`` (name -> :class:`~mcard.formats._params.Param`) for format ``fmt``.
+
+    Do not modify the result (it is shared).
+    """
+    entry = SIZE_FORMATS.get(fmt.lower())
+    if entry is None:
+        raise UnusableInput(f"unknown format {fmt!r} (known: {', '.join(SIZE_FORMATS)})")
+    return _module_params(entry[0])
+
+
+@functools.cache
+def _module_params(module_name: str) -> dict[str, Any]:
+    return getattr(get(module_name), "PARAMS", {})
+
+
+__all__ = ["BadParam", "DETECT_ORDER", "SIZE_FORMATS", "available", "check_params", "detect", "for_size", "get",
+           "params_of"]
 
 
 def for_size(fmt: str) -> tuple[ModuleType, dict[str, str]] | None:

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..arch import ModelShape
 from ..errors import UnusableInput
-from ..report import Report
+from ..report import FileEntry, Report
 from ..safetensors_io import predict_file_size
 from ..variant import Variant
 
@@ -69,8 +69,14 @@ def fp_tensors(shape: ModelShape, dtype: str) -> Expected:
     return {name: ((dtype,) if dtype else FLOAT_DTYPES, dims) for name, dims in shape.other_tensors().items()}
 
 
-def predicted_file_bytes(entries: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None) -> int:
-    return predict_file_size([(n, d, s) for n, (d, s) in entries.items()], metadata)
+def predicted_file_bytes(entries: dict[str, tuple[str, tuple[int, ...]]], metadata: dict[str, str] | None,
+                         order: list[str] | None = None) -> int:
+    return predict_file_size([(n, d, s) for n, (d, s) in entries.items()], metadata, order)
+
+
+def file_order(variant: Variant) -> list[str]:
+    """The variant's tensor names in the order of their data in the files (what its writer chose)."""
+    return [name for name, (_rel, info) in sorted(variant.tensors.items(), key=lambda kv: (kv[1][0], kv[1][1].begin))]
 
 
 def check_predicted_size(report: Report, variant: Variant, predicted: int) -> None:
@@ -84,6 +90,29 @@ def check_predicted_size(report: Report, variant: Variant, predicted: int) -> No
     rel = abs(delta) / predicted if predicted else 1.0
     sev = report.warning if rel > 0.01 else report.info
     sev("size", "", "", f"size {actual} bytes vs predicted {predicted} ({delta:+d} bytes, {rel:.2%})")
+
+
+def file_parts(variant: Variant, report: Report, parts: dict[str, list[str]],
+               check_part: Callable[[Variant, str, Report], None]) -> None:
+    """Check each of several models in one folder (a GGUF/GGML folder of quant files) into its own sub-report.
+
+    ``parts``: a name per model -> its files (one, or a split GGUF's shards or raw parts).
+    Each part lists its files with their real sizes, as the folder's own entries: what a part
+    learns about a file's expected size is the folder's too. The folder's prediction is the
+    parts' sum when every part has one.
+    """
+    listed = {entry.path: entry for entry in report.files}
+    for name, rels in parts.items():
+        part = Report(path=str(variant.abspath(name)), format=report.format)
+        for rel in rels:
+            if rel not in listed:
+                listed[rel] = FileEntry(rel, variant.size(rel), variant.kinds.get(rel, "other"))
+                report.files.append(listed[rel])
+            part.files.append(listed[rel])
+        report.parts.append(part)
+        check_part(variant, name, part)
+    predicted = [p.predicted_bytes for p in report.parts]
+    report.predicted_bytes = sum(predicted) if predicted and None not in predicted else None  # type: ignore[arg-type]
 
 
 def linear_weight_dtype(cfg: dict[str, Any] | None) -> str:

@@ -16,10 +16,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType, GGUFValueType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
 from ..errors import UnusableInput
-from . import _kquant as kq
+from ..variant import bad_magic
+from . import _ggml_types as gt
 
 _SCALAR = {  # value type -> struct format
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
@@ -33,12 +34,18 @@ _KEEP_ARRAY = 64  # arrays longer than this keep only their length (tokens, scor
 @dataclass
 class GgufTensor:
     name: str
-    type: str  # "Q4_K"
+    type: str  # "Q4_K"; "type 99" for an id neither gguf nor mcard knows
     shape: tuple[int, ...]  # gguf order: ne0 first, as in the file
     rows: int
     cols: int
     offset: int  # absolute file offset of the data
-    nbytes: int
+    nbytes: int  # for an unknown type: the bytes up to the next tensor (or the end of the file)
+    type_id: int = -1
+
+    @property
+    def known(self) -> bool:
+        """Whether the type id is one mcard can size (False: nbytes is only the room it occupies)."""
+        return self.type in gt.TYPES
 
 
 @dataclass
@@ -50,7 +57,12 @@ class GgufFile:
     data_start: int
     kv: dict[str, Any]  # scalars, strings, short arrays; long arrays as ("array", length)
     tensors: list[GgufTensor] = field(default_factory=list)
-    bad_types: list[tuple[str, int]] = field(default_factory=list)  # (tensor, unknown type id)
+    kv_bytes: int = 0  # the kv pairs' bytes, between the 24-byte fixed header and the tensor infos
+
+    @property
+    def bad_types(self) -> list[tuple[str, int]]:
+        """(tensor, type id) of the tensors whose type id is unknown."""
+        return [(t.name, t.type_id) for t in self.tensors if not t.known]
 
     def tensor(self, name: str) -> GgufTensor:
         for t in self.tensors:
@@ -61,7 +73,14 @@ class GgufFile:
     @property
     def file_type(self) -> str | None:
         ft = self.kv.get("general.file_type")
-        return kq.FTYPE_BY_ID.get(ft) if isinstance(ft, int) else None
+        return gt.FTYPE_BY_ID.get(ft) if isinstance(ft, int) else None
+
+    @property
+    def split(self) -> tuple[int, int, int] | None:
+        """(split.no, split.count, split.tensors.count) of a gguf-split shard, or None."""
+        keys = ("split.no", "split.count", "split.tensors.count")
+        vals = [self.kv.get(k) for k in keys]
+        return tuple(vals) if all(isinstance(v, int) and not isinstance(v, bool) for v in vals) else None  # type: ignore[return-value]
 
 
 class _Cursor:
@@ -106,16 +125,21 @@ class _Cursor:
         return self.unpack(_SCALAR[GGUFValueType(vtype)], what)
 
 
-def read(path: str | Path) -> GgufFile:
-    """Parse a GGUF header. Bad magic/version or a truncated kv/tensor table -> UnusableInput."""
+def read(path: str | Path, file_size: int | None = None) -> GgufFile:
+    """Parse a GGUF header. Bad magic/version or a truncated kv/tensor table -> UnusableInput.
+
+    ``file_size``: the size of the whole file when ``path`` holds only its first part
+    (raw ``.gguf-split-a`` parts joined with ``cat``); the header must lie in that part.
+    """
     path = Path(path)
     size = path.stat().st_size
     if size < 24:
         raise UnusableInput(f"not a GGUF file: only {size} bytes", path)
     with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         cur = _Cursor(mm, path)
-        if cur.take(4, "magic") != b"GGUF":
-            raise UnusableInput("not a GGUF file: bad magic", path)
+        magic = cur.take(4, "magic")
+        if magic != b"GGUF":
+            raise UnusableInput(bad_magic(magic, b"GGUF", "GGUF"), path)
         version = cur.unpack("<I", "version")
         if version not in (2, 3):
             raise UnusableInput(f"GGUF version {version} is not supported (only 2 and 3)", path)
@@ -127,6 +151,7 @@ def read(path: str | Path) -> GgufFile:
         for i in range(n_kv):
             key = cur.string(f"kv #{i} key")
             kv[key] = cur.value(cur.unpack("<I", f"kv {key}"), key)
+        kv_bytes = cur.pos - 24
         align = kv.get("general.alignment", GGUF_DEFAULT_ALIGNMENT)
         if not isinstance(align, int) or align <= 0 or align & (align - 1):
             raise UnusableInput(f"GGUF general.alignment {align!r} is not a power of two", path)
@@ -139,16 +164,21 @@ def read(path: str | Path) -> GgufFile:
             dims = tuple(cur.unpack("<Q", f"tensor info {name}") for _ in range(n_dims))
             raw.append((name, dims, cur.unpack("<I", f"tensor info {name}"), cur.unpack("<Q", f"tensor info {name}")))
         data_start = -(-cur.pos // align) * align
-    out = GgufFile(path, version, size, align, data_start, kv)
+    out = GgufFile(path, version, size if file_size is None else file_size, align, data_start, kv, kv_bytes=kv_bytes)
     for name, dims, tid, off in raw:
-        try:
-            tname = GGMLQuantizationType(tid).name
-        except ValueError:
-            out.bad_types.append((name, tid))
-            continue
         n = int(np.prod(dims, dtype=np.float64)) if dims else 1
-        elems, bsize = GGML_QUANT_SIZES[GGMLQuantizationType(tid)]
         rows = n // dims[0] if dims[0] else 0
-        out.tensors.append(GgufTensor(name, tname, dims, rows, dims[0], data_start + off, n // elems * bsize))
+        tname = gt.type_name(tid)
+        nbytes = gt.tensor_bytes(tname, (n,)) if tname is not None else -1
+        out.tensors.append(GgufTensor(name, tname or f"type {tid}", dims, rows, dims[0], data_start + off, nbytes, tid))
+    _size_unknown(out)
     return out
 
+
+def _size_unknown(g: GgufFile) -> None:
+    """An unknown type's bytes: the room up to the next tensor's data, or to the end of the file."""
+    starts = sorted({t.offset for t in g.tensors})
+    for t in g.tensors:
+        if t.nbytes < 0:
+            later = [o for o in starts if o > t.offset]
+            t.nbytes = max(0, (later[0] if later else g.file_size) - t.offset)

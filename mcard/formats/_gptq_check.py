@@ -171,7 +171,7 @@ def check(variant: Variant, report: Report) -> None:
     params, source, findings = read_quant_config(variant)
     report.findings.extend(findings)
     report.config_source = source
-    if source is None:
+    if source is None and not any(f.code == "bad-config" for f in findings):  # an unparseable one is its own finding
         report.warning("no-quant-config", "", "", "no quantize_config.json or quantization_config: parameters read from tensors")
     shape = _common.model_shape(variant, report)
     lins = _linears(variant, shape)
@@ -198,8 +198,11 @@ def check(variant: Variant, report: Report) -> None:
         has_bias = any(variant.has(f"{lin.name}.bias") for lin in lins if not lin.bias)
         dtype = _common.linear_weight_dtype(variant.config("config.json"))
         est = gptq.predict_size(shape, bits, gs, bool(params.get("desc_act")), bool(params.get("sym", True)), has_bias, dtype)
-        if len(variant.headers) == 1:
-            _common.check_predicted_size(report, variant, est.total_bytes)
+        if len(variant.headers) == 1:  # the prediction follows the file: its bias choice and its writer's order
+            sized, _opt = gptq.expected_tensors(shape, bits, gs, has_bias, dtype)
+            expected_now = {n: (d[0], s) for n, (d, s) in sized.items()}
+            predicted = _common.predicted_file_bytes(expected_now, gptq.METADATA, _common.file_order(variant))
+            _common.check_predicted_size(report, variant, predicted)
         else:
             report.predicted_bytes = est.total_bytes
     fmt = str(params.get("checkpoint_format", V1))

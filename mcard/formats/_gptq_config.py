@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import UnusableInput
 from ..report import Finding, Report
 from ..variant import Variant
+from ._packing import valid_group_size
 
 V1, V2 = "gptq", "gptq_v2"
 CHECKPOINT_FORMATS = (V1, V2)
@@ -65,9 +66,9 @@ def _validate(params: dict[str, Any], source: str, report: Report) -> None:
         report.error("bad-config", source, "bits", "no bits given")
     elif isinstance(bits, bool) or bits not in VALID_BITS:
         report.error("bad-config", source, "bits", f"bits {bits!r} is not one of {VALID_BITS}")
-    if isinstance(gs, bool) or not isinstance(gs, int) or (gs != -1 and gs <= 0):
+    if not valid_group_size(gs):
         report.error("bad-config", source, "group_size", f"group_size {gs!r} must be -1 or a positive integer")
-    if damp is not None and (isinstance(damp, bool) or not isinstance(damp, (int, float)) or not 0 < damp < 1):
+    if damp is not None and not valid_damp(damp):
         report.error("bad-config", source, "damp_percent", f"damp_percent {damp!r} must lie strictly between 0 and 1")
     for key in ("desc_act", "sym"):
         if not isinstance(params.get(key), bool):
@@ -103,11 +104,15 @@ def read_quant_config(variant: Variant) -> tuple[dict[str, Any], str | None, lis
     return params, _where(primary), scratch.findings
 
 
+def valid_damp(damp: object) -> bool:
+    """GPTQ's dampening, a fraction of the Hessian's mean diagonal: strictly between 0 and 1."""
+    return isinstance(damp, (int, float)) and not isinstance(damp, bool) and 0 < damp < 1
+
+
 def params_ok(params: dict[str, Any]) -> bool:
     """Whether ``params`` can drive the tensor checks (bits and group size usable)."""
     bits, gs = params.get("bits"), params.get("group_size")
-    return (not isinstance(bits, bool) and bits in VALID_BITS and isinstance(gs, int)
-            and not isinstance(gs, bool) and (gs == -1 or gs > 0))
+    return not isinstance(bits, bool) and bits in VALID_BITS and valid_group_size(gs)
 
 
 def make_config(bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str,

@@ -1,192 +1,21 @@
-"""llama.cpp's per-tensor quantization type rules ("mixes"), as tables and small functions.
+"""Round-to-nearest k-quant packers (format-exact ggml block layouts) and the names other modules share.
 
-One place per fact, shared by :mod:`mcard.formats.gguf` and :mod:`mcard.formats.ggml`.
-
-Two rule versions are modelled:
-
-``current``
-    llama.cpp ``src/llama-quant.cpp`` ``llama_tensor_get_type`` (2024-2025), for
-    dense llama-family models (no experts, not Falcon), k-quant and legacy ftypes.
-``2023``
-    The first k-quant rules (June 2023, ``llama.cpp`` ``llama_model_quantize_internal``),
-    used by GGML v3 (ggjt) files and early GGUF files: ``attention.wv``/``attn_v``,
-    ``attention.wo``/``attn_output`` and ``feed_forward.w2``/``ffn_down`` get more bits
-    in the *_M/*_L and q2_K mixes; everything else keeps the base type, output included
-    (TheBloke's June 2023 ggjt files confirm it: see ``tests/test_seed_sizes_ggml.py``).
+The type and file-type facts live in :mod:`._ggml_types`, llama.cpp's per-tensor
+type rules in :mod:`._gguf_mix`; both are re-exported here for :mod:`.gguf` and
+:mod:`.ggml`.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from ..errors import UnusableInput
-
-QK_K = 256
-
-# ftype name -> (general.file_type id, base ggml type). Names as llama-quantize spells them.
-FTYPES: dict[str, tuple[int, str]] = {
-    "F32": (int(LlamaFileType.ALL_F32), "F32"),
-    "F16": (int(LlamaFileType.MOSTLY_F16), "F16"),
-    "BF16": (int(LlamaFileType.MOSTLY_BF16), "BF16"),
-    "Q4_0": (int(LlamaFileType.MOSTLY_Q4_0), "Q4_0"),
-    "Q4_1": (int(LlamaFileType.MOSTLY_Q4_1), "Q4_1"),
-    "Q5_0": (int(LlamaFileType.MOSTLY_Q5_0), "Q5_0"),
-    "Q5_1": (int(LlamaFileType.MOSTLY_Q5_1), "Q5_1"),
-    "Q8_0": (int(LlamaFileType.MOSTLY_Q8_0), "Q8_0"),
-    "Q2_K": (int(LlamaFileType.MOSTLY_Q2_K), "Q2_K"),
-    "Q2_K_S": (int(LlamaFileType.MOSTLY_Q2_K_S), "Q2_K"),
-    "Q3_K_S": (int(LlamaFileType.MOSTLY_Q3_K_S), "Q3_K"),
-    "Q3_K_M": (int(LlamaFileType.MOSTLY_Q3_K_M), "Q3_K"),
-    "Q3_K_L": (int(LlamaFileType.MOSTLY_Q3_K_L), "Q3_K"),
-    "Q4_K_S": (int(LlamaFileType.MOSTLY_Q4_K_S), "Q4_K"),
-    "Q4_K_M": (int(LlamaFileType.MOSTLY_Q4_K_M), "Q4_K"),
-    "Q5_K_S": (int(LlamaFileType.MOSTLY_Q5_K_S), "Q5_K"),
-    "Q5_K_M": (int(LlamaFileType.MOSTLY_Q5_K_M), "Q5_K"),
-    "Q6_K": (int(LlamaFileType.MOSTLY_Q6_K), "Q6_K"),
-}
-FTYPE_BY_ID: dict[int, str] = {i: name for name, (i, _b) in FTYPES.items()}
-# Aliases: the legacy names of these ftypes (q3_K = Q3_K_M etc.).
-_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M", "FP16": "F16", "FP32": "F32"}
-
-# When a row length is not a multiple of the chosen type's block (llama-quant.cpp fallback).
-FALLBACK = {"Q2_K": "IQ4_NL", "Q3_K": "IQ4_NL", "Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-
-# Tensor roles: the GGUF name part and the GGML v3 (ggjt) name part of each per-layer tensor.
-LAYER_ROLES: dict[str, str] = {
-    "attn_norm": "attention_norm", "attn_q": "attention.wq", "attn_k": "attention.wk",
-    "attn_v": "attention.wv", "attn_output": "attention.wo", "ffn_norm": "ffn_norm",
-    "ffn_gate": "feed_forward.w1", "ffn_down": "feed_forward.w2", "ffn_up": "feed_forward.w3",
-}
-NORM_ROLES = ("attn_norm", "ffn_norm", "output_norm")
-
-
-class UnknownType(UnusableInput, ValueError):
-    """A GGUF/GGML type or mix mcard does not know: one line, exit 2 (and a ValueError for library callers)."""
-
-
-def canonical_ftype(ftype: str) -> str:
-    """Normalise ``q4_k_m``/``Q4_K_M``/``q4_K`` to a key of :data:`FTYPES`; :class:`UnknownType` if unknown."""
-    key = str(ftype).strip().upper().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in FTYPES:
-        raise UnknownType(f"unknown GGUF/GGML type {str(ftype)[:40]!r} (known: {', '.join(FTYPES)})")
-    return key
-
-
-def block(type_name: str) -> tuple[int, int]:
-    """(elements per block, bytes per block) of a ggml type, from gguf's GGML_QUANT_SIZES."""
-    return GGML_QUANT_SIZES[GGMLQuantizationType[type_name]]
-
-
-def row_bytes(type_name: str, cols: int) -> int:
-    elems, nbytes = block(type_name)
-    return cols // elems * nbytes
-
-
-def tensor_bytes(type_name: str, shape: tuple[int, ...]) -> int:
-    """Bytes of a tensor (``shape`` in any order; the element count is what matters)."""
-    n = 1
-    for d in shape:
-        n *= int(d)
-    elems, nbytes = block(type_name)
-    return n // elems * nbytes
-
-
-def use_more_bits(i_layer: int, n_layers: int) -> bool:
-    """llama.cpp's choice of layers that get more bits in the *_M mixes."""
-    return i_layer < n_layers // 8 or i_layer >= 7 * n_layers // 8 or (i_layer - n_layers // 8) % 3 == 2
-
-
-def is_quantized_tensor(name: str, n_dims: int) -> bool:
-    """llama.cpp quantizes 2-D ``*weight`` tensors that are not norms."""
-    return name.endswith("weight") and n_dims >= 2 and "_norm.weight" not in name and "norm.weight" != name
-
-
-def _fit(new: str, ne0: int) -> str:
-    """The fallback when the row length ne0 is not a multiple of the type's block size."""
-    if new in ("F32", "F16", "BF16") or ne0 % block(new)[0] == 0:
-        return new
-    new = FALLBACK.get(new, "F16")
-    return new if ne0 % block(new)[0] == 0 else "F16"
-
-
-def role_type(
-    role: str, layer: int, n_layers: int, ftype: str, *, ne0: int, n_gqa: int = 1,
-    is_70b: bool = False, has_output: bool = True, rules: str = "current",
-) -> str:
-    """The ggml type llama.cpp gives tensor ``role`` (``attn_v``, ``output``, ``token_embd``...).
-
-    ``ne0`` is the tensor's row length; ``n_gqa`` = n_head / n_head_kv; ``has_output``
-    is False when the embeddings are tied (then token_embd follows the output rule).
-    """
-    ftype = canonical_ftype(ftype)
-    base = FTYPES[ftype][1]
-    if role in NORM_ROLES:
-        return "F32"
-    if base in ("F32", "F16", "BF16"):
-        return base
-    if rules == "2023":
-        return _fit(_rules_2023(role, layer, n_layers, ftype, base), ne0)
-    new = base
-    if role == "output" or (role == "token_embd" and not has_output):
-        if ne0 % block(base)[0] != 0:
-            new = "Q8_0"
-        elif base != "Q8_0":
-            new = "Q6_K"
-        return new
-    if role == "token_embd":
-        return _fit(new, ne0)
-    more = use_more_bits(layer, n_layers)
-    if role == "attn_v":
-        if ftype == "Q2_K":
-            new = "Q4_K" if n_gqa >= 4 else "Q3_K"
-        elif ftype == "Q2_K_S" and n_gqa >= 4:
-            new = "Q4_K"
-        elif ftype == "Q3_K_M":
-            new = "Q5_K" if layer < 2 else "Q4_K"
-        elif ftype == "Q3_K_L":
-            new = "Q5_K"
-        elif ftype in ("Q4_K_M", "Q5_K_M") and more:
-            new = "Q6_K"
-        elif ftype == "Q4_K_S" and layer < 4:
-            new = "Q5_K"
-        if is_70b and new in ("Q3_K", "Q4_K"):
-            new = "Q5_K"
-    elif role == "ffn_down":
-        if ftype == "Q2_K":
-            new = "Q3_K"
-        elif ftype == "Q2_K_S" and layer < n_layers // 8:
-            new = "Q4_K"
-        elif ftype == "Q3_K_M":
-            new = "Q5_K" if layer < n_layers // 16 else "Q4_K"
-        elif ftype == "Q3_K_L":
-            new = "Q5_K"
-        elif ftype in ("Q4_K_M", "Q5_K_M") and more:
-            new = "Q6_K"
-        elif ftype == "Q4_K_S" and layer < n_layers // 8:
-            new = "Q5_K"
-    elif role == "attn_output":
-        new = {"Q2_K": "Q3_K", "Q3_K_M": "Q4_K", "Q3_K_L": "Q5_K"}.get(ftype, base)
-    return _fit(new, ne0)
-
-
-# June 2023: (ftype) -> {role: type}; "half:" = Q6_K on use_more_bits layers only.
-_RULES_2023: dict[str, dict[str, str]] = {
-    "Q2_K": {"attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_down": "Q4_K"},
-    "Q3_K_M": {"attn_v": "Q4_K", "attn_output": "Q4_K", "ffn_down": "Q4_K"},
-    "Q3_K_L": {"attn_v": "Q5_K", "attn_output": "Q5_K", "ffn_down": "Q5_K"},
-    "Q4_K_M": {"attn_v": "half:Q6_K", "ffn_down": "half:Q6_K"},
-    "Q5_K_M": {"attn_v": "half:Q6_K", "ffn_down": "half:Q6_K"},
-}
-
-
-def _rules_2023(role: str, layer: int, n_layers: int, ftype: str, base: str) -> str:
-    chosen = _RULES_2023.get(ftype, {}).get(role, base)
-    if chosen.startswith("half:"):
-        return chosen[5:] if use_more_bits(layer, n_layers) else base
-    return chosen
-
+from ._ggml_types import (  # noqa: F401
+    FTYPE_BY_ID, FTYPES, QK_K, UnknownType, block, canonical_ftype, row_bytes, tensor_bytes,
+)
+from ._gguf_mix import (  # noqa: F401
+    LAYER_ROLES, NORM_ROLES, RULE_LABELS, RULES, NoFallback, fallback, is_quantized_tensor, requires_imatrix,
+    role_type, use_more_bits,
+)
 
 # --- round-to-nearest k-quant packers (format-exact ggml block layouts) ------------------
 # Simple RTN, not llama.cpp's error-minimising search: the bytes follow ggml's block_qN_K

@@ -17,6 +17,11 @@ import numpy as np
 
 WORD_BITS = 32
 
+
+def valid_group_size(group_size: object) -> bool:
+    """A group size a GPTQ/AWQ checkpoint can have: -1 (one group spanning K) or a positive integer."""
+    return isinstance(group_size, int) and not isinstance(group_size, bool) and (group_size == -1 or group_size > 0)
+
 # AutoAWQ GEMM (awq/modules/linear/gemm.py, ``order_map``): nibble i of packed
 # word c holds column 8c + AWQ_ORDER[i].
 AWQ_ORDER: tuple[int, ...] = (0, 2, 4, 6, 1, 3, 5, 7)

@@ -28,8 +28,8 @@ from ..report import Finding, Report, Runtime
 from ..safetensors_io import DTYPE_BYTES, write
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common
-from ._packing import AWQ_ORDER, groups_of, pack_awq, pack_cols, unpack_awq, unpack_cols
+from . import _common, _params
+from ._packing import AWQ_ORDER, groups_of, pack_awq, pack_cols, unpack_awq, unpack_cols, valid_group_size
 
 NAME = "awq"
 BITS = 4  # AutoAWQ and vLLM: "Only 4-bit are supported for now."
@@ -45,6 +45,13 @@ WEIGHTS_FILE = "model.safetensors"
 METADATA = {"format": "pt"}
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".bias")
 _DTYPES = {".qweight": "I32", ".qzeros": "I32", ".scales": "F16", ".bias": "F16"}
+# What `mcard size --format awq` and a registry variant may set, and the values each can take.
+PARAMS = {
+    "bits": _params.choice((BITS,)),
+    "group_size": _params.group_size(valid_group_size),
+    "version": _params.choice(VERSIONS, normalize=str.lower),
+    "zero_point": _params.Param("bool", sizes=False),
+}
 
 __all__ = ["NAME", "AWQ_ORDER", "AwqLinear", "detect", "check", "read_quant_config", "quantized_linears",
            "load_linear", "unpack_awq", "dequantize_linear", "dequantize", "quantize", "runtimes",
@@ -276,7 +283,10 @@ def predict_size(shape: ModelShape, bits: int = BITS, group_size: int = 128, ver
     """Exact size of the single ``model.safetensors`` AutoAWQ writes."""
     if bits != BITS:
         raise UnusableInput(f"AWQ is 4-bit only, not {bits}-bit")
-    expected, _opt = expected_tensors(shape, group_size, version, bias, dtype)
+    try:
+        expected, _opt = expected_tensors(shape, group_size, version, bias, dtype)
+    except ValueError as exc:  # e.g. a GEMV group size AutoAWQ cannot lay out
+        raise UnusableInput(f"awq {version}: {exc}") from None
     entries = {name: (d[0], dims) for name, (d, dims) in expected.items()}
     parts = dict.fromkeys(("qweight", "qzeros", "scales", "bias", "embeddings", "lm_head", "norms"), 0)
     tensors = []

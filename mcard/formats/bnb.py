@@ -18,7 +18,13 @@ Per quantized linear ``M`` with weight [N, K] (n = N*K elements):
 
 Dequantization: ``W = quant_map[code] * absmax[block]``; with double quant
 ``absmax = nested_quant_map[q] * nested_absmax[i // 256] + nested_offset``.
-Embeddings, norms and ``lm_head`` stay in the compute dtype.
+Embeddings, norms and ``lm_head`` stay in the model's dtype (``config.json``
+``dtype``/``torch_dtype``), and so do the linears ``llm_int8_skip_modules``
+names (transformers ``should_convert_module``: a pattern matching the module
+name from its start up to a ``.`` boundary, as a regex, or as a suffix).
+``bnb_4bit_quant_storage`` (``uint8`` by default; ``float16``, ``bfloat16``,
+``float32``...) changes only how the packed weight is typed: the same bytes as
+``[(n+1) // (2*itemsize), 1]`` of that dtype (bitsandbytes ``quantize_4bit``).
 
 The code books, :class:`Bnb4Linear` and the quantize/dequantize math live in
 :mod:`._bnb_quant`; this module re-exports them.
@@ -28,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -36,9 +43,10 @@ import numpy as np
 from ..arch import Linear, ModelShape
 from ..errors import UnusableInput
 from ..report import Report, Runtime
+from ..safetensors_io import DTYPE_BYTES
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common
+from . import _common, _params
 from ._bnb_quant import (
     CODE_BOOKS, DEFAULT_BLOCKSIZE, DYNAMIC_MAP, FP4_CODE, NESTED_BLOCKSIZE, NF4_CODE, QUANT_TYPES,
     SUFFIX_ABSMAX, SUFFIX_NESTED_ABSMAX, SUFFIX_NESTED_QUANT_MAP, SUFFIX_QUANT_MAP, SUFFIX_QUANT_STATE, SUFFIX_WEIGHT,
@@ -51,10 +59,15 @@ VALIDATE_READS = ("." + SUFFIX_QUANT_MAP, "." + SUFFIX_NESTED_QUANT_MAP,
                   *("." + SUFFIX_QUANT_STATE + qt for qt in QUANT_TYPES))
 
 TORCH_DTYPES = ("float16", "bfloat16", "float32")
+# bnb_4bit_quant_storage -> the packed weight's safetensors dtype
+STORAGE_DTYPES = {"uint8": "U8", "int8": "I8", "float16": "F16", "bfloat16": "BF16", "float32": "F32",
+                  "int32": "I32", "float64": "F64", "int16": "I16", "uint16": "U16"}
 # A float32 mean printed by float.__repr__ is 17-20 characters; used by
 # predict_size where the real offset is unknown (changes the file by a few bytes).
 TYPICAL_NESTED_OFFSET = 0.011892005056142807
 SAFETENSORS_METADATA = {"format": "pt"}
+# What `mcard size --format nf4|fp4` and a registry variant may set (the quant type is the format's name).
+PARAMS = {"double_quant": _params.Param("bool")}
 
 
 # -- reading a variant ----------------------------------------------------------
@@ -104,7 +117,7 @@ def load_linear(variant: Variant, name: str) -> Bnb4Linear:
     p = f"{module}."
     lin = Bnb4Linear(
         module, in_f, out_f, qt, blocksize, str(doc.get("dtype", "float16")),
-        _common.require(variant, p + SUFFIX_WEIGHT), _common.require(variant, p + SUFFIX_ABSMAX),
+        _packed_bytes(variant, p + SUFFIX_WEIGHT), _common.require(variant, p + SUFFIX_ABSMAX),
         _common.require(variant, p + SUFFIX_QUANT_MAP).astype(np.float32),
         bias=variant.read(p + "bias") if variant.has(p + "bias") else None,
     )
@@ -114,6 +127,14 @@ def load_linear(variant: Variant, name: str) -> Bnb4Linear:
         lin.nested_blocksize = int(doc.get("nested_blocksize", NESTED_BLOCKSIZE))
         lin.nested_offset = float(doc.get("nested_offset", 0.0))
     return lin
+
+
+def _packed_bytes(variant: Variant, name: str) -> np.ndarray:
+    """The packed 4-bit weight as uint8 [bytes, 1], whatever bnb_4bit_quant_storage typed it as."""
+    arr = _common.require(variant, name)
+    if variant.tensors[name][1].dtype == "BF16":  # read back as float32: its upper half is the stored bfloat16
+        arr = (np.ascontiguousarray(arr, np.float32).view(np.uint32) >> 16).astype("<u2")
+    return np.ascontiguousarray(arr).astype(arr.dtype.newbyteorder("<"), copy=False).view(np.uint8).reshape(-1, 1)
 
 
 def dequantize(variant: Variant, name: str) -> np.ndarray:
@@ -138,13 +159,13 @@ def detect(variant: Variant) -> bool:
 
 
 def _linear_entries(lin: Linear, qt: str, dq: bool, dtype: str, qs_len: int,
-                    blocksize: int = DEFAULT_BLOCKSIZE) -> _common.Expected:
-    """Expected tensors of one quantized linear (name -> (dtypes, shape))."""
+                    blocksize: int = DEFAULT_BLOCKSIZE, storage: str = "U8") -> _common.Expected:
+    """Expected tensors of one quantized linear (name -> (dtypes, shape)); ``storage``: the packed weight's dtype."""
     n = lin.out_features * lin.in_features
     blocks = n_blocks(n, blocksize)
     p = f"{lin.name}."
     out: _common.Expected = {
-        p + SUFFIX_WEIGHT: (("U8",), ((n + 1) // 2, 1)),
+        p + SUFFIX_WEIGHT: ((storage,), ((n + 1) // (2 * DTYPE_BYTES[storage]), 1)),
         p + SUFFIX_ABSMAX: (("U8",) if dq else ("F32",), (blocks,)),
         p + SUFFIX_QUANT_MAP: (("F32",), (16,)),
     }
@@ -163,6 +184,38 @@ def _state_len(lin: Linear, qt: str, dq: bool, torch_dtype: str, offset: float =
     if dq:
         doc.update(nested_blocksize=NESTED_BLOCKSIZE, nested_dtype="float32", nested_offset=offset)
     return len(pack_json(doc))
+
+
+def skipped(module: str, patterns: list[str] | None) -> bool:
+    """transformers ``should_convert_module`` inverted: whether ``llm_int8_skip_modules`` keeps ``module`` unquantized."""
+    for key in patterns or []:
+        if module.endswith(key):
+            return True
+        try:
+            if re.match(rf"(?:{key})(?:(?<=\.)|(?=\.|$))", module):
+                return True
+        except re.error:
+            continue
+    return False
+
+
+def _skip_list(qc: dict[str, Any] | None) -> list[str]:
+    skip = (qc or {}).get("llm_int8_skip_modules")
+    return [k for k in skip if isinstance(k, str)] if isinstance(skip, list) else []
+
+
+def _storage(qc: dict[str, Any] | None) -> str:
+    name = str((qc or {}).get("bnb_4bit_quant_storage") or "uint8").replace("torch.", "")
+    return STORAGE_DTYPES.get(name, "U8")
+
+
+def _kept_linear_entries(lin: Linear, dtype: str) -> _common.Expected:
+    """A linear llm_int8_skip_modules kept in the model's dtype."""
+    allowed = (dtype, *(d for d in _common.FLOAT_DTYPES if d != dtype))
+    out: _common.Expected = {f"{lin.name}.weight": (allowed, (lin.out_features, lin.in_features))}
+    if lin.bias:
+        out[f"{lin.name}.bias"] = (allowed, (lin.out_features,))
+    return out
 
 
 def _fp_entries(shape: ModelShape, dtype: str) -> _common.Expected:
@@ -263,6 +316,11 @@ def check(variant: Variant, report: Report) -> None:
     expected: _common.Expected = _fp_entries(shape, dtype) if shape is not None else {}
     seen_qt: set[str] = set()
     dq_mismatch: list[str] = []
+    skip, storage = _skip_list(qc), _storage(qc)
+    kept = [lin for lin in linears if skipped(lin.name, skip)]
+    for lin in kept:
+        expected.update(_kept_linear_entries(lin, dtype))
+    linears = [lin for lin in linears if lin not in kept]
     for lin in linears:
         found = _state_key(variant, lin.name)
         qt = found[1] if found else (cfg_qt or "nf4")
@@ -273,7 +331,7 @@ def check(variant: Variant, report: Report) -> None:
         if cfg_dq is not None and dq != cfg_dq:
             dq_mismatch.append(lin.name)
         qs_len = variant.tensors[found[0]][1].shape[0] if found and len(variant.tensors[found[0]][1].shape) == 1 else 0
-        expected.update(_linear_entries(lin, qt, dq, dtype, qs_len or _state_len(lin, qt, dq, compute)))
+        expected.update(_linear_entries(lin, qt, dq, dtype, qs_len or _state_len(lin, qt, dq, compute), storage=storage))
         if found:
             _check_state(variant, report, found[0], lin, qt, cfg_qt, dq)
         _check_code_books(variant, report, lin.name, qt, dq)
@@ -284,6 +342,10 @@ def check(variant: Variant, report: Report) -> None:
                      f"first {dq_mismatch[0]}")
     report.params = {"quant_type": cfg_qt or ",".join(sorted(seen_qt)) or None, "double_quant": cfg_dq,
                      "compute_dtype": compute, "blocksize": DEFAULT_BLOCKSIZE, "linears": len(linears)}
+    if kept:
+        report.params["skipped_linears"] = len(kept)
+    if storage != "U8":
+        report.params["quant_storage"] = storage
     if shape is not None:
         _common.check_tensor_set(variant, report, expected, ignore=lambda n: n.endswith(".rotary_emb.inv_freq"))
         if len(variant.headers) == 1:
@@ -291,7 +353,8 @@ def check(variant: Variant, report: Report) -> None:
             _common.check_predicted_size(report, variant, predicted)
         else:
             report.predicted_bytes = predict_size(shape, quant_type=cfg_qt or "nf4", double_quant=bool(cfg_dq),
-                                                  dtype=dtype, compute_dtype=compute).total_bytes
+                                                  dtype=dtype, compute_dtype=compute, skip_modules=skip,
+                                                  quant_storage=storage).total_bytes
     report.runtimes = runtimes(cfg_qt or "nf4", bool(cfg_dq))
 
 
@@ -309,26 +372,35 @@ def runtimes(quant_type: str = "nf4", double_quant: bool = True) -> list[Runtime
 
 # -- sizes and builders --------------------------------------------------------------
 def predict_size(shape: ModelShape, quant_type: str = "nf4", double_quant: bool = True,
-                 blocksize: int = DEFAULT_BLOCKSIZE, dtype: str = "F16", compute_dtype: str = "float16",
-                 **_: Any) -> SizeEstimate:
+                 blocksize: int = DEFAULT_BLOCKSIZE, dtype: str | None = None, compute_dtype: str = "float16",
+                 skip_modules: list[str] | None = None, quant_storage: str = "U8",
+                 config_doc: dict[str, Any] | None = None, **_: Any) -> SizeEstimate:
     """Size of a transformers ``save_pretrained`` single-file bnb 4-bit checkpoint.
 
-    Exact except for each quant_state's ``nested_offset`` digits (a few bytes a linear).
+    ``dtype``: the unquantized parts' dtype (default: ``config.json``'s ``dtype``/``torch_dtype``,
+    else F16); ``skip_modules``: ``llm_int8_skip_modules``; ``quant_storage``: the packed
+    weights' dtype (``U8``, ``BF16``...). Exact except for each quant_state's
+    ``nested_offset`` digits (a few bytes a linear).
     """
-    quant_type, dtype = quant_type.lower(), dtype.upper()
+    quant_type = quant_type.lower()
+    dtype = (dtype or (_common.linear_weight_dtype(config_doc) if config_doc else "F16")).upper()
+    quant_storage = STORAGE_DTYPES.get(quant_storage.lower().replace("torch.", ""), quant_storage.upper())
     if quant_type not in QUANT_TYPES:
         raise UnusableInput(f"bnb quant_type must be nf4 or fp4, not {quant_type!r}")
+    if quant_storage not in DTYPE_BYTES:
+        raise UnusableInput(f"bnb quant_storage {quant_storage!r} is not a tensor dtype")
     entries: _common.Expected = _fp_entries(shape, dtype)
     for lin in shape.linears():
+        if skipped(lin.name, skip_modules):
+            entries.update(_kept_linear_entries(lin, dtype))
+            continue
         entries.update(_linear_entries(lin, quant_type, double_quant, dtype,
-                                       _state_len(lin, quant_type, double_quant, compute_dtype), blocksize))
+                                       _state_len(lin, quant_type, double_quant, compute_dtype), blocksize, quant_storage))
     kinds = ((".weight.nested_", "nested"), (".weight.quant_state.", "quant_state"), (".weight.absmax", "absmax"),
              (".weight.quant_map", "quant_map"), ("embed_tokens", "embeddings"), ("lm_head", "lm_head"),
              ("norm", "norms"), (".bias", "bias"))
     parts = {k: 0 for _s, k in kinds} | {"linears": 0}
     tensors = []
-    from ..safetensors_io import DTYPE_BYTES
-
     for name, (dts, dims) in entries.items():
         nbytes = DTYPE_BYTES[dts[0]] * math.prod(dims)
         kind = next((k for s, k in kinds if s in name), "linears")
@@ -337,6 +409,10 @@ def predict_size(shape: ModelShape, quant_type: str = "nf4", double_quant: bool 
     total = _common.predicted_file_bytes({n: (d[0], s) for n, (d, s) in entries.items()}, SAFETENSORS_METADATA)
     parts["header"] = total - sum(parts.values())
     params = {"quant_type": quant_type, "double_quant": double_quant, "blocksize": blocksize, "dtype": dtype}
+    if skip_modules:
+        params["skip_modules"] = list(skip_modules)
+    if quant_storage != "U8":
+        params["quant_storage"] = quant_storage
     return SizeEstimate(NAME, params, total, parts, tensors)
 
 

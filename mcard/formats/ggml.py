@@ -29,6 +29,8 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ..variant import Variant
+from . import _common, _params
+from . import _ggml_types as gt
 from . import _kquant as kq
 
 NAME = "ggml"
@@ -42,6 +44,10 @@ MAX_VOCAB = 1 << 22  # 4M tokens: 16 times the largest vocabulary in use
 # SentencePiece vocab with ▁ written as a space averages about 5.5); lengths and scores are exact.
 _VOCAB_TEXT_BYTES_PER_TOKEN = 5.5
 _ROLE_OF = {v: k for k, v in kq.LAYER_ROLES.items()}
+# What `mcard size --format ggml` and a registry variant may set: the llama.cpp type of the mix.
+# GGML files hold only the file types of their era (gt.GGML_FTYPES); newer ones exist only as GGUF.
+PARAMS = {"type": _params.Param("str", "one of " + ", ".join(gt.GGML_FTYPES), lambda t: t in gt.GGML_FTYPES,
+                                normalize=gt.canonical_ftype, required=True)}
 
 
 @dataclass
@@ -210,12 +216,11 @@ def runtimes() -> list[Runtime]:
 def check(variant: Variant, report: Report) -> None:
     report.format = NAME
     files = variant.files_of("ggml")
-    for rel in files:
-        target = report
-        if len(files) > 1:
-            target = Report(path=str(variant.abspath(rel)), format=NAME)
-            report.parts.append(target)
-        _check_file(variant, rel, target)
+    if len(files) == 1:
+        _check_file(variant, files[0], report)
+    else:
+        report.params = {"files": len(files)}
+        _common.file_parts(variant, report, {rel: [rel] for rel in files}, _check_file)
     report.runtimes = runtimes()
 
 

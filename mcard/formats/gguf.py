@@ -3,8 +3,10 @@
 The header (magic, version, kv pairs, tensor infos) is parsed by :mod:`._gguf_header`
 (re-exported here as :func:`read`, :class:`GgufFile`, :class:`GgufTensor`) with every
 length checked against the file size, so a truncated data section still yields findings.
-Facts (type ids, block sizes, value types) come from the ``gguf`` package; the type
-mixes from :mod:`._kquant`.
+Type and file-type facts come from :mod:`._ggml_types` (the ``gguf`` package plus the
+types newer than it), the type mixes from :mod:`._gguf_mix`, the split layouts (gguf-split
+shards, raw ``-split-a`` parts) from :mod:`._gguf_split`: a model split over several files
+is validated (:mod:`._gguf_check`) and dequantized as one.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from typing import Any
 
 import numpy as np
 from gguf import GGUFWriter, quants
-from gguf.constants import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
+from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
 from ..arch import ModelShape
 from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
+from ..units import format_size
 from ..variant import Variant
+from . import _ggml_types as gt
+from . import _gguf_split as split
+from . import _params
 from . import _kquant as kq
 from ._gguf_header import GgufFile, GgufTensor, read
 
@@ -29,6 +35,13 @@ NAME = "gguf"
 # token: string length (8) + ~6 bytes of text + score (4) + token type (4).
 _KV_BASE_BYTES = 1200
 _VOCAB_BYTES_PER_TOKEN = 22
+# What `mcard size --format gguf` and a registry variant may set: the llama.cpp type (ftype) of the mix,
+# the shard size gguf-split is given, whether an importance matrix was used (a few types differ).
+PARAMS = {
+    "type": _params.Param("str", "one of " + ", ".join(gt.FTYPES), normalize=gt.canonical_ftype, required=True),
+    "split_max_size": _params.Param("str", split.MAX_SIZE_EXPECTED, split.valid_max_size),
+    "imatrix": _params.Param("bool"),
+}
 # transformers' GGUF loader (docs "GGUF and interaction with Transformers"): types it dequantizes.
 _TRANSFORMERS_TYPES = {
     "F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
@@ -41,40 +54,73 @@ def tensor_types(path: str | Path) -> dict[str, str]:
     return {t.name: t.type for t in read(path).tensors}
 
 
-def load_tensor(path: str | Path, name: str) -> tuple[str, np.ndarray, tuple[int, int]]:
-    """(type, raw block bytes uint8 [rows, bytes_per_row], (rows, cols)) of one tensor."""
-    g = read(path)
+def _read_span(paths: list[Path], offset: int, n: int) -> bytes:
+    """``n`` bytes at ``offset`` of the concatenation of ``paths`` (raw ``-split-a`` parts)."""
+    out = b""
+    for p in paths:
+        size = p.stat().st_size
+        if offset < size and len(out) < n:
+            with p.open("rb") as fh:
+                fh.seek(offset)
+                out += fh.read(n - len(out))
+        offset = max(0, offset - size)
+    return out
+
+
+def load_tensor(path: str | Path, name: str, parts: list[Path] | None = None) -> tuple[str, np.ndarray, tuple[int, int]]:
+    """(type, raw block bytes uint8 [rows, bytes_per_row], (rows, cols)) of one tensor.
+
+    ``parts``: the raw byte parts of a file split with ``split -b`` (``path`` is the first).
+    """
+    paths = parts or [Path(path)]
+    g = read(paths[0], file_size=sum(p.stat().st_size for p in paths) if parts else None)
     t = g.tensor(name)
+    if not t.known:
+        raise UnusableInput(f"tensor {name!r} has ggml type id {t.type_id}, which this mcard cannot decode "
+                            f"(known: {', '.join(gt.TYPES)})", path)
     if t.offset + t.nbytes > g.file_size:
         raise UnusableInput(f"tensor {name!r} runs past the end of the file (truncated?)", path)
-    block = GGML_QUANT_SIZES[GGMLQuantizationType[t.type]][0]
+    block = gt.block(t.type)[0]
     if t.rows <= 0 or t.cols <= 0 or t.cols % block:
         raise UnusableInput(f"tensor {name!r} of type {t.type} with dims {list(t.shape)} cannot be decoded", path)
-    with open(path, "rb") as fh:
-        fh.seek(t.offset)
-        raw = np.frombuffer(fh.read(t.nbytes), np.uint8)
+    raw = np.frombuffer(_read_span(paths, t.offset, t.nbytes), np.uint8)
     return t.type, raw.reshape(t.rows, -1), (t.rows, t.cols)
 
 
-def dequantize_tensor(path: str | Path, name: str) -> np.ndarray:
-    """float32 [rows, cols] via gguf.quants.dequantize."""
-    tname, raw, (rows, cols) = load_tensor(path, name)
+def _decode(raw: np.ndarray, tname: str, name: str, path: str | Path) -> np.ndarray:
+    if tname in gt.DEQUANTIZERS:
+        elems, nbytes = gt.block(tname)
+        return gt.DEQUANTIZERS[tname](raw.reshape(-1, nbytes))
     try:
-        out = quants.dequantize(raw, GGMLQuantizationType[tname])
-    except NotImplementedError:
-        raise UnusableInput(f"gguf cannot dequantize {tname} (tensor {name})", path) from None
+        return quants.dequantize(raw, GGMLQuantizationType[tname])
+    except (NotImplementedError, KeyError):
+        raise UnusableInput(f"tensor {name!r}: dequantizing {tname} is not supported (gguf cannot decode it)",
+                            path) from None
+
+
+def dequantize_tensor(path: str | Path, name: str, parts: list[Path] | None = None) -> np.ndarray:
+    """float32 [rows, cols] via gguf.quants.dequantize (and mcard's own decoders for newer types)."""
+    tname, raw, (rows, cols) = load_tensor(path, name, parts)
+    out = _decode(raw, tname, name, path)
     return np.asarray(out, np.float32).reshape(rows, cols)
 
 
-def _single_file(variant: Variant) -> Path:
-    files = variant.files_of("gguf")
-    if len(files) != 1:
-        raise UnusableInput(f"expected one GGUF file, found {len(files)}: name the file", variant.path)
-    return variant.abspath(files[0])
-
-
 def dequantize(variant: Variant, name: str) -> np.ndarray:
-    return dequantize_tensor(_single_file(variant), name)
+    """One tensor of the variant's GGUF model (a single file, a shard set or raw parts)."""
+    models = _models(variant)
+    if len(models) != 1:
+        names = ", ".join(m.name for m in models)
+        raise UnusableInput(f"expected one GGUF model, found {len(models)} ({names}): name the file", variant.path)
+    m = models[0]
+    paths = [variant.abspath(rel) for rel in m.files]
+    if m.kind == "parts":
+        if m.missing:
+            raise UnusableInput(f"raw parts missing: {', '.join(m.missing)}", variant.path)
+        return dequantize_tensor(paths[0], name, paths)
+    for p in paths:
+        if any(t.name == name for t in read(p).tensors):
+            return dequantize_tensor(p, name)
+    raise UnusableInput(f"no tensor {name!r} in {m.name}", variant.path)
 
 
 def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
@@ -85,7 +131,7 @@ def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
     """
     x = np.ascontiguousarray(x, np.float32)
     rows, cols = x.shape
-    elems, _nb = kq.block(type_name)
+    elems, _nb = gt.block(type_name)
     if cols % elems:
         raise ValueError(f"{type_name} needs rows that are multiples of {elems}, got {cols}")
     if type_name in kq.PACKERS:
@@ -110,14 +156,18 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[tuple[int, ...], str,
     return out
 
 
-def expected_types(shape: ModelShape, ftype: str, rules: str = "current") -> dict[str, str]:
-    """Tensor name -> ggml type per llama.cpp's rules (:func:`._kquant.role_type`)."""
+def expected_types(shape: ModelShape, ftype: str, rules: str = "current", has_imatrix: bool = False) -> dict[str, str]:
+    """Tensor name -> ggml type per llama.cpp's rules (:func:`._gguf_mix.role_type`).
+
+    Raises :class:`._gguf_mix.NoFallback` where llama-quantize refuses ``ftype`` for these rows.
+    """
     gqa = max(1, shape.num_heads // max(1, shape.num_kv_heads))
-    is_70b = shape.model_type == "llama" and shape.num_layers == 80
+    # llama.cpp's LLM_TYPE_70B: 80 layers with grouped-query attention (80 layers without it are 65B)
+    is_70b = shape.model_type == "llama" and shape.num_layers == 80 and shape.num_heads != shape.num_kv_heads
     has_output = not shape.tie_word_embeddings
     return {
         name: kq.role_type(role, layer, shape.num_layers, ftype, ne0=dims[0], n_gqa=gqa, is_70b=is_70b,
-                           has_output=has_output, rules=rules)
+                           has_output=has_output, rules=rules, has_imatrix=has_imatrix)
         for name, (dims, role, layer) in expected_tensors(shape).items()
     }
 
@@ -126,39 +176,99 @@ def _pad(n: int, align: int) -> int:
     return -(-n // align) * align
 
 
-def predict_size(shape: ModelShape, type: str = "Q4_K_M", **_: Any) -> SizeEstimate:
+def quantize_order(names: list[str]) -> list[str]:
+    """Tensor names in the order llama-quantize writes them: per layer (non-layer ones first), then by name."""
+    def key(name: str) -> tuple[int, str]:
+        layer = name.split(".")[1] if name.startswith("blk.") else ""
+        return (int(layer) if layer.isdigit() else -1, name)
+    return sorted(names, key=key)
+
+
+def kv_estimate(shape: ModelShape) -> tuple[int, int, int]:
+    """(estimate, low, high) of a llama-family file's kv section without its tokenizer files.
+
+    The vocabulary dominates: per token 8 bytes of string length, its text, a score and a
+    type (SentencePiece) or BPE merges. The bounds: at least 13 bytes a token (one-byte
+    text, no score), at most 64 (long tokens plus two merges each) and 64 kB of chat
+    template and names.
+    """
+    est = _KV_BASE_BYTES + _VOCAB_BYTES_PER_TOKEN * shape.vocab_size
+    return est, 13 * shape.vocab_size, 64 * shape.vocab_size + 65536
+
+
+def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | int | None = None,
+                 kv_bytes: int | None = None, model_dir: str | Path | None = None,
+                 config_doc: dict[str, Any] | None = None, imatrix: bool = False, **_: Any) -> SizeEstimate:
     """Predicted GGUF file size for ``shape`` quantized as ``type`` (an ftype: Q4_K_M, Q8_0...).
 
     Exact: tensor data bytes with 32-byte alignment padding, and the tensor-info table.
-    Estimated: the kv section (``_KV_BASE_BYTES`` plus ``_VOCAB_BYTES_PER_TOKEN`` per
-    vocabulary token; real vocabularies vary with token lengths and BPE merges).
+    The kv section is exact when ``kv_bytes`` gives it (see :func:`._gguf_kv.kv_bytes`, from
+    the tokenizer files); otherwise estimated (:func:`kv_estimate`), and ``params`` says so
+    with the bounds. ``imatrix``: quantized with an importance matrix (a few choices
+    differ; the kv section then names its files, so it stays an estimate). ``model_dir``/``config_doc``: the model's folder and config.json, whose
+    tokenizer files make the kv section exact where :mod:`._gguf_kv` models them. ``split_max_size`` (``50G``, ``1M`` or bytes): the shard sizes
+    ``gguf-split --split-max-size`` writes, in ``params["shards"]``.
     """
     ftype = kq.canonical_ftype(type)
-    types = expected_types(shape, ftype)
+    types = expected_types(shape, ftype, has_imatrix=imatrix)
+    layout = expected_tensors(shape)
     parts: dict[str, int] = {}
     tensors = []
     info = 0
     data = 0
-    for name, (dims, role, _layer) in expected_tensors(shape).items():
-        nb = kq.tensor_bytes(types[name], dims)
+    for name in quantize_order(list(layout)):
+        dims, role, _layer = layout[name]
+        nb = gt.tensor_bytes(types[name], dims)
         kind = "norms" if role in kq.NORM_ROLES else role
         parts[kind] = parts.get(kind, 0) + _pad(nb, GGUF_DEFAULT_ALIGNMENT)
         tensors.append((name, types[name], nb))
-        info += 8 + len(name) + 4 + 8 * len(dims) + 4 + 8
+        info += split.tensor_info_bytes(name, len(dims))
         data += _pad(nb, GGUF_DEFAULT_ALIGNMENT)
-    meta = _pad(24 + _KV_BASE_BYTES + _VOCAB_BYTES_PER_TOKEN * shape.vocab_size + info, GGUF_DEFAULT_ALIGNMENT)
+    params: dict[str, Any] = {"type": ftype}
+    if imatrix:
+        params["imatrix"] = True
+    notes = []
+    if kv_bytes is None and model_dir is not None and config_doc is not None and not imatrix:
+        from ._gguf_kv import kv_size
+
+        kv_bytes = kv_size(Path(model_dir), config_doc, shape)
+    if kv_bytes is None:
+        from ._gguf_kv import bpe_kv_range
+
+        ranged = bpe_kv_range(Path(model_dir), shape) if model_dir is not None else None
+        kv, low, high = ranged or kv_estimate(shape)
+        params["kv"] = {"exact": False, "bytes": kv, "low": low, "high": high}
+        notes.append(f"metadata: the kv section ({kv:,} bytes) is an estimate: a real one is {low:,} to {high:,} "
+                     "bytes (the total moves with it); "
+                     + ("tokens and merges counted from tokenizer.json; the pre-tokenizer name, special ids and "
+                        "general.* fields are not" if ranged else
+                        "put the tokenizer files (tokenizer.model or tokenizer.json, tokenizer_config.json) beside "
+                        "config.json for an exact figure"))
+    else:
+        kv = kv_bytes
+        params["kv"] = {"exact": True, "bytes": kv}
+    meta = _pad(24 + kv + info, GGUF_DEFAULT_ALIGNMENT)
     parts["metadata"] = meta
     total = meta + data
-    return SizeEstimate(NAME, {"type": ftype}, total, parts, tensors, ram_bytes=total + RAM_OVERHEAD_BYTES)
+    if split_max_size is not None:
+        max_bytes = split_max_size if isinstance(split_max_size, int) else split.parse_max_size(split_max_size)
+        dims_of = {n: layout[n][0] for n in layout}
+        shards = split.shard_sizes(kv, [(n, len(dims_of[n]), nb) for n, _t, nb in tensors], max_bytes=max_bytes)
+        params["split_max_size"] = max_bytes
+        params["shards"] = shards
+        total = sum(shards)
+        notes.append(f"gguf-split --split-max-size {split_max_size}: {len(shards)} shard(s) (-00001-of-"
+                     f"{len(shards):05d}.gguf ...) of " + ", ".join(f"{format_size(n)} ({n:,} bytes)" for n in shards))
+    return SizeEstimate(NAME, params, total, parts, tensors, ram_bytes=total + RAM_OVERHEAD_BYTES, notes=notes)
 
 
 def runtimes(types: set[str] | list[str] | dict[str, str]) -> list[Runtime]:
     used = set(types.values()) if isinstance(types, dict) else set(types)
-    known = {t.name for t in GGMLQuantizationType}
-    odd = sorted(used - known)
+    odd = sorted(used - set(gt.TYPES))
     tf_missing = sorted(used - _TRANSFORMERS_TYPES)
     return [
-        Runtime("llama.cpp", not odd, "GGUF v2/v3 with known ggml types" if not odd else f"unknown types {odd}"),
+        Runtime("llama.cpp", not odd, "GGUF v2/v3 with known ggml types" if not odd
+                else f"ggml types {odd} unknown to mcard: needs a llama.cpp that knows them"),
         Runtime("transformers", not tf_missing,
                 "gguf_file= dequantizes to full precision on load (needs the gguf package)" if not tf_missing
                 else f"its GGUF loader does not dequantize {tf_missing}"),
@@ -168,15 +278,34 @@ def runtimes(types: set[str] | list[str] | dict[str, str]) -> list[Runtime]:
 
 # -- validate -------------------------------------------------------------------------------
 def detect(variant: Variant) -> bool:
-    return bool(variant.files_of("gguf"))
+    return bool(variant.files_of("gguf")) or any(split.parse_raw_part(rel) is not None for rel in variant.files)
 
 
-def shape_from_kv(g: GgufFile) -> ModelShape | None:
-    """A llama-family ModelShape from the ``{arch}.*`` hparams, or None for other architectures."""
-    arch = g.kv.get("general.architecture")
+def _models(variant: Variant) -> list[split.GgufModel]:
+    """The GGUF models of a variant: single files, gguf-split shard sets, raw byte parts.
+
+    Naming one shard or part of a set names the whole set: its siblings in the folder join it.
+    """
+    files = variant.files_of("gguf")
+    raw = [rel for rel in variant.files if split.parse_raw_part(rel) is not None and rel not in files]
+    if variant.single_file and split.is_split_name(variant.single_file):
+        own = split.group([variant.single_file])[0]
+        siblings = [p.name for p in variant.root.iterdir() if p.is_file() and split.is_split_name(p.name)]
+        return [m for m in split.group(sorted(siblings)) if m.name == own.name]
+    return split.group(files + raw)
+
+
+def shape_from_kv(g: GgufFile | dict[str, Any], tensor_names: set[str] | None = None) -> ModelShape | None:
+    """A llama-family ModelShape from the ``{arch}.*`` hparams, or None for other architectures.
+
+    ``g``: a parsed file, or the kv pairs of a split model's first shard with ``tensor_names``
+    the union of its shards' tensors.
+    """
+    kv = g.kv if isinstance(g, GgufFile) else g
+    names = {t.name for t in g.tensors} if isinstance(g, GgufFile) else (tensor_names or set())
+    arch = kv.get("general.architecture")
     if arch not in ("llama", "mistral", "qwen2"):
         return None
-    kv = g.kv
     tokens = kv.get("tokenizer.ggml.tokens")
     cfg = {
         "model_type": "llama" if arch == "mistral" else arch,
@@ -188,136 +317,20 @@ def shape_from_kv(g: GgufFile) -> ModelShape | None:
         "head_dim": kv.get(f"{arch}.attention.key_length"),
         "vocab_size": kv.get(f"{arch}.vocab_size") or (
             tokens[1] if isinstance(tokens, tuple) else len(tokens) if isinstance(tokens, list) else None),
-        "tie_word_embeddings": not any(t.name == "output.weight" for t in g.tensors),
+        "tie_word_embeddings": "output.weight" not in names,
         "attention_bias": arch == "qwen2",
     }
     try:  # the same bounds as config.json: positive integers, a plausible layer count
-        return ModelShape.from_config(cfg, g.path)
+        return ModelShape.from_config(cfg, getattr(g, "path", "config"))
     except UnusableInput:
         return None
 
 
 def check(variant: Variant, report: Report) -> None:
-    report.format = NAME
-    files = variant.files_of("gguf")
-    if len(files) == 1:
-        _check_file(variant, files[0], report)
-        return
-    for rel in files:
-        part = Report(path=str(variant.abspath(rel)), format=NAME)
-        _check_file(variant, rel, part)
-        report.parts.append(part)
-    report.params = {"files": len(files)}
-    report.predicted_bytes = None
+    """Header, layout, tensor set, mix, size and runtimes of every GGUF model in the variant."""
+    from . import _gguf_check
 
-
-def _check_file(variant: Variant, rel: str, report: Report) -> None:
-    g = read(variant.abspath(rel))
-    ftype = g.file_type
-    report.params = {"version": g.version, "architecture": g.kv.get("general.architecture"),
-                     "file_type": ftype or g.kv.get("general.file_type"), "tensors": len(g.tensors) + len(g.bad_types)}
-    report.config_source = rel
-    for entry in report.files:
-        if entry.path == rel:
-            entry.expected_size = None
-    for name, tid in g.bad_types:
-        report.error("bad-type", rel, name, f"unknown ggml type id {tid}")
-    _check_layout(g, rel, report)
-    for t in g.tensors:
-        elems = kq.block(t.type)[0]
-        if t.cols % elems:
-            report.error("bad-shape", rel, t.name, f"row length {t.cols} is not a multiple of {t.type}'s block of {elems}")
-    shape = shape_from_kv(g)
-    if shape is None:
-        report.info("unknown-architecture", rel, "general.architecture",
-                    f"architecture {g.kv.get('general.architecture')!r}: tensor set and mix not checked")
-    else:
-        _check_tensor_set(g, shape, rel, report)
-        if ftype is not None:
-            _check_mix(g, shape, ftype, rel, report)
-            _check_predicted(g, shape, ftype, rel, report)
-        else:
-            report.info("mix-mismatch", rel, "general.file_type",
-                        f"general.file_type {g.kv.get('general.file_type')!r} not modelled: mix not checked")
-    report.runtimes = runtimes({t.type for t in g.tensors})
-
-
-def _check_layout(g: GgufFile, rel: str, report: Report) -> None:
-    end = g.data_start
-    prev: GgufTensor | None = None
-    for t in sorted(g.tensors, key=lambda t: t.offset):
-        if (t.offset - g.data_start) % g.alignment:
-            report.error("bad-offsets", rel, t.name, f"offset {t.offset - g.data_start} is not aligned to {g.alignment}")
-        if prev is not None and t.offset < prev.offset + prev.nbytes:
-            report.error("bad-offsets", rel, t.name, f"data overlaps {prev.name}")
-        if t.offset + t.nbytes > g.file_size:
-            report.error("bad-offsets", rel, t.name, f"data ends at {t.offset + t.nbytes}, past the end of the file ({g.file_size})")
-        end = max(end, t.offset + t.nbytes)
-        prev = t
-    padded = g.data_start + _pad(end - g.data_start, g.alignment)
-    for entry in report.files:
-        if entry.path == rel:
-            entry.expected_size = padded
-    if g.file_size < end:
-        report.error("file-size", rel, "", f"file is {g.file_size} bytes but its header implies {padded}: truncated")
-    elif g.file_size > padded:
-        report.warning("file-size", rel, "", f"file is {g.file_size} bytes, {g.file_size - padded} more than its header implies")
-
-
-def _check_tensor_set(g: GgufFile, shape: ModelShape, rel: str, report: Report) -> None:
-    expected = expected_tensors(shape)
-    have = {t.name: t for t in g.tensors}
-    for name, (dims, _role, _layer) in expected.items():
-        t = have.get(name)
-        if t is None:
-            report.error("missing-tensor", rel, name, f"expected from the hparams, dims {list(dims)}")
-        elif tuple(t.shape) != dims:
-            report.error("wrong-shape", rel, name, f"dims {list(t.shape)}, the hparams imply {list(dims)}")
-    for name in have:
-        if name not in expected and name != "rope_freqs.weight":
-            report.error("unexpected-tensor", rel, name, "not a tensor llama.cpp expects for these hparams")
-
-
-def _check_mix(g: GgufFile, shape: ModelShape, ftype: str, rel: str, report: Report) -> None:
-    have = {t.name: t.type for t in g.tensors}
-    current = expected_types(shape, ftype)
-    diffs = {n: (have[n], e) for n, e in current.items() if n in have and have[n] != e}
-    if not diffs:
-        report.info("mix", rel, "", f"tensor types match llama.cpp's current {ftype} mix")
-        return
-    old = expected_types(shape, ftype, rules="2023")
-    old_q6 = dict(old, **{n: current[n] for n in ("output.weight",) if n in current})
-    for label, rules in (("2023 (first k-quant)", old), ("2023 GGUF (output Q6_K)", old_q6)):
-        if all(have.get(n, e) == e for n, e in rules.items()):
-            report.warning("mix-mismatch", rel, "",
-                           f"{len(diffs)} tensor types follow llama.cpp's older {label} {ftype} rules, not the current ones")
-            return
-    if set(diffs) <= {"output.weight", "token_embd.weight"}:
-        report.warning("mix-mismatch", rel, ", ".join(sorted(diffs)),
-                       "types differ from the mix only where llama-quantize allows overrides "
-                       + "; ".join(f"{n}: {a} (mix {e})" for n, (a, e) in sorted(diffs.items())))
-        return
-    for name, (actual, exp) in sorted(diffs.items())[:20]:
-        report.error("mix-mismatch", rel, name, f"type {actual}, llama.cpp's {ftype} mix gives {exp}")
-    if len(diffs) > 20:
-        report.error("mix-mismatch", rel, "", f"... and {len(diffs) - 20} more tensors differ from the {ftype} mix")
-
-
-def _check_predicted(g: GgufFile, shape: ModelShape, ftype: str, rel: str, report: Report) -> None:
-    types = {t.name: t.type for t in g.tensors}
-    data = sum(_pad(kq.tensor_bytes(types.get(n, e), d), g.alignment)
-               for (n, (d, _r, _l)), e in zip(expected_tensors(shape).items(), expected_types(shape, ftype).values()))
-    mix_data = sum(_pad(nb, GGUF_DEFAULT_ALIGNMENT) for _n, _t, nb in predict_size(shape, ftype).tensors)
-    predicted = g.data_start + mix_data
-    report.predicted_bytes = predicted
-    actual = g.file_size
-    if actual == predicted:
-        report.info("size", rel, "", f"size {actual} bytes equals the prediction for {ftype} exactly")
-    else:
-        delta = actual - predicted
-        sev = report.warning if abs(delta) > 0.01 * predicted else report.info
-        sev("size", rel, "", f"size {actual} bytes vs predicted {predicted} for {ftype} ({delta:+d}); "
-            f"with the file's own tensor types: {g.data_start + data}")
+    _gguf_check.check(variant, report)
 
 
 # -- builder --------------------------------------------------------------------------------

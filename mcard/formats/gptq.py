@@ -22,9 +22,9 @@ from ..errors import UnusableInput
 from ..report import Report, Runtime
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common, _gptq_config
+from . import _common, _gptq_config, _params
 from ._gptq_config import read_quant_config
-from ._packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows
+from ._packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
 
 NAME = "gptq"
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".bias")
@@ -36,8 +36,24 @@ MARLIN_BITS = (4, 8)
 MACHETE_GROUPS = (-1, 128)  # vLLM machete_utils.MACHETE_SUPPORTED_GROUP_SIZES
 EXLLAMA_BITS = 4
 WEIGHTS_FILE = "gptq_model-{bits}bit-{group_size}g.safetensors"  # AutoGPTQ's default name
+# The writers' differences that change a checkpoint's size: AutoGPTQ stores a bias for every
+# linear (zeros where the model has none) and lets the safetensors library order the data;
+# GPTQModel (7.x) stores no bias a model does not have and writes the float tensors first
+# (embeddings, norms, lm_head), then each linear's g_idx, scales, qweight, qzeros in module order.
+WRITERS = ("autogptq", "gptqmodel")
+_GPTQMODEL_SUFFIXES = (".g_idx", ".scales", ".qweight", ".qzeros", ".bias")
 METADATA = {"format": "pt"}
 _IGNORABLE = (".rotary_emb.inv_freq",)
+# What `mcard size --format gptq` and a registry variant may set, and the values each can take.
+PARAMS = {
+    "bits": _params.choice(_gptq_config.VALID_BITS),
+    "group_size": _params.group_size(valid_group_size),
+    "desc_act": _params.Param("bool"),
+    "sym": _params.Param("bool"),
+    "checkpoint_format": _params.choice(_gptq_config.CHECKPOINT_FORMATS, normalize=str.lower, sizes=False),
+    "damp_percent": _params.Param("number", "strictly between 0 and 1", _gptq_config.valid_damp, sizes=False),
+    "writer": _params.choice(WRITERS, normalize=str.lower),  # the layout: AutoGPTQ's bias on every linear or not
+}
 
 
 @dataclass
@@ -257,11 +273,29 @@ def expected_tensors(
     return out, optional
 
 
+def writer_order(shape: ModelShape, writer: str) -> list[str] | None:
+    """The data order ``writer`` gives a checkpoint's tensors (None: the safetensors library's)."""
+    if writer != "gptqmodel":
+        return None
+    return list(shape.other_tensors()) + [lin.name + s for lin in shape.linears() for s in _GPTQMODEL_SUFFIXES]
+
+
 def predict_size(
     shape: ModelShape, bits: int = 4, group_size: int = 128, desc_act: bool = False, sym: bool = True,
-    bias: bool = True, dtype: str = "F16", **_: Any,
+    bias: bool | None = None, dtype: str | None = None, writer: str = "autogptq",
+    config_doc: dict[str, Any] | None = None, **_: Any,
 ) -> SizeEstimate:
-    """Exact size of the single safetensors file AutoGPTQ writes (bias on every linear by default)."""
+    """Exact size of the single safetensors file a GPTQ writer writes.
+
+    ``writer``: ``autogptq`` (the default, as TheBloke's published tables: a bias on every
+    linear) or ``gptqmodel`` (no bias the model lacks, its own tensor order). ``bias``
+    overrides the writer's choice. ``dtype``: the float tensors' (default: config.json's, else F16).
+    """
+    writer = (writer or "autogptq").lower()
+    if writer not in WRITERS:
+        raise UnusableInput(f"unknown GPTQ writer {writer!r} (known: {', '.join(WRITERS)})")
+    bias = (writer == "autogptq") if bias is None else bias
+    dtype = (dtype or (_common.linear_weight_dtype(config_doc) if config_doc else "F16")).upper()
     expected, _opt = expected_tensors(shape, bits, group_size, bias, dtype)
     entries = {name: (d[0], dims) for name, (d, dims) in expected.items()}
     parts = dict.fromkeys(("qweight", "qzeros", "scales", "g_idx", "bias", "embeddings", "lm_head", "norms"), 0)
@@ -275,9 +309,9 @@ def predict_size(
             "embeddings" if "embed_tokens" in name else "lm_head" if name.startswith("lm_head") else "norms")
         parts[kind] += nbytes
         tensors.append((name, dt, nbytes))
-    total = _common.predicted_file_bytes(entries, METADATA)
+    total = _common.predicted_file_bytes(entries, METADATA, writer_order(shape, writer))
     parts["header"] = total - sum(parts.values())
-    params = {"bits": bits, "group_size": group_size, "desc_act": desc_act, "sym": sym, "bias": bias}
+    params = {"bits": bits, "group_size": group_size, "desc_act": desc_act, "sym": sym, "bias": bias, "writer": writer}
     return SizeEstimate(NAME, params, total, parts, tensors)
 
 
@@ -326,5 +360,5 @@ def write_variant(
 __all__ = [
     "NAME", "GptqLinear", "detect", "check", "read_quant_config", "quantized_linears", "load_linear",
     "unpack_qweight", "unpack_qzeros", "true_zeros", "dequantize_linear", "dequantize", "quantize",
-    "runtimes", "predict_size", "write_variant", "tensor_shapes", "expected_tensors",
+    "runtimes", "predict_size", "write_variant", "tensor_shapes", "expected_tensors", "writer_order", "WRITERS",
 ]

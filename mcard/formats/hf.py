@@ -15,6 +15,7 @@ from . import _common
 
 NAME = "hf"
 _BYTES = {"F16": 2, "BF16": 2, "F32": 4}
+PARAMS: dict = {}  # fp16/bf16/fp32: the dtype is the format's name; nothing else changes the size
 # Older llama checkpoints carry rotary buffers; loaders ignore them.
 _IGNORABLE = (".rotary_emb.inv_freq",)
 

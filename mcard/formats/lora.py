@@ -5,17 +5,24 @@ Layout facts (PEFT ``utils/save_and_load.py`` ``get_peft_model_state_dict``,
 
 * Keys are the module names under ``base_model.model.`` with the adapter name
   stripped: ``base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight``
-  [r, in] and ``...q_proj.lora_B.weight`` [out, r]. Embedding targets use
-  ``lora_embedding_A`` [r, vocab] / ``lora_embedding_B`` [hidden, r]; DoRA adds
-  ``lora_magnitude_vector``. ``modules_to_save`` are stored whole as
-  ``base_model.model.<module>.weight``.
+  [r, in] and ``...q_proj.lora_B.weight`` [out, r]; ``lora_bias=True`` adds
+  ``lora_B.bias`` [out]; DoRA (``use_dora``) adds ``lora_magnitude_vector`` [out].
+  ``embed_tokens`` targets use ``lora_embedding_A`` [r, vocab] /
+  ``lora_embedding_B`` [hidden, r]; ``lm_head`` is a linear. A targeted embedding
+  layer (``embed_tokens``, ``lm_head``) is also saved whole, as
+  ``<module>.base_layer.weight`` in the model's dtype (PEFT 0.21
+  ``save_embedding_layers="auto"``). ``modules_to_save`` are stored whole as
+  ``base_model.model.<module>.weight``, in the model's dtype.
 * The safetensors file carries ``{"format": "pt"}`` metadata.
 * The delta weight is ``scaling * B @ A`` with ``scaling = lora_alpha / r``
   (``lora_alpha / sqrt(r)`` with ``use_rslora``); ``rank_pattern`` and
   ``alpha_pattern`` override r and alpha per module (key matched as a suffix
   regex ``(.*\\.)?key$``); ``fan_in_fan_out`` transposes it.
 * ``target_modules``: a list of module-name suffixes, a regex string matched
-  against the full module name, or ``"all-linear"``.
+  against the full module name, or ``"all-linear"`` (every linear but the output
+  layer; saved configs list the modules it expanded to). ``exclude_modules``
+  removes matches, and so does ``modules_to_save``; ``layers_to_transform``
+  (a list target only) keeps the modules of those layer indices.
 
 Shapes are checked against the base model when its config is next to the
 adapter (``config.json``, else ``base_config.json``); otherwise only against
@@ -38,7 +45,7 @@ from ..report import Report, Runtime, Severity
 from ..safetensors_io import DTYPE_BYTES
 from ..size import SizeEstimate
 from ..variant import Variant
-from . import _common
+from . import _common, _params
 
 NAME = "lora"
 CONFIG_NAME = "adapter_config.json"
@@ -48,11 +55,23 @@ BASE_CONFIG_NAMES = ("config.json", "base_config.json")
 PREFIX = "base_model.model."
 A_SUFFIX, B_SUFFIX = ".lora_A.weight", ".lora_B.weight"
 EMB_A_SUFFIX, EMB_B_SUFFIX = ".lora_embedding_A", ".lora_embedding_B"
-EXTRA_SUFFIXES = (".lora_magnitude_vector", ".lora_magnitude_vector.weight")
+MAGNITUDE_SUFFIX = ".lora_magnitude_vector"
+BIAS_SUFFIX = ".lora_B.bias"
+BASE_LAYER_SUFFIX = ".base_layer.weight"
+EXTRA_SUFFIXES = (MAGNITUDE_SUFFIX, MAGNITUDE_SUFFIX + ".weight")
+EMBEDDING_LAYERS = ("embed_tokens", "lm_head")  # PEFT's EMBEDDING_LAYER_NAMES
 # QLoRA / Guanaco: every linear of the decoder layers.
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 SAFETENSORS_METADATA = {"format": "pt"}
 _BYTES = {"F16": 2, "BF16": 2, "F32": 4}
+# What `mcard size --format lora` and a registry variant may set (alpha and dropout do not change the size).
+PARAMS = {
+    "r": _params.Param("int", "a positive integer", lambda r: r >= 1),
+    "target_modules": _params.Param("list", "a non-empty list of " + ", ".join(ALL_LINEAR),
+                                    lambda tm: bool(tm) and all(m in ALL_LINEAR for m in tm), choices=ALL_LINEAR),
+    "alpha": _params.Param("number", "a positive number", lambda a: a > 0, sizes=False),
+    "dropout": _params.Param("number", "at least 0 and below 1", lambda d: 0 <= d < 1, sizes=False),
+}
 
 
 # -- config ------------------------------------------------------------------------
@@ -66,20 +85,39 @@ def detect(variant: Variant) -> bool:
     return any(n.endswith((A_SUFFIX, B_SUFFIX)) for n in variant.tensors)
 
 
-def targets(target_modules: Any, module: str) -> bool:
-    """PEFT's ``check_target_module_exists`` for one module name."""
+def targets(target_modules: Any, module: str, cfg: dict[str, Any] | None = None) -> bool:
+    """PEFT's ``check_target_module_exists`` for one module name (``cfg``: exclusions and layers)."""
+    cfg = cfg or {}
     if target_modules is None:
+        return False
+    excl = cfg.get("exclude_modules")
+    if isinstance(excl, str) and untrusted.fullmatch(excl, module):  # a pattern from a file: bounded in time
+        return False
+    if isinstance(excl, list) and any(module == e or module.endswith("." + e) for e in excl):
+        return False
+    if any(f".{m}." in f".{module}." for m in cfg.get("modules_to_save") or [] if isinstance(m, str)):
         return False
     if isinstance(target_modules, str):
         if target_modules == "all-linear":
-            return not module.endswith("lm_head")
+            return not module.endswith("lm_head") and not module.endswith("embed_tokens")
         return untrusted.fullmatch(target_modules, module)  # a pattern from a file: bounded in time
-    return any(module == t or module.endswith("." + t) for t in target_modules)
+    if module in target_modules:
+        return True
+    if not any(module.endswith("." + t) for t in target_modules):
+        return False
+    layers = cfg.get("layers_to_transform")
+    if layers is None or layers == []:
+        return True
+    m = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", module)
+    if m is None:
+        return False
+    return int(m["idx"]) == layers if isinstance(layers, int) else int(m["idx"]) in layers
 
 
 def _pattern_value(pattern: dict[str, Any], module: str, default: Any) -> Any:
+    """PEFT's ``get_pattern_key``: the first key matching the end of the module name."""
     for key, value in (pattern or {}).items():
-        if untrusted.fullmatch(rf"(?:.*\.)?(?:{key})", module):
+        if untrusted.fullmatch(rf"(?:.*\.)?(?:{key})", module):  # a pattern from a file: bounded in time
             return value
     return default
 
@@ -138,6 +176,16 @@ def _check_config(cfg: dict[str, Any], report: Report) -> bool:
             except untrusted.PatternError as exc:
                 bad(f"{key}/{pattern[:60]}", f"{key} key: {exc}")
                 ok = False
+    excl = cfg.get("exclude_modules")
+    if isinstance(excl, str):
+        try:
+            untrusted.compile_pattern(excl)
+        except untrusted.PatternError as exc:
+            bad("exclude_modules", f"exclude_modules regex: {exc}")
+            ok = False
+    elif excl is not None and not (isinstance(excl, list) and all(isinstance(e, str) for e in excl)):
+        bad("exclude_modules", f"exclude_modules {excl!r} is neither a list of names nor a regex string")
+        ok = False
     ltt = cfg.get("layers_to_transform")
     if ltt is not None and not (_is_index(ltt) or (isinstance(ltt, list) and all(_is_index(x) for x in ltt))):
         bad("layers_to_transform", f"layers_to_transform {ltt!r} is neither a layer index nor a list of them")
@@ -219,8 +267,8 @@ def _base_shape(variant: Variant, report: Report) -> tuple[ModelShape | None, st
 def check(variant: Variant, report: Report) -> None:
     try:
         _check(variant, report)
-    except untrusted.PatternError as exc:  # a target_modules or rank_pattern regex that runs away
-        report.error("bad-adapter-config", CONFIG_NAME, "target_modules", str(exc))
+    except untrusted.PatternError as exc:  # a target_modules, exclude_modules or rank_pattern regex that runs away
+        report.error("bad-adapter-config", CONFIG_NAME, "", str(exc))
 
 
 def _check(variant: Variant, report: Report) -> None:
@@ -243,24 +291,14 @@ def _check(variant: Variant, report: Report) -> None:
     if dtype not in DTYPE_BYTES:  # already a bad-offsets error; size the rest as F32
         dtype = "F32"
     expected: _common.Expected = {}
-    tm = cfg.get("target_modules")
-    layers = cfg.get("layers_to_transform")
-    layers = [layers] if isinstance(layers, int) else layers
     if shape is not None:
-        dims = {lin.name: (lin.in_features, lin.out_features, lin.layer) for lin in shape.linears()}
-        for module, (k, n, layer) in dims.items():
-            if targets(tm, module) and (not layers or layer in layers):
-                r = rank_of(cfg, module)
-                expected[PREFIX + module + A_SUFFIX] = ((dtype,), (r, k))
-                expected[PREFIX + module + B_SUFFIX] = ((dtype,), (n, r))
-        for module in cfg.get("modules_to_save") or []:
-            for name, dims2 in shape.other_tensors().items():
-                if name.endswith(f"{module}.weight"):
-                    expected[PREFIX + name] = (_common.FLOAT_DTYPES, dims2)
+        base_dtype = _base_dtype(variant, shape)
+        expected = expected_tensors(shape, cfg, dtype, base_dtype)
+        modules = {lin.name for lin in shape.linears()} | {"lm_head", "model.embed_tokens"}
         for module in adapted_modules(variant):
-            if module not in dims:  # embeddings or other modules: consistency only
+            if module not in modules:  # other modules: consistency only
                 _check_pair(variant, report, cfg, module, expected)
-        extra = lambda n: n.endswith(EXTRA_SUFFIXES) or n.endswith((EMB_A_SUFFIX, EMB_B_SUFFIX))  # noqa: E731
+        extra = lambda n: n.endswith(EXTRA_SUFFIXES) and n not in expected  # noqa: E731 - DoRA on non-linears
         _common.check_tensor_set(variant, report, expected, ignore=extra)
         _rank_findings(variant, report, cfg)
     else:
@@ -274,6 +312,69 @@ def _check(variant: Variant, report: Report) -> None:
             _common.predicted_file_bytes({n: (d[0], s) for n, (d, s) in expected.items()}, SAFETENSORS_METADATA),
         )
     report.params["base_config"] = base_name
+
+
+def _base_dtype(variant: Variant, shape: ModelShape) -> str:
+    """The dtype of whole saved layers (base_layer, modules_to_save): the file's own, else the base config's."""
+    for name, (_rel, info) in variant.tensors.items():
+        if name.endswith(BASE_LAYER_SUFFIX) or (".lora_" not in name and name.endswith(".weight")):
+            if info.dtype in _BYTES:
+                return info.dtype
+    for cfg_name in BASE_CONFIG_NAMES:
+        cfg = variant.config(cfg_name)
+        if cfg is not None:
+            return _common.linear_weight_dtype(cfg)
+    return "F32"
+
+
+def expected_tensors(shape: ModelShape, cfg: dict[str, Any], dtype: str = "F32",
+                     base_dtype: str = "F32") -> _common.Expected:
+    """Every tensor PEFT's ``save_pretrained`` writes for ``cfg`` (an adapter_config) on ``shape``.
+
+    ``dtype``: the adapter weights' dtype; ``base_dtype``: the model's, in which whole
+    layers are saved (embedding ``base_layer`` weights, ``modules_to_save``).
+    """
+    tm = cfg.get("target_modules")
+    lora_bias, dora = bool(cfg.get("lora_bias")), bool(cfg.get("use_dora"))
+    h, vocab = shape.hidden_size, shape.vocab_size
+    out: _common.Expected = {}
+    linears = [(lin.name, lin.in_features, lin.out_features) for lin in shape.linears()]
+    linears.append(("lm_head", h, vocab))
+    embedded = []
+    for module, k, n in linears:
+        if not targets(tm, module, cfg):
+            continue
+        r = rank_of(cfg, module)
+        out[PREFIX + module + A_SUFFIX] = ((dtype,), (r, k))
+        out[PREFIX + module + B_SUFFIX] = ((dtype,), (n, r))
+        if lora_bias:
+            out[PREFIX + module + BIAS_SUFFIX] = ((dtype,), (n,))
+        if dora:
+            out[PREFIX + module + MAGNITUDE_SUFFIX] = ((dtype,), (n,))
+        if module == "lm_head":
+            embedded.append(module)
+    if targets(tm, "model.embed_tokens", cfg):
+        r = rank_of(cfg, "model.embed_tokens")
+        out[PREFIX + "model.embed_tokens" + EMB_A_SUFFIX] = ((dtype,), (r, vocab))
+        out[PREFIX + "model.embed_tokens" + EMB_B_SUFFIX] = ((dtype,), (h, r))
+        embedded.append("model.embed_tokens")
+    if _embedding_targeted(tm):
+        for module in embedded:  # save_embedding_layers="auto": the targeted embedding layers, whole
+            out[PREFIX + module + BASE_LAYER_SUFFIX] = ((base_dtype, *_common.FLOAT_DTYPES), (vocab, h))
+    for module in cfg.get("modules_to_save") or []:
+        for name, dims in shape.other_tensors().items():
+            if name == f"{module}.weight" or name.endswith(f".{module}.weight"):
+                out[PREFIX + name] = ((base_dtype, *_common.FLOAT_DTYPES), dims)
+    return out
+
+
+def _embedding_targeted(tm: Any) -> bool:
+    """PEFT saves the embedding layers when target_modules names one (a list) or matches one (a regex)."""
+    if isinstance(tm, list):
+        return any(e in tm for e in EMBEDDING_LAYERS)
+    if isinstance(tm, str) and tm != "all-linear":
+        return any(untrusted.fullmatch(tm, m) for m in ("model.embed_tokens", "lm_head"))
+    return False
 
 
 def _rank_findings(variant: Variant, report: Report, cfg: dict[str, Any]) -> None:
@@ -369,26 +470,35 @@ def _targeted(shape: ModelShape, target_modules: Any) -> list:
     return [lin for lin in shape.linears() if targets(tm, lin.name)]
 
 
-def predict_size(shape: ModelShape, r: int = 64, target_modules: Any = None, dtype: str = "F32", **_: Any) -> SizeEstimate:
+def predict_size(shape: ModelShape, r: int = 64, target_modules: Any = None, dtype: str = "F32",
+                 adapter_config: dict[str, Any] | None = None, base_dtype: str | None = None,
+                 config_doc: dict[str, Any] | None = None, **_: Any) -> SizeEstimate:
     """Exact ``adapter_model.safetensors`` size. ``target_modules=None``: all linears (QLoRA).
 
+    ``adapter_config``: a whole adapter_config.json (every LoraConfig option: rank and
+    alpha patterns, layers_to_transform, lora_bias, use_dora, modules_to_save, embedding
+    targets); it overrides ``r`` and ``target_modules``. ``base_dtype``: the model's dtype,
+    in which whole layers are saved (default: the base config's ``dtype``/``torch_dtype``).
     QLoRA's Guanaco adapters were saved in float32 (hence the F32 default).
     """
     dtype = dtype.upper()
-    entries: dict[str, tuple[str, tuple[int, ...]]] = {}
-    for lin in _targeted(shape, target_modules):
-        entries[PREFIX + lin.name + A_SUFFIX] = (dtype, (r, lin.in_features))
-        entries[PREFIX + lin.name + B_SUFFIX] = (dtype, (lin.out_features, r))
-    per = _BYTES[dtype]
+    cfg = dict(adapter_config or {"r": r, "target_modules": list(ALL_LINEAR) if target_modules is None else target_modules})
+    base = (base_dtype or _common.linear_weight_dtype(config_doc) if (base_dtype or config_doc) else "F32").upper()
+    expected = expected_tensors(shape, cfg, dtype, base)
+    entries = {n: (d[0], dims) for n, (d, dims) in expected.items()}
     parts = {"lora_A": 0, "lora_B": 0}
     tensors = []
     for name, (dt, dims) in entries.items():
-        nbytes = per * math.prod(dims)
-        parts["lora_A" if name.endswith(A_SUFFIX) else "lora_B"] += nbytes
+        nbytes = _BYTES[dt] * math.prod(dims)
+        kind = ("lora_A" if name.endswith((A_SUFFIX, EMB_A_SUFFIX)) else "lora_B" if name.endswith((B_SUFFIX, EMB_B_SUFFIX))
+                else "lora_bias" if name.endswith(BIAS_SUFFIX) else "dora_magnitude" if name.endswith(MAGNITUDE_SUFFIX)
+                else "saved_layers")
+        parts[kind] = parts.get(kind, 0) + nbytes
         tensors.append((name, dt, nbytes))
     total = _common.predicted_file_bytes(entries, SAFETENSORS_METADATA)
     parts["header"] = total - sum(parts.values())
-    return SizeEstimate(NAME, {"r": r, "target_modules": target_modules or list(ALL_LINEAR), "dtype": dtype}, total, parts, tensors)
+    params = {"r": cfg.get("r", 8), "target_modules": cfg.get("target_modules"), "dtype": dtype}
+    return SizeEstimate(NAME, params, total, parts, tensors)
 
 
 def write_variant(folder: str | Path, config: dict[str, Any], r: int = 64, lora_alpha: int = 16,
@@ -424,4 +534,4 @@ def write_variant(folder: str | Path, config: dict[str, Any], r: int = 64, lora_
 
 
 __all__ = ["NAME", "detect", "check", "adapted_modules", "dequantize", "predict_size", "write_variant",
-           "targets", "rank_of", "scaling_of", "runtimes"]
+           "targets", "rank_of", "scaling_of", "runtimes", "expected_tensors"]

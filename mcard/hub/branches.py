@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import McardError, UnusableInput
 from ..jsonio import parse_json_bytes
+from ..units import format_size
 from .cache import cached_revision, repo_folder_name
 from .env import resolve_env
 from .model import RemoteFile, Revision
@@ -45,6 +46,7 @@ class RefReport:
     file_count: int = 0
     total_size: int = 0
     error: str | None = None
+    gguf_variants: list[dict[str, Any]] = field(default_factory=list)  # a shard set counts once
 
     @property
     def status(self) -> str:
@@ -67,6 +69,7 @@ class RefReport:
                                "right_source": d.right_source, "right": d.right, "message": str(d)}
                               for d in self.disagreements],
             "notes": self.notes, "file_count": self.file_count, "total_size": self.total_size, "error": self.error,
+            "gguf_variants": self.gguf_variants,
         }
 
 
@@ -78,10 +81,12 @@ class BranchListing:
 
     @property
     def ok(self) -> bool:
-        return not any(r.error for r in self.refs)
+        """Every ref was read and none disagrees with its own configs (``mcard branches`` exits 1 otherwise)."""
+        return not any(r.error or r.disagreements for r in self.refs)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"repo": self.repo_id, "offline": self.offline, "refs": [r.to_dict() for r in self.refs]}
+        return {"repo": self.repo_id, "offline": self.offline, "ok": self.ok,
+                "refs": [r.to_dict() for r in self.refs]}
 
 
 def _parse_config(data: bytes, where: str, report: RefReport) -> dict[str, Any] | None:
@@ -113,6 +118,17 @@ def _check(report: RefReport, configs: dict[str, dict[str, Any] | None]) -> None
         report.notes.append("no quantize_config.json or config.json quantization_config to check the name against")
 
 
+def _gguf(report: RefReport, files: list[tuple[str, int]]) -> None:
+    """The ref's GGUF variants, a gguf-split shard set or raw parts counted once; incomplete sets noted."""
+    from ..formats._gguf_split import variants
+
+    report.gguf_variants = variants(files)
+    for v in report.gguf_variants:
+        if v["kind"] != "file":
+            report.notes.append(f"GGUF {v['name']}: {len(v['files'])} {v['kind']}, {format_size(v['size'])}"
+                                + (f"; missing {', '.join(v['missing'])}" if v["missing"] else ""))
+
+
 def _remote_ref(client: HubClient, rev: Revision) -> RefReport:
     report = RefReport(rev.name, rev.kind, rev.commit)
     try:
@@ -120,6 +136,7 @@ def _remote_ref(client: HubClient, rev: Revision) -> RefReport:
             raise McardError(f"server gave an invalid commit id {rev.commit!r}")
         files = client.list_files(rev)
         report.file_count, report.total_size = len(files), sum(f.size for f in files)
+        _gguf(report, [(f.path, f.size) for f in files])
         by_path: dict[str, RemoteFile] = {f.path: f for f in files}
         configs: dict[str, dict[str, Any] | None] = {}
         for name in CONFIG_FILES:
@@ -144,6 +161,7 @@ def _offline_listing(cache_dir: Path, repo_id: str) -> BranchListing:
         name = ref.relative_to(refs_dir).as_posix()
         rev, files = cached_revision(cache_dir, RepoSpec(repo_id, name))
         report = RefReport(name, "ref", rev.commit, file_count=len(files), total_size=sum(f.size for f, _ in files))
+        _gguf(report, [(f.path, f.size) for f, _ in files])
         configs = {}
         for rf, path in files:
             if rf.path in CONFIG_FILES:
@@ -173,16 +191,6 @@ def list_branches(repo: str, *, include_tags: bool = True, endpoint: str | None 
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             reports = list(pool.map(lambda r: _remote_ref(client, r), revs))
     return BranchListing(spec.repo_id, reports)
-
-
-def format_size(n: int) -> str:
-    """Human size with binary prefixes: ``1.5 GiB``."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
 
 
 def listing_json(listing: BranchListing) -> str:

@@ -175,7 +175,8 @@ class QuantParams:
         return " ".join(out)
 
     def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"method": self.method, "bits": self.bits, "group_size": self.group_size,
+        bits = int(self.bits) if self.bits is not None and float(self.bits).is_integer() else self.bits
+        out: dict[str, Any] = {"method": self.method, "bits": bits, "group_size": self.group_size,
                                "desc_act": self.desc_act}
         out.update(self.extra)
         return out

@@ -6,6 +6,8 @@ when the selection also holds safetensors (or GGUF/GGML) weights, and a
 selection whose only weights are pickles is refused unless ``allow_pickle``.
 GGML ``.bin`` files are not pickles; since a file cannot be sniffed before
 it is downloaded, a ``.bin`` with ``ggml`` in its name counts as GGML.
+A named shard of a gguf-split set (``-00001-of-00003.gguf``) or a raw
+``.gguf-split-a`` part brings the rest of its set: one variant.
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ def is_pickle(path: str) -> bool:
 
 def is_safe_weights(path: str) -> bool:
     name = path.rsplit("/", 1)[-1].lower()
-    return name.endswith(SAFE_WEIGHT_SUFFIXES) or (name.endswith(".bin") and is_ggml_name(path))
+    return (name.endswith(SAFE_WEIGHT_SUFFIXES) or (name.endswith(".bin") and is_ggml_name(path))
+            or ".gguf-split-" in name)
 
 
 def _matches(path: str, patterns: Sequence[str]) -> bool:
@@ -62,7 +65,11 @@ def select_files(files: Sequence[RemoteFile], where: str, *, names: Sequence[str
         if unknown:
             raise UnusableInput(f"{where}: no file {_short_list(unknown)} in this revision "
                                 f"({len(by_path)} files; see --dry-run)")
-        chosen = [by_path[n] for n in dict.fromkeys(names)]
+        from ..formats._gguf_split import expand
+
+        # naming one shard of a gguf-split set (or one raw -split-a part) names the whole set
+        whole = [p for n in names for p in expand(n, list(by_path))]
+        chosen = [by_path[n] for n in dict.fromkeys(whole)]
         named_pickles = [f.path for f in chosen if is_pickle(f.path)]
         if named_pickles and not allow_pickle:
             raise UnusableInput(f"{where}: {_short_list(named_pickles)} is pickle data, which can run code when loaded; "

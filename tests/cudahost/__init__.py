@@ -47,8 +47,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 CXX = shutil.which("g++")
+# -fno-gnu-unique: a template's __shared__ static would otherwise be one process-wide object shared by every
+# kernel library loaded (the first one's), not the copy the library registers as its shared memory.
 FLAGS = ("-std=c++17", "-O1", "-fPIC", "-fsanitize=undefined", "-fno-sanitize-recover=all", "-U_FORTIFY_SOURCE",
-         "-fno-strict-aliasing", "-w")
+         "-fno-strict-aliasing", "-fno-gnu-unique", "-w")
 CACHE = Path(tempfile.gettempdir()) / "mcard-cudahost"
 PAGE = 4096
 
@@ -161,6 +163,7 @@ class HostModule:
             os.replace(tmp, lib)
         os.environ.setdefault("UBSAN_OPTIONS", "print_stacktrace=1:halt_on_error=1")
         self.lib = ctypes.CDLL(str(lib))
+        self._register_shared(lib)
         self.lib.cch_alloc.restype = ctypes.c_void_p
         self.lib.cch_alloc.argtypes = [ctypes.c_size_t]
         self.lib.cch_free.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
@@ -170,6 +173,32 @@ class HostModule:
                                         ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t,
                                         ctypes.POINTER(ctypes.c_ulonglong)]
         self._functions: dict[str, HostKernel] = {}
+
+    def _register_shared(self, lib: Path) -> None:
+        """Tell the runtime where the kernels' ``__shared__`` variables are.
+
+        ``__shared__`` becomes a function-local static (runtime.h); g++ ignores a section
+        attribute on those inside templates, so they are found by name instead: every
+        defined function-local static (``_ZZ...``) outside the runtime's own namespace.
+        """
+        listing = _run(["nm", "-S", "--defined-only", str(lib)])
+        offsets, sizes, base = [], [], None
+        for line in listing.splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "cch_alloc":
+                base = ctypes.cast(self.lib.cch_alloc, ctypes.c_void_p).value - int(parts[0], 16)
+            if len(parts) == 4 and parts[2] in ("b", "B", "d", "D", "u", "V", "v") and parts[3].startswith("_ZZ") and not parts[3].startswith("_ZZN3cch"):
+                offsets.append(int(parts[0], 16))
+                sizes.append(int(parts[1], 16))
+        if base is None:
+            listing_t = [ln for ln in listing.splitlines() if ln.endswith(" cch_alloc")]
+            if not listing_t:
+                raise KernelFault("host runtime: cch_alloc not found in the kernel library")
+            base = ctypes.cast(self.lib.cch_alloc, ctypes.c_void_p).value - int(listing_t[0].split()[0], 16)
+        n = len(offsets)
+        addr = (ctypes.c_ulonglong * max(n, 1))(*[base + o for o in offsets])
+        size = (ctypes.c_ulonglong * max(n, 1))(*sizes)
+        self.lib.cch_set_shared(addr, size, n)
 
     def get_function(self, name: str) -> "HostKernel":
         if name not in self.kernels:
@@ -340,8 +369,9 @@ def fake_cupy() -> types.ModuleType:
     "cudahost (CPU)".
     """
     cp = types.ModuleType("cupy")
-    for attr in ("float16", "float32", "int32", "uint8", "nan", "zeros", "ones", "empty", "empty_like", "full",
-                 "arange", "asarray", "ascontiguousarray"):
+    for attr in ("float16", "float32", "int32", "int64", "uint8", "uint16", "uint32", "nan", "zeros", "zeros_like",
+                 "ones", "empty", "empty_like", "full", "arange", "asarray", "ascontiguousarray", "concatenate",
+                 "stack", "take"):
         setattr(cp, attr, getattr(np, attr))
     cp.asnumpy = np.asarray
     cp.RawModule = HostModule

@@ -3,6 +3,10 @@
 // float -> half rounds to nearest even, like __float2half on the device).
 // tests/test_cudahost.py checks both conversions against numpy for every half
 // value and for a sweep of floats across the normal, subnormal and overflow ranges.
+// The half2 arithmetic (__hadd2, __hsub2, __hmul2, __hfma2: PTX add/sub/mul/fma.rn.f16x2)
+// rounds the exact result once to nearest even, subnormals kept (no flush to zero),
+// and returns the canonical NaN 0x7FFF for a NaN result; the test checks it against
+// exact rational arithmetic.
 #pragma once
 #include <cmath>
 #include <cstdint>
@@ -66,3 +70,59 @@ inline float __low2float(__half2 h) { return __half2float(h.x); }
 inline float __high2float(__half2 h) { return __half2float(h.y); }
 inline __half2 __halves2half2(__half lo, __half hi) { return __half2{lo, hi}; }
 inline __half2 __floats2half2_rn(float lo, float hi) { return __half2{__float2half(lo), __float2half(hi)}; }
+
+// ---- half2 arithmetic: exact result, one rounding to nearest even -----------------------
+namespace cch_half {
+// Round a double to binary16, nearest even; `below` > 0 / < 0 says the exact value is a
+// hair above / below x (the part lost when x itself was rounded), used only at ties.
+inline unsigned short round_half(double x, double below = 0.0)
+{
+    if (std::isnan(x)) return 0x7FFFu;
+    const unsigned short sign = std::signbit(x) ? 0x8000u : 0u;
+    double a = std::fabs(x);
+    const double tail = std::signbit(x) ? -below : below;  // the lost part, in |x|'s direction
+    if (a == 0.0) return sign;
+    int e;
+    std::frexp(a, &e);  // a = f * 2^e, f in [0.5, 1)
+    e -= 1;             // a in [2^e, 2^(e+1))
+    if (e < -14) e = -14;  // subnormal range: quantum 2^-24
+    const double quantum = std::ldexp(1.0, e - 10);
+    const double scaled = a / quantum;  // exact: a power-of-two scaling
+    double whole = std::floor(scaled);
+    const double frac = scaled - whole;
+    if (frac > 0.5 || (frac == 0.5 && (tail > 0 || (tail == 0 && std::fmod(whole, 2.0) == 1.0)))) whole += 1.0;
+    const double r = whole * quantum;
+    if (r >= 65520.0 || r > 65504.0) return sign | 0x7C00u;
+    __half h = __float2half((float)r);  // r is a half value: exact
+    return sign | h.__x;
+}
+
+inline double to_d(__half h) { return (double)__half2float(h); }
+
+inline __half make(unsigned short b) { return __half{b}; }
+
+inline __half add(__half a, __half b) { return make(round_half(to_d(a) + to_d(b))); }  // exact in double
+inline __half mul(__half a, __half b) { return make(round_half(to_d(a) * to_d(b))); }  // exact in double
+inline __half fma(__half a, __half b, __half c)
+{
+    const double p = to_d(a) * to_d(b), q = to_d(c);  // p exact
+    const double s = p + q;
+    if (std::isinf(s) || std::isnan(s)) return make(round_half(s));
+    const double bb = s - p, err = (p - (s - bb)) + (q - bb);  // two-sum: s + err == p + q exactly
+    return make(round_half(s, err));
+}
+inline __half neg(__half a) { return make(a.__x ^ 0x8000u); }
+}  // namespace cch_half
+
+inline __half2 __hadd2(__half2 a, __half2 b) { return {cch_half::add(a.x, b.x), cch_half::add(a.y, b.y)}; }
+inline __half2 __hsub2(__half2 a, __half2 b)
+{
+    return {cch_half::add(a.x, cch_half::neg(b.x)), cch_half::add(a.y, cch_half::neg(b.y))};
+}
+inline __half2 __hmul2(__half2 a, __half2 b) { return {cch_half::mul(a.x, b.x), cch_half::mul(a.y, b.y)}; }
+inline __half2 __hfma2(__half2 a, __half2 b, __half2 c)
+{
+    return {cch_half::fma(a.x, b.x, c.x), cch_half::fma(a.y, b.y, c.y)};
+}
+inline __half2 __low2half2(__half2 a) { return {a.x, a.x}; }
+inline __half2 __high2half2(__half2 a) { return {a.y, a.y}; }

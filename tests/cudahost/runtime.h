@@ -10,8 +10,18 @@
 //   * __shfl_*_sync(mask, ...): completed when every lane named in the mask waits at
 //     the same shuffle; each lane gets the value its source lane passed in. A mask
 //     that names an exited lane, or a source lane outside the mask, is reported.
-// Blocks run one after another. Shared memory (__shared__ becomes a static in a
-// dedicated section) is filled with 0xFF bytes (NaN as float) before each block,
+//   * __syncwarp(mask), mma.sync and ldmatrix (the wrappers in cupy_kernels/ptx.cuh):
+//     completed when all 32 lanes wait at the same instruction (mma.sync and ldmatrix
+//     are .aligned: every lane must execute them); mma computes D = A * B + C from the
+//     lanes' fragments per the PTX ISA's fragment layout, ldmatrix gathers the 8x8
+//     matrices from the row addresses the lanes give (shared memory, 16-byte aligned);
+//   * cp.async: a copy only takes effect when its thread waits for its group
+//     (cp.async.wait_group); at issue the destination is filled with 0xFF bytes, so a
+//     read before the wait (or by another thread before a barrier follows that wait)
+//     sees NaN / garbage and the test fails.
+// Blocks run one after another. Shared memory (__shared__ becomes a function-local
+// static; the library's symbol table says where they are) is filled with 0xFF bytes
+// (NaN as float) before each block,
 // so a read of a word no thread wrote in that block shows up as NaN.
 //
 // cch_launch() runs the whole grid in a forked child so that a memory fault, an
@@ -51,7 +61,8 @@
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define __shared__ static __attribute__((section("cch_shared")))
+#define __shared__ static
+#define __CUDAHOST__ 1
 
 struct uint3 { unsigned x, y, z; };
 struct dim3 {
@@ -82,7 +93,14 @@ template <class T> inline T __ldg(const T* p) { return *p; }
 // ---- fibers and the scheduler ------------------------------------------------------
 namespace cch {
 enum State { RUNNING, AT_BARRIER, AT_SHUFFLE, EXITED };
-enum Shuffle { SHFL_XOR, SHFL_DOWN, SHFL_UP, SHFL_IDX };
+enum Shuffle { SHFL_XOR, SHFL_DOWN, SHFL_UP, SHFL_IDX, WARP_SYNC, WARP_MMA, WARP_LDMATRIX };
+
+struct AsyncCopy {
+    unsigned char* dst;
+    const unsigned char* src;
+    int bytes, src_bytes, group;  // group -1: not committed yet
+};
+enum { MAX_COPIES = 64 };
 
 struct Fiber {
     jmp_buf jb;
@@ -91,7 +109,12 @@ struct Fiber {
     int kind, arg, width;
     unsigned mask;
     uint64_t value, result;
+    AsyncCopy copies[MAX_COPIES];
+    int ncopies, groups_committed, groups_done;
 };
+
+struct MmaArgs { float* d; const unsigned* a; const unsigned* b; const float* c; };
+struct LdmatrixArgs { unsigned* r; int x; const unsigned char* row; };
 
 struct Shared {  // lives in a MAP_SHARED page: the child reports through it
     int code;
@@ -114,8 +137,6 @@ static int perm[MAX_THREADS];
 inline char* stack_area() { return (char*)fibers + (sizeof(Fiber) * MAX_THREADS + 4095) / 4096 * 4096; }
 }  // namespace cch
 
-extern "C" char __start_cch_shared[] __attribute__((weak));
-extern "C" char __stop_cch_shared[] __attribute__((weak));
 
 namespace cch {
 [[noreturn]] static void fail(int code, const char* fmt, int a = 0, int b = 0, int c = 0, int d = 0, int e = 0)
@@ -130,9 +151,12 @@ __attribute__((noinline)) static void yield_to_scheduler()
     if (!_setjmp(fibers[current].jb)) _longjmp(scheduler, 1);
 }
 
+static void land_copies(Fiber& f, int n);
+
 static void fiber_main()
 {
     entry(entry_args);
+    land_copies(fibers[current], -1);
     fibers[current].state = EXITED;
     _longjmp(scheduler, 1);
 }
@@ -184,6 +208,176 @@ static void plan_round()
     }
 }
 
+// The __shared__ variables of the loaded kernels (function-local statics), found in the
+// library's symbol table by tests/cudahost/__init__.py and registered with cch_set_shared.
+struct Region { char* p; size_t n; };
+enum { MAX_REGIONS = 256 };
+static Region regions[MAX_REGIONS];
+static int nregions;
+
+// Copies that have landed (their thread waited) but that no barrier has published yet:
+// only the thread that waited may read them. ldmatrix, whose rows reach every lane, is
+// checked against this list; a __syncwarp publishes its lanes' copies, __syncthreads all.
+struct Landed { const unsigned char* dst; int bytes, owner; };
+enum { MAX_LANDED = 8192 };
+static Landed landed[MAX_LANDED];
+static int nlanded;
+
+inline bool in_shared(const void* p, size_t n)
+{
+    const char* c = (const char*)p;
+    for (int i = 0; i < nregions; ++i)
+        if (c >= regions[i].p && c + n <= regions[i].p + regions[i].n) return true;
+    return false;
+}
+
+inline float h2f(unsigned short h)
+{
+    __half x;
+    x.__x = h;
+    return __half2float(x);
+}
+
+// D = A * B + C for the warp. Products of halves are exact in double; the sum of the 16
+// products and C is formed in double and rounded once to fp32 (the hardware's summation
+// order and internal precision are not specified by the PTX ISA).
+static void complete_mma(int base)
+{
+    float A[16][16], B[16][8], C[16][8];
+    for (int l = 0; l < 32; ++l) {
+        const MmaArgs* m = (const MmaArgs*)(uintptr_t)fibers[base + l].value;
+        const int g = l >> 2, t = l & 3;
+        for (int i = 0; i < 8; ++i) {  // a_i: row g (+8 for i in 2,3,6,7), col 2t + (i & 1) (+8 for i >= 4)
+            const unsigned short h = (unsigned short)(m->a[i >> 1] >> (16 * (i & 1)));
+            A[g + ((i >> 1) & 1) * 8][2 * t + (i & 1) + (i >= 4) * 8] = h2f(h);
+        }
+        for (int i = 0; i < 4; ++i)  // b_i: row 2t + (i & 1) (+8 for i >= 2), col g
+            B[2 * t + (i & 1) + (i >= 2) * 8][g] = h2f((unsigned short)(m->b[i >> 1] >> (16 * (i & 1))));
+        for (int i = 0; i < 4; ++i) C[g + (i >= 2) * 8][2 * t + (i & 1)] = m->c[i];  // c_i: row g (+8), col 2t + (i & 1)
+    }
+    for (int l = 0; l < 32; ++l) {
+        MmaArgs* m = (MmaArgs*)(uintptr_t)fibers[base + l].value;
+        const int g = l >> 2, t = l & 3;
+        for (int i = 0; i < 4; ++i) {
+            const int r = g + (i >= 2) * 8, c = 2 * t + (i & 1);
+            double acc = C[r][c];
+            for (int k = 0; k < 16; ++k) acc += (double)A[r][k] * (double)B[k][c];
+            m->d[i] = (float)acc;
+        }
+    }
+}
+
+static void complete_ldmatrix(int base, int w)
+{
+    unsigned out[32][4];
+    const int x = ((const LdmatrixArgs*)(uintptr_t)fibers[base].value)->x;
+    for (int l = 0; l < 32; ++l) {
+        const LdmatrixArgs* m = (const LdmatrixArgs*)(uintptr_t)fibers[base + l].value;
+        if (m->x != x) fail(1, "warp %d: lanes disagree on the ldmatrix shape", w);
+        if (l < 8 * x && (!in_shared(m->row, 16) || ((uintptr_t)m->row & 15)))
+            fail(1, "warp %d lane %d: ldmatrix row address is not a 16-byte aligned row of shared memory", w, l);
+    }
+    for (int l = 0; l < 8 * x; ++l) {
+        const unsigned char* row = ((const LdmatrixArgs*)(uintptr_t)fibers[base + l].value)->row;
+        for (int i = 0; i < nlanded; ++i)
+            if (row < landed[i].dst + landed[i].bytes && landed[i].dst < row + 16)
+                fail(1, "warp %d: ldmatrix reads shared memory that thread %d's cp.async wrote, with no barrier after "
+                        "that thread's wait_group", w, landed[i].owner);
+    }
+    for (int l = 0; l < 32; ++l)
+        for (int i = 0; i < x; ++i) {
+            const LdmatrixArgs* src = (const LdmatrixArgs*)(uintptr_t)fibers[base + 8 * i + (l >> 2)].value;
+            std::memcpy(&out[l][i], src->row + 4 * (l & 3), 4);
+        }
+    for (int l = 0; l < 32; ++l) {
+        const LdmatrixArgs* m = (const LdmatrixArgs*)(uintptr_t)fibers[base + l].value;
+        for (int i = 0; i < x; ++i) m->r[i] = out[l][i];
+    }
+}
+
+__attribute__((noinline)) static void collective(int kind, unsigned mask, const void* args)
+{
+    Fiber& f = fibers[current];
+    f.value = (uint64_t)(uintptr_t)args;
+    f.kind = kind, f.mask = mask, f.arg = 0, f.width = 32;
+    f.line = (int)(uintptr_t)__builtin_return_address(0);  // the call site tells instructions apart
+    f.state = AT_SHUFFLE;
+    yield_to_scheduler();
+}
+
+inline void mma_m16n8k16(float (&d)[4], const unsigned (&a)[4], const unsigned (&b)[2], const float (&c)[4])
+{
+    float out[4];
+    MmaArgs m{out, a, b, c};
+    collective(WARP_MMA, 0xFFFFFFFFu, &m);
+    for (int i = 0; i < 4; ++i) d[i] = out[i];
+}
+
+template <int X> inline void ldmatrix(unsigned (&r)[X], int x, const void* row)
+{
+    unsigned out[4];
+    LdmatrixArgs m{out, x, (const unsigned char*)row};
+    collective(WARP_LDMATRIX, 0xFFFFFFFFu, &m);
+    for (int i = 0; i < X; ++i) r[i] = out[i];
+}
+
+static void finish_copy(const AsyncCopy& c)
+{
+    if (c.src_bytes) std::memcpy(c.dst, c.src, c.src_bytes);
+    std::memset(c.dst + c.src_bytes, 0, c.bytes - c.src_bytes);
+    if (nlanded == MAX_LANDED) fail(1, "more than %d cp.async copies landed with no barrier after them", MAX_LANDED);
+    landed[nlanded++] = Landed{c.dst, c.bytes, current};
+}
+
+static void publish(int first, int count, unsigned mask)  // threads first..first+count-1, lanes in mask
+{
+    int kept = 0;
+    for (int i = 0; i < nlanded; ++i) {
+        const int o = landed[i].owner;
+        const bool covered = o >= first && o < first + count && (mask >> ((o - first) & 31) & 1u);
+        if (!covered) landed[kept++] = landed[i];
+    }
+    nlanded = kept;
+}
+
+inline void cp_async(void* dst, const void* src, int bytes, int src_bytes)
+{
+    Fiber& f = fibers[current];
+    if (!in_shared(dst, bytes) || ((uintptr_t)dst % bytes))
+        fail(1, "thread %d: cp.async destination is not %d-byte aligned shared memory", current, bytes);
+    if (src_bytes < 0 || src_bytes > bytes) fail(1, "thread %d: cp.async src-size %d outside 0..%d", current, src_bytes, bytes);
+    if (src_bytes && ((uintptr_t)src % bytes))
+        fail(1, "thread %d: cp.async source is not %d-byte aligned", current, bytes);
+    if (f.ncopies == MAX_COPIES) fail(1, "thread %d: more than %d cp.async copies in flight", current, MAX_COPIES);
+    f.copies[f.ncopies++] = AsyncCopy{(unsigned char*)dst, (const unsigned char*)src, bytes, src_bytes, -1};
+    std::memset(dst, 0xFF, bytes);  // nothing has landed yet
+}
+
+inline void cp_async_commit()
+{
+    Fiber& f = fibers[current];
+    for (int i = 0; i < f.ncopies; ++i)
+        if (f.copies[i].group < 0) f.copies[i].group = f.groups_committed;
+    ++f.groups_committed;
+}
+
+// Complete this thread's committed groups, oldest first, until at most n are pending
+// (n < 0: every copy, committed or not: the thread has exited and its copies land).
+static void land_copies(Fiber& f, int n)
+{
+    while (n < 0 ? f.ncopies > 0 : f.groups_committed - f.groups_done > n) {
+        int kept = 0;
+        for (int i = 0; i < f.ncopies; ++i) {
+            if (n < 0 || f.copies[i].group == f.groups_done) finish_copy(f.copies[i]);
+            else f.copies[kept++] = f.copies[i];
+        }
+        f.ncopies = kept;
+        if (n >= 0) ++f.groups_done;
+    }
+}
+
+inline void cp_async_wait(int n) { land_copies(fibers[current], n); }
+
 // Complete every shuffle whose mask lanes have all arrived. Returns how many lanes moved on.
 static int complete_shuffles()
 {
@@ -206,6 +400,16 @@ static int complete_shuffles()
                     fail(1, "warp %d: lanes %d and %d wait at different shuffles (lines %d and %d)", w, l, s, f.line, g.line);
             }
             if (!ready) continue;
+            if (f.kind >= WARP_SYNC) {
+                if (f.kind != WARP_SYNC && (mask != 0xFFFFFFFFu || lanes != 32))
+                    fail(1, "warp %d: mma.sync / ldmatrix (site %d) executed by a partial warp (mask 0x%x)", w, f.line, (int)mask);
+                if (f.kind == WARP_MMA) complete_mma(base);
+                else if (f.kind == WARP_LDMATRIX) complete_ldmatrix(base, w);
+                else publish(base, lanes, mask);  // __syncwarp
+                for (int s = 0; s < 32; ++s)
+                    if (mask >> s & 1u) fibers[base + s].state = RUNNING, ++released;
+                continue;
+            }
             for (int s = 0; s < 32; ++s) {
                 if (!(mask >> s & 1u)) continue;
                 Fiber& g = fibers[base + s];
@@ -232,13 +436,15 @@ static void run_block()
     for (int t = 0; t < nthreads; ++t) {
         Fiber& f = fibers[t];
         f.started = 0, f.state = RUNNING;
+        f.ncopies = f.groups_committed = f.groups_done = 0;
         getcontext(&f.uc);
         f.uc.uc_stack.ss_sp = stack_area() + (size_t)t * (STACK_BYTES + 4096) + 4096;
         f.uc.uc_stack.ss_size = STACK_BYTES;
         f.uc.uc_link = nullptr;
         makecontext(&f.uc, fiber_main, 0);
     }
-    if (__start_cch_shared != __stop_cch_shared) memset(__start_cch_shared, 0xFF, __stop_cch_shared - __start_cch_shared);
+    for (int i = 0; i < nregions; ++i) memset(regions[i].p, 0xFF, regions[i].n);
+    nlanded = 0;
     for (round_no = 0;; ++round_no) {
         plan_round();
         for (int i = 0; i < nthreads; ++i)
@@ -265,6 +471,7 @@ static void run_block()
             fail(1, "thread %d exited while %d threads wait at __syncthreads on line %d", gone, at_barrier, fibers[first].line);
         }
         for (int t = 0; t < nthreads; ++t) fibers[t].state = RUNNING;
+        nlanded = 0;  // __syncthreads publishes every landed copy
     }
 }
 
@@ -315,6 +522,13 @@ inline void __syncthreads(int line = __builtin_LINE())
     cch::fibers[cch::current].state = cch::AT_BARRIER;
     cch::yield_to_scheduler();
 }
+inline void __syncwarp(unsigned mask = 0xFFFFFFFFu, int line = __builtin_LINE())
+{
+    cch::Fiber& f = cch::fibers[cch::current];
+    f.kind = cch::WARP_SYNC, f.mask = mask, f.arg = 0, f.width = 32, f.line = line, f.value = 0;
+    f.state = cch::AT_SHUFFLE;
+    cch::yield_to_scheduler();
+}
 template <class T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32, int line = __builtin_LINE())
 {
     return cch::shuffle(cch::SHFL_XOR, mask, v, lane_mask, width, line);
@@ -334,6 +548,12 @@ template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width =
 
 // ---- the C interface used by tests/cudahost/__init__.py ---------------------------
 extern "C" {
+void cch_set_shared(const unsigned long long* addr, const unsigned long long* size, int n)
+{
+    cch::nregions = n < cch::MAX_REGIONS ? n : cch::MAX_REGIONS;
+    for (int i = 0; i < cch::nregions; ++i) cch::regions[i] = cch::Region{(char*)(uintptr_t)addr[i], (size_t)size[i]};
+}
+
 // A buffer of `nbytes` whose end is followed by a guard page; 16-byte aligned start.
 void* cch_alloc(size_t nbytes)
 {

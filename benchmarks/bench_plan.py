@@ -1,0 +1,90 @@
+"""How long `mcard plan` takes for a large registry (goal: under 1 s for 10,000 variants).
+
+Writes a synthetic registry (ENTRIES files x VARIANTS variants, half GPTQ branches of 3, 4 and
+8 bits, half GGUF files of five mixes, each with a 7B llama architecture), then times the library
+call (`mcard.sync.plan_jobs`, imports done) and the whole `mcard plan` command (a fresh process:
+interpreter start, imports, TOML parsing, checks, batching), and compares with parsing the same
+TOML alone. Writes benchmarks/RESULTS_plan.md.
+
+    python benchmarks/bench_plan.py [--entries 100] [--variants 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+ARCH = ("[architecture]\nmodel_type = \"llama\"\nhidden_size = 4096\nintermediate_size = 11008\n"
+        "num_hidden_layers = 32\nnum_attention_heads = 32\nnum_key_value_heads = 32\nvocab_size = 32000\n\n")
+MIXES = ("Q4_0", "Q4_K_M", "Q8_0", "Q5_K_M", "Q6_K")
+
+
+def write_registry(folder: Path, entries: int, variants: int) -> None:
+    """``entries`` registry files of ``variants`` variants each, alternately GPTQ and GGUF."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for e in range(entries):
+        kind = "gguf" if e % 2 else "gptq"
+        text = (f'[model]\nrepo = "org/m{e}-{kind}"\nname = "M{e}"\nlicense = "apache-2.0"\n'
+                f'base_model = "org/m{e}"\n\n' + ARCH)
+        for i in range(variants):
+            if kind == "gguf":
+                mix = MIXES[i % len(MIXES)]
+                text += f'[[variants]]\nfile = "m{e}.{i}.{mix}.gguf"\nformat = "gguf"\ntype = "{mix}"\n\n'
+            else:
+                text += f'[[variants]]\nbranch = "b{i}"\nformat = "gptq"\nbits = {(4, 8, 3)[i % 3]}\ngroup_size = 128\n\n'
+        (folder / f"m{e:05d}.toml").write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--entries", type=int, default=100)
+    ap.add_argument("--variants", type=int, default=100)
+    ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_plan.md"))
+    args = ap.parse_args()
+    from mcard.sync import plan_jobs
+
+    with tempfile.TemporaryDirectory() as tmp:
+        reg = Path(tmp) / "registry"
+        write_registry(reg, args.entries, args.variants)
+        files = sorted(reg.glob("*.toml"))
+        t = time.perf_counter()
+        for f in files:
+            tomllib.loads(f.read_text())
+        toml_s = time.perf_counter() - t
+        t = time.perf_counter()
+        jobs = plan_jobs(reg)
+        plan_s = time.perf_counter() - t
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mcard.cli", "plan", str(reg)], check=True, stdout=subprocess.DEVNULL)
+        cmd_s = time.perf_counter() - t
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cmd_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    n = args.entries * args.variants
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    load = os.getloadavg()[0]
+    lines = [
+        "# `mcard plan` on a large registry", "",
+        f"Machine: {machine}; load average {load:.2f} when measured. Command: "
+        f"`python benchmarks/bench_plan.py --entries {args.entries} --variants {args.variants}`.", "",
+        "| what | seconds |", "|---|---|",
+        f"| parse the TOML files alone (tomllib), {len(files)} files | {toml_s:.3f} |",
+        f"| `plan_jobs()` (imports done): parse, check, batch {n} variants into {len(jobs)} jobs | {plan_s:.3f} |",
+        f"| `mcard plan` command, wall clock (interpreter start and imports included) | {cmd_s:.3f} |",
+        f"| `mcard plan` command, CPU time (user + system) | {cmd_cpu:.3f} |", "",
+        f"{sum(j['gpu'] for j in jobs)} of the {len(jobs)} jobs go to a GPU runner.",
+    ]
+    args.out.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""How every ``mcard`` command fails: one error table, applied once.
+
+A failure is one line on stderr, always with the prefix :data:`PREFIX`, and the
+exit code of the error (``mcard.errors``: 1 the check failed, 2 unusable input or
+bad usage, 3 no GPU, 130 interrupted). With ``--json`` the same failure is also
+one JSON object on stdout, ``{"ok": false, "error": ..., "exit_code": ...}``, so a
+script reading stdout always gets JSON. Never a traceback: an exception that is
+not one of mcard's own is reported as an internal error (a bug; ``MCARD_DEBUG=1``
+shows the traceback).
+
+Commands wrap their work in :func:`command_errors`; :func:`run_app` does the same
+for what the argument parser rejects before a command runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from typing import NoReturn
+
+import typer
+
+from .errors import EXIT_FAILED, EXIT_UNUSABLE, McardError
+
+PREFIX = "mcard: "
+EXIT_INTERRUPTED = 130
+INTERNAL_ERROR_EXIT = EXIT_UNUSABLE
+
+
+def error_object(message: str, exit_code: int) -> dict[str, object]:
+    """The ``--json`` form of a failure."""
+    return {"ok": False, "error": message, "exit_code": exit_code}
+
+
+def report_error(message: str, exit_code: int, json_out: bool) -> None:
+    """Print a failure: the JSON object on stdout (with ``--json``) and one line on stderr."""
+    if json_out:
+        sys.stdout.write(json.dumps(error_object(message, exit_code)) + "\n")
+        sys.stdout.flush()
+    typer.echo(PREFIX + " ".join(message.split("\n")), err=True)
+
+
+def fail(message: str, exit_code: int, json_out: bool = False) -> NoReturn:
+    """Report a failure and leave the command with ``exit_code``."""
+    report_error(message, exit_code, json_out)
+    raise typer.Exit(exit_code)
+
+
+def internal_error_text(exc: BaseException) -> str:
+    return f"internal error: {type(exc).__name__}: {exc} (a bug in mcard; set MCARD_DEBUG=1 for the traceback)"
+
+
+@contextlib.contextmanager
+def command_errors(json_out: bool = False,
+                   interrupted: str = "interrupted") -> Iterator[None]:
+    """Turn whatever the wrapped call raises into a reported failure and its exit code."""
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except McardError as exc:
+        fail(str(exc), exc.exit_code, json_out)
+    except KeyboardInterrupt:
+        fail(interrupted, EXIT_INTERRUPTED, json_out)
+    except OSError as exc:
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        fail(f"{where}{exc.strerror or exc}", EXIT_FAILED, json_out)
+    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+        if os.environ.get("MCARD_DEBUG"):
+            raise
+        fail(internal_error_text(exc), INTERNAL_ERROR_EXIT, json_out)
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """The argument parser's exception base class (typer vendors click in recent releases)."""
+    found: list[type[BaseException]] = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        with contextlib.suppress(ImportError):
+            module = __import__(name, fromlist=["ClickException"])
+            found.append(module.ClickException)
+    return tuple(found)
+
+
+def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
+    """Run the CLI; a usage error the parser finds is reported like every other failure."""
+    args = list(sys.argv[1:] if args is None else args)
+    json_out = "--json" in args
+    parser_errors = _click_exceptions()
+    try:
+        code = app(args=args, prog_name="mcard", standalone_mode=False)
+    except parser_errors as exc:
+        if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: nothing to add
+            return EXIT_UNUSABLE
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        code = int(getattr(exc, "exit_code", EXIT_UNUSABLE))
+        report_error(f"{exc.format_message()}{where}", code, json_out)  # type: ignore[attr-defined]
+        return code
+    except KeyboardInterrupt:
+        report_error("interrupted", EXIT_INTERRUPTED, json_out)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - never a traceback for users
+        if os.environ.get("MCARD_DEBUG"):
+            raise
+        report_error(internal_error_text(exc), INTERNAL_ERROR_EXIT, json_out)
+        return INTERNAL_ERROR_EXIT
+    return int(code or 0)
