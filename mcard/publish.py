@@ -20,6 +20,11 @@ Per branch, in order (main first):
 
 The token comes from ``HF_TOKEN`` / the saved login and is never printed; a
 missing token is exit 2, a rejected one exit 1, both before anything is sent.
+Every request ``huggingface_hub`` makes for a publish runs inside one
+:func:`mcard.net.open_session` for the endpoint: the token goes to the
+endpoint's origin only (an LFS upload or verify URL on another host, a
+redirect, gets none; the Hub's storage URLs are pre-signed and need none),
+with the same timeouts, caps and run deadline as every other command.
 Uploads use the LFS protocol (``xet=True`` lets ``huggingface_hub`` use Xet
 storage when ``hf_xet`` is installed; the loopback test Hub speaks LFS only).
 """
@@ -36,6 +41,7 @@ from typing import Any
 from .errors import CheckFailed, McardError, UnusableInput
 from .hub.env import HubEnv, resolve_env
 from .hub.rules import MAX_FILE_BYTES, check_repo_id
+from .net import open_session, origin
 from .package import Package, PackagedBranch, PackagedFile, load_package
 
 ADDED, UPDATED, UNCHANGED, DELETED, KEPT = "added", "updated", "unchanged", "deleted", "kept"
@@ -127,9 +133,15 @@ def _hub(env: HubEnv, what: str) -> Iterator[None]:
         raise
     except (HfHubHTTPError, httpx2.HTTPError, OSError, RuntimeError, ValueError) as exc:
         cause = _root_cause(exc)
+        if isinstance(cause, McardError):  # the net guard's refusal or deadline, raised inside an upload thread
+            raise type(cause)(env.scrub(f"{what}: {cause.message}"), cause.path) from None
         if isinstance(cause, HfHubHTTPError) and cause.response is not None:
             status = cause.response.status_code
             detail = (cause.server_message or str(cause).split("\n")[0]).strip().split("\n")[0]
+            url = getattr(getattr(cause.response, "request", None), "url", None)
+            if status == 401 and url is not None and origin(url) != origin(env.endpoint):
+                raise CheckFailed(env.scrub(f"{what}: {origin(url)[1]}:{origin(url)[2]} asked for a token (401), "
+                                            f"which goes to {env.endpoint} only: {detail}"))
             if status == 401:
                 raise CheckFailed(env.scrub(f"{what}: the Hub rejected the token from {_token_source()} (401): {detail}"))
             if status == 403:
@@ -248,7 +260,7 @@ def publish(package: Package | str | Path, *, repo: str | None = None, endpoint:
 
     api = HfApi(endpoint=env.endpoint, token=env.token or False, library_name="mcard", library_version=__version__)
     result = PublishResult(repo_id, env.endpoint, dry_run)
-    with _client_settings(progress, xet):
+    with open_session(env.endpoint, env.token), _client_settings(progress, xet):
         if env.token:
             with _hub(env, "checking the token"):
                 api.whoami()

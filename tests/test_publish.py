@@ -17,7 +17,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, constants
 from test_package import _custom_entry
 
 from mcard import demo
-from mcard.errors import UnusableInput
+from mcard.errors import McardError, UnusableInput
 from mcard.formats import gptq
 from mcard.hub import fetch
 from mcard.package import load_package, package
@@ -286,3 +286,49 @@ def test_sync_publish_packages_smokes_publishes_and_fetches_back(hub: LocalHub, 
     assert record["last_pass"]["publish"] == "published"
     [second] = sync(built.registry / "tiny-llama-gguf.toml", options)
     assert {(r.status, r.publish, r.uploaded_bytes) for r in second.records} == {(PASSED, "unchanged", 0)}
+
+
+# -- issue #14: publishing runs inside mcard's net session (the token rule, timeouts, the run deadline) ----------
+
+def test_an_lfs_upload_url_on_another_host_gets_no_token_and_the_upload_lands(hub: LocalHub, tmp_path: Path,
+                                                                              tiny_cfg: dict) -> None:
+    from mcard.testing.hostile_hub import TokenRecorder
+
+    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out", max_shard_size=300_000)
+    with TokenRecorder(forward=hub.endpoint) as storage:  # pre-signed storage URLs on another origin
+        hub.faults.upload_host = storage.endpoint
+        hub.stats.clear()
+        result = publish(tmp_path / "out", repo="alice/storage-elsewhere", endpoint=hub.endpoint, token=ALICE,
+                         create=True)
+    puts = [path for method, path, _auth in storage.seen if method == "PUT"]
+    assert result.ok and result.branches[0].verified and puts and all(p.startswith("/lfs/upload/") for p in puts)
+    assert storage.seen_tokens() == [] and len(hub.stats.objects_stored) == len(puts)
+
+
+def test_an_lfs_verify_url_on_another_host_never_receives_the_token(hub: LocalHub, tmp_path: Path,
+                                                                    tiny_cfg: dict) -> None:
+    from mcard.testing.hostile_hub import TokenRecorder
+
+    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    with TokenRecorder(forward=hub.endpoint) as other:
+        hub.faults.verify_host = other.endpoint  # huggingface_hub sends its token to whatever verify URL it gets
+        try:
+            publish(tmp_path / "out", repo="alice/verify-elsewhere", endpoint=hub.endpoint, token=ALICE, create=True)
+            error = None
+        except McardError as exc:  # the Hub's verify refuses a request without the token: publish stops there
+            error = exc
+    assert [m for m, path, _a in other.seen if path.startswith("/lfs/verify/")] and other.seen_tokens() == []
+    assert error is not None and error.exit_code == 1 and "asked for a token" in str(error) and ALICE not in str(error)
+    assert not hub.stats.commits or all(repo != "alice/verify-elsewhere" for repo, _b, _c in hub.stats.commits)
+
+
+def test_a_stalled_upload_ends_at_the_run_deadline(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
+    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    hub.faults.stall_upload_after = 1  # the server stops reading every upload (until the test ends)
+    started = time.monotonic()
+    run = subprocess.run([sys.executable, "-m", "mcard.cli", "publish", str(tmp_path / "entry.toml"), "--packaged",
+                          str(tmp_path / "out"), "--create", "--repo", "alice/stalled"], capture_output=True,
+                         text=True, env={**_env(hub), "MCARD_DEADLINE": "4"}, timeout=90)
+    last = run.stderr.strip().splitlines()[-1]  # after huggingface_hub's own retry warnings
+    assert run.returncode == 1 and last.startswith("mcard: ") and "deadline" in last, run.stderr
+    assert "Traceback" not in run.stderr and ALICE not in run.stderr + run.stdout and time.monotonic() - started < 45

@@ -24,7 +24,11 @@ Tricks(...)``) cover what a hostile or broken server does:
 :class:`TokenRecorder` is the second loopback host (``127.0.0.2`` where the
 system routes it, else another port: either way another origin). It answers
 every request (an empty tree page, or a few bytes) and keeps the
-Authorization header of each in ``seen``.
+Authorization header of each in ``seen``. With ``forward=URL`` it is a
+storage host in front of another server: it records each request, then
+passes it on (method, path, headers, body) and returns that server's answer
+(the loopback write Hub's LFS uploads, sent to another origin as the real
+Hub's pre-signed storage URLs are).
 
 Example::
 
@@ -179,12 +183,44 @@ class _RecorderHandler(_Quiet):
         owner: TokenRecorder = self.server.owner  # type: ignore[attr-defined]
         with owner.lock:
             owner.seen.append((self.command, self.path, self.headers.get("Authorization")))
-        if "/api/" in self.path:
+        if owner.forward is not None:
+            self._forward(owner.forward)
+        elif "/api/" in self.path:
             self._send(200, b"[]", {"Content-Type": "application/json"})
         else:
             self._send(200, owner.payload.get(self.path, b"{}"), {"Content-Type": "application/octet-stream"})
 
-    do_GET = do_HEAD = _handle
+    do_GET = do_HEAD = do_PUT = do_POST = _handle
+
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+            return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        out = []
+        while True:
+            size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
+            if size == 0:
+                while self.rfile.readline(1024) not in (b"\r\n", b"\n", b""):
+                    pass
+                return b"".join(out)
+            out.append(self.rfile.read(size))
+            self.rfile.readline(16)
+
+    def _forward(self, target: str) -> None:
+        import http.client
+
+        body = self._body()
+        parts = urlsplit(target)
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
+        skip = {"host", "connection", "transfer-encoding", "content-length", "keep-alive"}
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
+        try:
+            conn.request(self.command, self.path, body=body, headers=headers)
+            answer = conn.getresponse()
+            data = answer.read()
+            kept = {k: v for k, v in answer.getheaders() if k.lower() not in skip}
+        finally:
+            conn.close()
+        self._send(answer.status, data, kept)
 
 
 class TokenRecorder(_Base):
@@ -192,9 +228,10 @@ class TokenRecorder(_Base):
 
     handler = _RecorderHandler
 
-    def __init__(self) -> None:
+    def __init__(self, forward: str | None = None) -> None:
         self.seen: list[tuple[str, str, str | None]] = []
         self.payload: dict[str, bytes] = {}  # path -> bytes served (what a CDN holds)
+        self.forward = forward  # pass every request on to this server (``http://host:port``) and return its answer
         self.lock = threading.Lock()
         host = "127.0.0.2"
         try:

@@ -87,6 +87,10 @@ class WriteFaults:
     drop_commit: str | None = None  # "before-ref" or "after-ref": drop the connection mid-commit
     drop_commit_times: int = 1
     alter_file: str | None = None  # a regular file commits store with other bytes (a Hub that loses data)
+    # LFS batch answers whose upload / verify URLs point at another host (``http://host:port``) with the same
+    # paths, as the real Hub's pre-signed storage URLs do (e.g. hostile_hub.TokenRecorder(forward=endpoint))
+    upload_host: str | None = None
+    verify_host: str | None = None
 
 
 @dataclass
@@ -394,12 +398,12 @@ class _Handler(HubHandler):
                 objects.append({"oid": oid, "size": size, "authenticated": True})
             else:
                 sig = self.server.sign(repo_id, oid, size, expires)
-                base = f"{self.server.endpoint}/lfs"
-                repo_q = quote(repo_id, safe="")
+                faults, repo_q = self.server.faults, quote(repo_id, safe="")
+                up, verify = (f"{host or self.server.endpoint}/lfs" for host in (faults.upload_host, faults.verify_host))
                 objects.append({"oid": oid, "size": size, "authenticated": True, "actions": {
-                    "upload": {"href": f"{base}/upload/{repo_q}/{oid}?size={size}&expires={expires}&sig={sig}",
+                    "upload": {"href": f"{up}/upload/{repo_q}/{oid}?size={size}&expires={expires}&sig={sig}",
                                "header": {}, "expires_in": URL_TTL},
-                    "verify": {"href": f"{base}/verify/{repo_q}/{oid}", "header": {}, "expires_in": URL_TTL},
+                    "verify": {"href": f"{verify}/verify/{repo_q}/{oid}", "header": {}, "expires_in": URL_TTL},
                 }})
         self._json(200, {"transfer": "basic", "objects": objects, "hash_algo": "sha256"},
                    content_type="application/vnd.git-lfs+json")
