@@ -41,6 +41,8 @@ def package(
     base: Annotated[Optional[Path], typer.Option("--base", help="The base model's folder (config, tokenizer).")] = None,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Shard safetensors bigger than this.")] = "5GB",
     allow_failing: Annotated[bool, typer.Option("--allow-failing", help="Package variants that fail validate.")] = False,
+    registry_root: Annotated[Optional[Path], typer.Option(
+        "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan: per branch, each file's size, sha256, source.")] = False,
 ) -> None:
     """Assemble each branch of the entry's repo (weights, configs, tokenizer, card) into a checked folder."""
@@ -48,7 +50,7 @@ def package(
 
     shard = _size_option(max_shard_size)
     pkg = _guarded(as_json, lambda: build(entry, from_dir, out, base_dir=base, max_shard_size=shard,
-                                          allow_failing=allow_failing))
+                                          allow_failing=allow_failing, registry_root=registry_root))
     if as_json:
         typer.echo(json.dumps(pkg.to_dict(), indent=2))
         return
@@ -99,6 +101,8 @@ def publish(
     delete_extra: Annotated[bool, typer.Option("--delete-extra", help="Delete branch files the package does not have.")] = False,
     endpoint: Annotated[Optional[str], typer.Option("--endpoint", help="Hub endpoint (default $HF_ENDPOINT).")] = None,
     xet: Annotated[bool, typer.Option("--xet", help="Let huggingface_hub upload through Xet storage (hf_xet).")] = False,
+    registry_root: Annotated[Optional[Path], typer.Option(
+        "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Push the packaged branches to the Hub: one commit per changed branch, nothing resent, read back and verified."""
@@ -112,7 +116,7 @@ def publish(
             from .errors import UnusableInput
 
             raise UnusableInput("give exactly one of --from DIR (package, then publish) and --packaged OUT")
-        the_entry = load_entry(entry)
+        the_entry = load_entry(entry, registry_root)
         if packaged is not None:
             pkg = load_package(packaged)
             if pkg.repo != the_entry.model.repo:
@@ -120,7 +124,7 @@ def publish(
 
                 raise UnusableInput(f"the package is for {pkg.repo}, the entry for {the_entry.model.repo}", packaged)
         else:
-            pkg = build(entry, from_dir, out)
+            pkg = build(entry, from_dir, out, registry_root=registry_root)
         progress = sys.stderr.isatty() and not as_json
         return push(pkg, repo=repo, endpoint=endpoint, branches=branch, dry_run=dry_run, create=create,
                     private=private, delete_extra=delete_extra, progress=progress, xet=xet)

@@ -280,18 +280,21 @@ def _move_into_place(staging: Path, out: Path) -> None:
 
 def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str | Path | None = None, *,
             base_dir: str | Path | None = None, max_shard_size: int = DEFAULT_MAX_SHARD_BYTES,
-            allow_failing: bool = False, max_file_size: int = MAX_FILE_BYTES) -> Package:
+            allow_failing: bool = False, max_file_size: int = MAX_FILE_BYTES,
+            registry_root: str | Path | None = None) -> Package:
     """Assemble every branch of the entry's repo into ``out`` (default ``packages/<repo>``); see the module doc.
 
     Raises :class:`UnusableInput` (exit 2) for missing or unusable inputs,
     :class:`CheckFailed` (exit 1) when a variant fails validate (unless
     ``allow_failing``), :class:`McardError` (exit 1) when the package cannot
-    be written (a full disk); ``out`` is then left as it was.
+    be written (a full disk); ``out`` is then left as it was. Paths the entry names
+    (``source``, ``license_file``...) stay inside its folder or ``registry_root``;
+    ``from_dir`` and ``base_dir`` are the caller's own and may lie anywhere.
     """
     from .card import render_card
     from .sync import slug
 
-    entry = load_entry(entry_path)
+    entry = load_entry(entry_path, registry_root)
     check_repo_id(entry.model.repo)
     from_path = Path(from_dir) if from_dir is not None else None
     out_path = Path(out) if out is not None else Path("packages") / slug(entry.model.repo)
@@ -337,7 +340,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
                                                f"mcard {__version__}: {describe(variants)}", files, ignored))
             for v in variants:
                 paths[v.key] = folder / v.file if v.family == "gguf" and v.file else folder
-        card = render_card(entry.path, variant_paths=paths).encode()
+        card = render_card(entry.path, variant_paths=paths, registry_root=registry_root).encode()
         for b in pkg.branches:
             folder = staging / b.folder
             (folder / "README.md").write_bytes(card)

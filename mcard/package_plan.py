@@ -50,8 +50,8 @@ def branch_folder(branch: str) -> str:
 
 def source_of(entry: Entry, v: RegistryVariant, from_dir: Path | None) -> Path:
     """Where the quantizer left variant ``v``: its ``source`` in the entry, else ``DIR/<branch>`` / ``DIR/<file>``."""
-    if v.source:
-        path, how = entry.path.parent / v.source, f"variants source {v.source!r}"
+    if v.source:  # inside the entry's folder or --registry-root, as every path in an entry
+        path, how = entry.file(v.source, f"variant {v.key}: source"), f"variants source {v.source!r}"
     elif from_dir is None:
         raise UnusableInput(f"variant {v.key}: no --from DIR given and no `source` for it in the entry", entry.path)
     else:
@@ -188,7 +188,7 @@ def plan_file_variant(v: RegistryVariant, src: Path, limit: int) -> list[Item]:
 def license_item(entry: Entry) -> Item | None:
     if not entry.model.license_file:
         return None
-    path = entry.path.parent / entry.model.license_file
+    path = entry.file(entry.model.license_file, "model.license_file")
     if not path.is_file():
         raise UnusableInput(f"model.license_file: no such file {entry.model.license_file!r}", entry.path)
     name = path.name if path.name.upper().startswith("LICENSE") else "LICENSE"

@@ -161,6 +161,11 @@ class Entry:
     architecture_source: str | None = None
     evaluations: list[EvalEntry] = field(default_factory=list)
     tables: list[TableSpec] = field(default_factory=list)
+    registry_root: Path | None = None  # --registry-root: files the entry names may lie anywhere inside it
+
+    def file(self, value: str, key: str) -> Path:
+        """A path the entry names (``license_file``, a variant's ``source``), by :func:`entry_file`'s rule."""
+        return entry_file(value, key, self.path, self.registry_root)
 
 
 def _cell(value: Any, where: str, file: Path) -> str:
@@ -172,7 +177,8 @@ def _cell(value: Any, where: str, file: Path) -> str:
 
 
 def entry_file(value: str, key: str, entry_path: Path, root: str | Path | None = None) -> Path:
-    """A file named in an entry (``original_card``, ``architecture.config``, an evaluation ``path``).
+    """A file named in an entry (``original_card``, ``architecture.config``, an evaluation ``path``,
+    ``license_file``, a variant's ``source``).
 
     It is relative to the entry's folder and must resolve (symlinks followed)
     inside that folder, or inside ``root`` (``--registry-root``) when given;
@@ -259,7 +265,8 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
 
         ModelShape.from_config(arch, arch_source)  # fail early on a config that cannot predict sizes
 
-    variants = [_variant(v, i, path) for i, v in enumerate(list_of(data["variants"], TABLE, "variants", path))]
+    variants = [_variant(v, i, path, registry_root)
+                for i, v in enumerate(list_of(data["variants"], TABLE, "variants", path))]
     if not variants:
         raise UnusableInput("variants: at least one variant is required", path)
     families = sorted({v.family for v in variants})
@@ -296,6 +303,7 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
         architecture_source=arch_source,
         evaluations=sorted(evaluations, key=EvalEntry.sort_key),
         tables=tables,
+        registry_root=Path(registry_root) if registry_root is not None else None,
     )
 
 
@@ -307,7 +315,7 @@ def _named(check: Any, value: str, key: str, path: Path) -> None:
         raise UnusableInput(f"{key}: {exc.message}", path) from None
 
 
-def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
+def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | None = None) -> RegistryVariant:
     where = f"variants[{i}]"
     check_keys(v, VARIANT_SPEC, where, path)
     fmt = v["format"].lower()
@@ -328,6 +336,8 @@ def _variant(v: dict[str, Any], i: int, path: Path) -> RegistryVariant:
         _named(validate_ref_name, v["branch"], f"{where}.branch", path)
     if "file" in v:
         _named(validate_repo_file, v["file"], f"{where}.file", path)
+    if isinstance(v.get("source"), str):  # the quantizer's output (packaged and published): the same path rule
+        entry_file(v["source"], f"{where}.source", path, registry_root)
     out = RegistryVariant(
         format=fmt,
         family=family,

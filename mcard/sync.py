@@ -183,10 +183,10 @@ def sync(target: str | Path, options: SyncOptions | None = None,
     one_of_many = len(paths) > 1
     only: dict[Path, set[str]] | None = None
     if options.batch is not None:
-        only = batch_selection(target, options.batch, options.max_jobs)
+        only = batch_selection(target, options.batch, options.max_jobs, options.registry_root)
         paths = [p for p in paths if p in only]
     if options.variant is not None:
-        _check_variant_exists(paths, options.variant, target)
+        _check_variant_exists(paths, options.variant, target, options.registry_root)
     results = []
     for path in paths:
         results.append(sync_entry(path, options, progress, one_of_many=one_of_many,
@@ -194,11 +194,12 @@ def sync(target: str | Path, options: SyncOptions | None = None,
     return results
 
 
-def _check_variant_exists(paths: list[Path], key: str, target: str | Path) -> None:
+def _check_variant_exists(paths: list[Path], key: str, target: str | Path,
+                          registry_root: Path | None = None) -> None:
     """``--variant`` names no variant: bad usage (exit 2), with the variants there are."""
     keys: list[str] = []
     for path in paths:
-        keys += [v.key for v in load_entry(path).variants]
+        keys += [v.key for v in load_entry(path, registry_root).variants]
     if key in keys:
         return
     keys = list(dict.fromkeys(keys))
@@ -563,9 +564,10 @@ def plan_batches(target: str | Path, max_jobs: int = MAX_MATRIX_JOBS,
     return [g[i:i + size] for g in groups for i in range(0, len(g), size)]
 
 
-def batch_selection(target: str | Path, batch: int, max_jobs: int = MAX_MATRIX_JOBS) -> dict[Path, set[str]]:
+def batch_selection(target: str | Path, batch: int, max_jobs: int = MAX_MATRIX_JOBS,
+                    registry_root: str | Path | None = None) -> dict[Path, set[str]]:
     """Entry path -> variant keys of job ``batch`` (1-based) of :func:`plan_batches`."""
-    batches = plan_batches(target, max_jobs)
+    batches = plan_batches(target, max_jobs, registry_root)
     if not 1 <= batch <= len(batches):
         raise UnusableInput(f"--batch {batch}: the plan has jobs 1 to {len(batches)} (--max-jobs {max_jobs})", target)
     out: dict[Path, set[str]] = {}

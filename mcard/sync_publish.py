@@ -32,7 +32,7 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
     from .publish import publish
 
     started = time.monotonic()
-    entry = load_entry(path)
+    entry = load_entry(path, options.registry_root)
     if options.report_dir is None:
         report_dir = default_report_dir(entry.model.repo)
     else:
@@ -51,7 +51,8 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
 
     pkg = None
     try:
-        pkg = package(path, options.from_dir, options.package_dir, allow_failing=True)
+        pkg = package(path, options.from_dir, options.package_dir, allow_failing=True,
+                      registry_root=options.registry_root)
     except McardError as exc:
         for r in records.values():
             _fail(r, "package", str(exc))
@@ -113,7 +114,7 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
     store.write_summary(entry, all_records)
     if options.render:
         paths = {r.variant: Path(r.local_path) for r in result.records if r.local_path and r.status == PASSED}
-        result.card_path = str(_render(entry, store, all_records, paths))
+        result.card_path = str(_render(entry, store, all_records, paths, options.registry_root))
     return result
 
 

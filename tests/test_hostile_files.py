@@ -247,3 +247,13 @@ def test_lzma_member_in_a_pickle_zip(tmp_path, corrupt):
         path.write_bytes(bytes(data))
     code, out = _cli("validate", tmp_path)
     assert code == 1 and "pickle" in out
+
+
+def test_sync_variant_and_batch_checks_load_entries_with_the_registry_root(tmp_path):
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "c.json").write_text(json.dumps(tiny_config()))
+    entry = _entry(tmp_path / "registry", "", _arch("../configs/c.json"))
+    code, out = _cli("sync", entry, "--variant", "nope", "--registry-root", tmp_path)
+    assert code == 2 and "no such variant" in out and "main" in out
+    code, out = _cli("sync", entry, "--batch", "7", "--registry-root", tmp_path)
+    assert code == 2 and "the plan has jobs 1 to 1" in out

@@ -228,3 +228,30 @@ def test_bitsandbytes_and_awq_configs(tmp_path: Path, tiny_cfg: dict) -> None:
             assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["version"]) == ("awq", 4, 64, "gemm")
         assert not (tmp_path / f"out-{name}" / "main" / "quantize_config.json").exists()
         assert inspect(tmp_path / f"out-{name}" / "main").ok
+
+
+# -- issue #14: a variant's `source` follows the entry-path rule; --from DIR is the user's own argument ----------
+
+@pytest.mark.parametrize("source", ["../elsewhere/main", "absolute", "link"])
+def test_a_source_outside_the_entry_folder_is_refused_unless_the_registry_root_holds_it(
+        tmp_path: Path, tiny_cfg: dict, source: str) -> None:
+    reg = tmp_path / "reg"
+    reg.mkdir()
+    entry = _custom_entry(reg, tiny_cfg)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(reg / "quantized" / "q4", tmp_path / "elsewhere" / "main")
+    (reg / "link").symlink_to(tmp_path / "elsewhere" / "main")  # inside the folder, pointing out of it
+    value = str(tmp_path / "elsewhere" / "main") if source == "absolute" else source
+    entry.write_text(entry.read_text().replace('source = "quantized/q4"', f'source = "{value}"'))
+    run = _cli("package", str(entry), "--out", str(tmp_path / "out"))
+    assert run.returncode == 2 and "variants[0].source" in _one_line(run) and not (tmp_path / "out").exists()
+    wider = _cli("package", str(entry), "--out", str(tmp_path / "out"), "--registry-root", str(tmp_path))
+    if source == "absolute":  # never, whatever the root
+        assert wider.returncode == 2 and "must be a relative path" in _one_line(wider)
+    else:
+        assert wider.returncode == 0, wider.stderr
+        assert _sha(tmp_path / "out" / "main" / "model.safetensors") == _sha(
+            next((tmp_path / "elsewhere" / "main").glob("*.safetensors")))
+    entry.write_text(entry.read_text().replace(f'source = "{value}"', ""))  # --from DIR may lie anywhere
+    free = _cli("package", str(entry), "--from", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "out2"))
+    assert free.returncode == 0, free.stderr

@@ -332,3 +332,16 @@ def test_a_stalled_upload_ends_at_the_run_deadline(hub: LocalHub, tmp_path: Path
     last = run.stderr.strip().splitlines()[-1]  # after huggingface_hub's own retry warnings
     assert run.returncode == 1 and last.startswith("mcard: ") and "deadline" in last, run.stderr
     assert "Traceback" not in run.stderr and ALICE not in run.stderr + run.stdout and time.monotonic() - started < 45
+
+
+def test_publish_takes_the_registry_root_for_a_source_outside_the_entry_folder(hub: LocalHub, tmp_path: Path,
+                                                                                tiny_cfg: dict) -> None:
+    (tmp_path / "reg").mkdir()
+    entry = _custom_entry(tmp_path / "reg", tiny_cfg)
+    shutil.move(tmp_path / "reg" / "quantized", tmp_path / "quantized")
+    entry.write_text(entry.read_text().replace('source = "quantized/q4"', 'source = "../quantized/q4"'))
+    args = ["publish", str(entry), "--from", str(tmp_path / "unused"), "--out", str(tmp_path / "out"), "--dry-run"]
+    refused = _mcard(hub, *args)
+    assert refused.returncode == 2 and "variants[0].source" in _one_line(refused)
+    run = _mcard(hub, *args, "--registry-root", str(tmp_path))
+    assert run.returncode == 0 and "would send" in run.stdout, run.stderr
