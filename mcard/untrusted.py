@@ -7,8 +7,10 @@
 * :func:`load_yaml` parses YAML with PyYAML's safe loader, refusing aliases
   (``*name``: the billion-laughs expansion), more than ``max_nodes`` nodes and
   nesting deeper than ``max_depth``.
-* :func:`fullmatch` / :func:`compile_pattern` run patterns that come from files
-  (PEFT ``target_modules``, ``rank_pattern`` keys) on the ``regex`` engine
+* :func:`fullmatch` / :func:`match` / :func:`search` / :func:`compile_pattern`
+  run patterns that come from files (PEFT ``target_modules``,
+  ``exclude_modules``, ``rank_pattern``/``alpha_pattern`` keys, transformers'
+  ``llm_int8_skip_modules``) on the ``regex`` engine
   with a time limit, so a pattern like ``(.+)+X`` becomes a finding instead of
   a hang.
 """
@@ -124,6 +126,11 @@ def fullmatch(pattern: str, text: str, seconds: float = REGEX_SECONDS) -> bool:
 def search(pattern: str, text: str, seconds: float = REGEX_SECONDS) -> bool:
     """``re.search`` with the same limits as :func:`fullmatch`."""
     return _timed("search", pattern, text, seconds)
+
+
+def match(pattern: str, text: str, seconds: float = REGEX_SECONDS) -> bool:
+    """``re.match`` (anchored at the start only) with the same limits as :func:`fullmatch`."""
+    return _timed("match", pattern, text, seconds)
 
 
 def _timed(how: str, pattern: str, text: str, seconds: float) -> bool:

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from ..arch import ModelShape
-from ..jsonio import load_json_object
+from ..jsonio import MAX_CONFIG_BYTES, load_json_object
+from ..untrusted import read_capped
 
 _SPECIAL = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 
@@ -51,8 +52,11 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 
 def sentencepiece_pieces(path: Path) -> list[bytes]:
-    """The pieces of a SentencePiece model (protobuf ``ModelProto.pieces[].piece``), without sentencepiece."""
-    buf = path.read_bytes()
+    """The pieces of a SentencePiece model (protobuf ``ModelProto.pieces[].piece``), without sentencepiece.
+
+    Read as every file beside a config is: a regular file, at most ``MAX_CONFIG_BYTES`` (a real one is a few MB).
+    """
+    buf = read_capped(path, MAX_CONFIG_BYTES)
     pieces: list[bytes] = []
     pos = 0
     while pos < len(buf):
@@ -103,6 +107,12 @@ def _title(name: str) -> str:
                     for w in name.strip().replace("-", " ").split())
 
 
+def _first_architecture(cfg: dict[str, Any]) -> Any:
+    """``architectures[0]`` of a config (LlamaForCausalLM when not given; None when it is not a list)."""
+    archs = cfg.get("architectures", ["LlamaForCausalLM"])
+    return archs[0] if isinstance(archs, list) and archs else None
+
+
 def kv_size(model_dir: Path, cfg: dict[str, Any], shape: ModelShape, imatrix: bool = False) -> int | None:
     """Exact bytes of the kv pairs of a converted-and-quantized GGUF, or None when not modelled."""
     model_dir = Path(model_dir)
@@ -110,7 +120,7 @@ def kv_size(model_dir: Path, cfg: dict[str, Any], shape: ModelShape, imatrix: bo
     name = model_dir.resolve().name
     if (imatrix or not spm.is_file() or (model_dir / "tokenizer.json").is_file() or (model_dir / "README.md").is_file()
             or (model_dir / "added_tokens.json").is_file() or not re.fullmatch(r"[A-Za-z]+[0-9]*", name)
-            or cfg.get("architectures", ["LlamaForCausalLM"])[0] != "LlamaForCausalLM"
+            or _first_architecture(cfg) != "LlamaForCausalLM"
             or cfg.get("rope_scaling") or cfg.get("_name_or_path")):
         return None
     tok_cfg = load_json_object(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
@@ -170,8 +180,9 @@ def bpe_kv_range(model_dir: Path, shape: ModelShape) -> tuple[int, int, int] | N
             texts[added["id"]] = added["content"]
     n = shape.vocab_size
     tokens = sum(8 + len(texts[i].encode()) if i in texts else 8 + len(f"[PAD{i}]") for i in range(n))
-    merges = model.get("merges") or []
-    merge_bytes = sum(8 + len((m if isinstance(m, str) else " ".join(map(str, m))).encode()) for m in merges)
+    merges = model.get("merges") if isinstance(model.get("merges"), list) else []
+    merge_bytes = sum(8 + len((m if isinstance(m, str) else " ".join(map(str, m))).encode())
+                      for m in merges if isinstance(m, (str, list)))
     tok_cfg_path = Path(model_dir) / "tokenizer_config.json"
     tok_cfg = load_json_object(tok_cfg_path) if tok_cfg_path.is_file() else {}
     template = tok_cfg.get("chat_template") if isinstance(tok_cfg.get("chat_template"), str) else ""

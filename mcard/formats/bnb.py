@@ -34,12 +34,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .. import untrusted
 from ..arch import Linear, ModelShape
 from ..errors import UnusableInput
 from ..report import Report, Runtime
@@ -191,11 +191,13 @@ def skipped(module: str, patterns: list[str] | None) -> bool:
     for key in patterns or []:
         if module.endswith(key):
             return True
+        pattern = rf"(?:{key})(?:(?<=\.)|(?=\.|$))"
         try:
-            if re.match(rf"(?:{key})(?:(?<=\.)|(?=\.|$))", module):
-                return True
-        except re.error:
-            continue
+            untrusted.compile_pattern(pattern)
+        except untrusted.PatternError:
+            continue  # not a usable regex: the suffix rule alone
+        if untrusted.match(pattern, module):  # a pattern from a file: bounded in time (PatternError when over)
+            return True
     return False
 
 
@@ -317,7 +319,11 @@ def check(variant: Variant, report: Report) -> None:
     seen_qt: set[str] = set()
     dq_mismatch: list[str] = []
     skip, storage = _skip_list(qc), _storage(qc)
-    kept = [lin for lin in linears if skipped(lin.name, skip)]
+    try:
+        kept = [lin for lin in linears if skipped(lin.name, skip)]
+    except untrusted.PatternError as exc:
+        report.error("bad-quant-config", "config.json", "quantization_config.llm_int8_skip_modules", exc.message)
+        return
     for lin in kept:
         expected.update(_kept_linear_entries(lin, dtype))
     linears = [lin for lin in linears if lin not in kept]
