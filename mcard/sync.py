@@ -397,8 +397,8 @@ class _Store:
         if not path.is_file():
             return {}
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
+            data = json.loads(read_capped(path, MAX_RECORD_BYTES).decode("utf-8"))
+        except (McardError, OSError, ValueError, RecursionError):
             raise UnusableInput("unreadable sync record; move it away to start this variant afresh", path) from None
         return data if isinstance(data, dict) else {}
 

@@ -34,6 +34,8 @@ from ..untrusted import read_capped
 from .model import SHA256_RE, RemoteFile, Revision, safe_relpath
 from .refs import COMMIT_RE, RepoSpec, validate_revision
 
+MAX_REF_BYTES = 4096  # a refs/<name> file holds a 40-character commit id
+
 CACHEDIR_TAG = ("Signature: 8a477f597d28d172789f06886806bc55\n"
                 "# This file is a cache directory tag created by huggingface_hub.\n"
                 "# For information about cache directory tags, see:\n#\thttps://bford.info/cachedir/\n")
@@ -125,8 +127,16 @@ class CacheLayout:
         """Record ``refs/<branch or tag>`` = commit (not for a bare commit), atomically."""
         if self.rev.kind != "commit":
             ref = self.storage / "refs" / validate_revision(self.rev.name)
-            if ref.is_symlink() or not ref.is_file() or ref.read_text().strip() != self.rev.commit:
+            if ref.is_symlink() or not ref.is_file() or _read_ref(ref) != self.rev.commit:
                 self.target.write_atomic(self.target.check(ref), self.rev.commit)
+
+
+def _read_ref(ref: Path) -> str:
+    """A cache ``refs/<name>`` file: a commit id (a regular file, read capped); "" when it is anything else."""
+    try:
+        return read_capped(ref, MAX_REF_BYTES).decode("utf-8", "replace").strip()
+    except UnusableInput:
+        return ""
 
 
 class LocalDirLayout:
@@ -215,7 +225,7 @@ def cached_revision(cache_dir: Path, spec: RepoSpec) -> tuple[Revision, list[tup
     if COMMIT_RE.match(name.lower()) and (storage / "snapshots" / name.lower()).is_dir():
         rev = Revision(spec.repo_id, name.lower(), "commit", name.lower())
     elif ref.is_file():
-        commit = ref.read_text().strip()
+        commit = _read_ref(ref)
         if not COMMIT_RE.match(commit):
             raise McardError(f"{spec.repo_id}: {ref} does not hold a commit id")
         rev = Revision(spec.repo_id, name, "branch", commit)
