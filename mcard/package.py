@@ -13,11 +13,14 @@ GGML files share ``main``) holding:
   the entry's license file, a ``.gitattributes`` with the Hub's LFS patterns,
   and the rendered card as ``README.md`` (the same card on every branch).
 
-Nothing is half-written: the package is built in a sibling folder and moved
-over ``OUT`` only once every variant passed ``validate`` twice (its source,
-then the package). ``OUT/mcard-package.json`` records each file's size,
-sha256 and origin; :meth:`Package.verify` checks the folder against it before
-anything is published. Pickles are refused, never loaded.
+Nothing is half-written: the package is built in a fresh sibling folder (a
+new name, created by mcard: never one that was already there) and moved over
+``OUT`` only once every variant passed ``validate`` twice (its source, then
+the package). Every file in it is written through :class:`mcard.pathguard.Target`
+(no symlink followed, none created); ``OUT`` itself may not be a symlink.
+``OUT/mcard-package.json`` records each file's size, sha256 and origin;
+:meth:`Package.verify` checks the folder against it before anything is
+published (a symlink in it is refused). Pickles are refused, never loaded.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +41,7 @@ from .hub.rules import (DEFAULT_LFS_PATTERNS, MAX_FILE_BYTES, REGULAR_FILE_LIMIT
                         check_repo_id, gitattributes_text, matches, upload_mode)
 from .jsonio import load_json_object
 from .package_configs import describe, registry_mismatches
+from .pathguard import Target
 from .package_plan import (Item, branch_folder, branch_groups, check_collisions, license_item, plan_branch_variant,
                            plan_file_variant, source_of)
 from .registry import RegistryVariant, load_entry
@@ -117,14 +122,19 @@ class Package:
     def save(self) -> None:
         doc = self.to_dict()
         doc.pop("out")
-        (self.root / MANIFEST).write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+        Target(self.root).write_atomic(self.root / MANIFEST, json.dumps(doc, indent=2) + "\n")
 
     def verify(self) -> None:
         """Check the folder still holds exactly what was packaged (sizes, sha256; no extra file, no pickle)."""
+        target = Target(self.root)
         for b in self.branches:
-            folder = self.root / b.folder
+            folder = target.check(self.root / b.folder / "_").parent  # not a symlink out of the package
             want = {f.path: f for f in b.files}
             found = _files_in(folder)
+            for rel, path in found.items():
+                if path.is_symlink():  # mcard never writes one: what it points at is not what was packaged
+                    raise UnusableInput("a symlink in the package folder; run `mcard package` again", path)
+                target.check(path)
             for rel in sorted(set(found) - set(want)):
                 from .variant import sniff
 
@@ -189,22 +199,23 @@ def _sha256(path: Path) -> str:
 # -- writing ----------------------------------------------------------------------------------------
 
 
-def _write_item(item: Item, folder: Path) -> list[PackagedFile]:
-    """Write one planned file (or its shards); an OSError names the file in the package."""
+def _write_item(item: Item, folder: Path, target: Target) -> list[PackagedFile]:
+    """Write one planned file (or its shards) under ``target``; an OSError names the file in the package."""
     try:
-        return _write(item, folder)
+        return _write(item, folder, target)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror, f"{folder.name}/{item.path}") from None
 
 
-def _write(item: Item, folder: Path) -> list[PackagedFile]:
+def _write(item: Item, folder: Path, target: Target) -> list[PackagedFile]:
     from .package_shard import write_shards
 
-    dest = folder / item.path
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest = target.check(folder / item.path)
+    target.mkdirs(dest.parent)
     out: list[PackagedFile] = []
     if item.data is not None:
-        dest.write_bytes(item.data)
+        with target.open(dest, "wb") as fh:
+            fh.write(item.data)
     elif item.src is not None:
         linked = False
         if item.src.stat().st_size >= _LINK_FROM:
@@ -215,15 +226,18 @@ def _write(item: Item, folder: Path) -> list[PackagedFile]:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise
         if not linked:
-            shutil.copyfile(item.src, dest)
+            with open(item.src, "rb") as src, target.open(dest, "wb") as fh:
+                shutil.copyfileobj(src, fh, 1 << 20)
     else:
         header, stem, max_shard = item.shards
 
         def shard_done(name: str, path: Path) -> None:
             out.append(_describe(path, name, f"{header.path} (shard)"))
 
-        _names, index = write_shards(header, folder, stem, max_shard, shard_done)
-        dest.write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
+        _names, index = write_shards(header, folder, stem, max_shard, shard_done,
+                                     opener=lambda p: target.open(p, "wb"))
+        with target.open(dest, "wb") as fh:
+            fh.write((json.dumps(index, indent=2) + "\n").encode("utf-8"))
     out.append(_describe(dest, item.path, item.origin))
     return out
 
@@ -264,13 +278,15 @@ def _first(errors: list[str]) -> str:
 
 
 def _prepare_out(out: Path) -> None:
+    if out.is_symlink():  # the package replaces OUT whole: a link would silently become a folder
+        raise UnusableInput(f"is a symlink (to {os.readlink(out)!r}); give the folder itself as --out", out)
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / MANIFEST).is_file())):
         raise UnusableInput(f"exists and is not an mcard package (no {MANIFEST}); choose another --out", out)
 
 
 def _move_into_place(staging: Path, out: Path) -> None:
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:12]}"
         os.replace(out, old)
         os.replace(staging, out)
         shutil.rmtree(old, ignore_errors=True)
@@ -326,16 +342,16 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
                           "fix it, or pass --allow-failing", sources[failing[0].variant])
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_path.parent / f".{out_path.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = out_path.parent / f".{out_path.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:12]}"
     pkg = Package(out_path, entry.model.repo, str(entry.path), [], list(checks.values()))
     try:
+        os.mkdir(staging)  # a new folder (fails on anything already there, a planted symlink included)
+        target = Target(staging)
         paths: dict[str, Path] = {}
         for branch, (items, ignored) in plans.items():
             variants = groups[branch]
-            folder = staging / branch_folder(branch)
-            folder.mkdir(parents=True)
-            files = [f for item in items for f in _write_item(item, folder)]
+            folder = target.mkdirs(staging / branch_folder(branch))
+            files = [f for item in items for f in _write_item(item, folder, target)]
             pkg.branches.append(PackagedBranch(branch, branch_folder(branch), [v.key for v in variants],
                                                f"mcard {__version__}: {describe(variants)}", files, ignored))
             for v in variants:
@@ -343,9 +359,11 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
         card = render_card(entry.path, variant_paths=paths, registry_root=registry_root).encode()
         for b in pkg.branches:
             folder = staging / b.folder
-            (folder / "README.md").write_bytes(card)
+            with target.open(folder / "README.md", "wb") as fh:
+                fh.write(card)
             b.files.append(_describe(folder / "README.md", "README.md", "rendered card"))
-            (folder / ".gitattributes").write_bytes(_gitattributes(b.files))
+            with target.open(folder / ".gitattributes", "wb") as fh:
+                fh.write(_gitattributes(b.files))
             b.files.append(_describe(folder / ".gitattributes", ".gitattributes", "the Hub's LFS patterns"))
             b.files.sort(key=lambda f: f.path)
         for v in entry.variants:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import struct
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from .safetensors_io import SafetensorsHeader, TensorInfo
 
@@ -51,10 +51,12 @@ def _header_bytes(tensors: list[TensorInfo], metadata: dict[str, str]) -> bytes:
 
 
 def write_shards(header: SafetensorsHeader, out_dir: Path, stem: str, max_shard_bytes: int,
-                 on_file: Callable[[str, Path], None]) -> tuple[list[str], dict[str, Any]]:
+                 on_file: Callable[[str, Path], None],
+                 opener: Callable[[Path], BinaryIO] | None = None) -> tuple[list[str], dict[str, Any]]:
     """Write the shards into ``out_dir``; returns (shard names, index document).
 
-    ``on_file(name, path)`` is called once per shard written (for hashing).
+    ``on_file(name, path)`` is called once per shard written (for hashing); ``opener(path)`` opens a
+    shard for writing (``mcard package`` passes its :class:`mcard.pathguard.Target`'s, which follows no symlink).
     """
     groups = plan_shards(header, max_shard_bytes)
     names = [shard_name(stem, i + 1, len(groups)) for i in range(len(groups))]
@@ -63,7 +65,7 @@ def write_shards(header: SafetensorsHeader, out_dir: Path, stem: str, max_shard_
     with header.path.open("rb") as src:
         for name, tensors in zip(names, groups):
             path = out_dir / name
-            with path.open("wb") as dst:
+            with (opener(path) if opener is not None else path.open("wb")) as dst:
                 dst.write(_header_bytes(tensors, metadata))
                 for t in tensors:
                     src.seek(header.data_start + t.begin)

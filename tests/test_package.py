@@ -255,3 +255,31 @@ def test_a_source_outside_the_entry_folder_is_refused_unless_the_registry_root_h
     entry.write_text(entry.read_text().replace(f'source = "{value}"', ""))  # --from DIR may lie anywhere
     free = _cli("package", str(entry), "--from", str(tmp_path / "elsewhere"), "--out", str(tmp_path / "out2"))
     assert free.returncode == 0, free.stderr
+
+
+# -- issue #14: the package folder is written through the path guard ------------------------------------------
+
+def test_a_planted_staging_symlink_or_a_symlinked_out_never_leads_writes_outside(tmp_path: Path,
+                                                                                 tiny_cfg: dict) -> None:
+    entry = _custom_entry(tmp_path, tiny_cfg)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    # the staging name an older mcard used (OUT's parent, this process id), planted as a link out of it
+    (tmp_path / f".out.partial-{os.getpid()}").symlink_to(outside)
+    pkg = package(entry, out=tmp_path / "out")
+    assert pkg.root == tmp_path / "out" and (tmp_path / "out" / "main" / "model.safetensors").is_file()
+    assert list(outside.iterdir()) == [] and (tmp_path / f".out.partial-{os.getpid()}").is_symlink()
+    (tmp_path / "linked").symlink_to(outside, target_is_directory=True)
+    run = _cli("package", str(entry), "--out", str(tmp_path / "linked"))
+    assert run.returncode == 2 and "is a symlink" in _one_line(run) and list(outside.iterdir()) == []
+    assert (tmp_path / "linked").is_symlink()
+
+
+def test_verify_refuses_a_symlink_in_the_package(tmp_path: Path, tiny_cfg: dict) -> None:
+    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    config = tmp_path / "out" / "main" / "config.json"
+    shutil.copyfile(config, tmp_path / "same-bytes.json")
+    config.unlink()
+    config.symlink_to(tmp_path / "same-bytes.json")  # the same bytes, but read through a link out of the package
+    with pytest.raises(UnusableInput, match="symlink"):
+        load_package(tmp_path / "out").verify()
