@@ -42,11 +42,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from faultproxy import Faults, FaultProxy  # noqa: E402
 
-from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches  # noqa: E402
+from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches
 
 REPO = "bench/Bench-GPTQ"
 BRANCH = "gptq-4bit-32g-actorder_True"
-MCARD = ("import typer; from mcard import cli_hub; app = typer.Typer(); "
+MCARD = ("import typer; from mcard.cli import hub as cli_hub; app = typer.Typer(); "
          "app.command('branches')(cli_hub.branches); app.command('fetch')(cli_hub.fetch); app()")
 HF = str(Path(sys.executable).with_name("hf"))
 

@@ -46,10 +46,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcard.arch import ModelShape, tiny_config  # noqa: E402
-from mcard.formats import _common, _gptq_config  # noqa: E402
-from mcard.safetensors_io import write  # noqa: E402
-from mcard.testing.hub import LocalHub  # noqa: E402
+from mcard.core.arch import ModelShape, tiny_config
+from mcard.formats import common as _common
+from mcard.formats.gptq import config as _gptq_config
+from mcard.core.safetensors_io import write
+from mcard.testing.hub import LocalHub
 
 REPO, HF_REPO = "bench/Bench-GPTQ", "bench/Bench-GPTQ-hf-upload"
 TOKEN = "bench-token"

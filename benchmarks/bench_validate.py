@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from mcard import api
-from mcard.arch import ModelShape
+from mcard.core.arch import ModelShape
 from mcard.formats import gptq
-from mcard.safetensors_io import DTYPE_BYTES, _DTYPE_ORDER
+from mcard.core.safetensors_io import DTYPE_BYTES, _DTYPE_ORDER
 
 MODELS = {
     "Llama-2-13B": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 
 from . import formats
-from .errors import UnusableInput
-from .report import Report
-from .size import SizeEstimate, predict_size
-from .validate import inspect
-from .variant import Variant
+from .core.errors import UnusableInput
+from .core.report import Report
+from .core.size import SizeEstimate, predict_size
+from .core.validate import inspect
+from .core.variant import Variant
 
 __all__ = ["inspect", "predict_size", "dequantize", "Report", "SizeEstimate"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcard.arch import tiny_config
+from mcard.core.arch import tiny_config
 
 
 @pytest.fixture

@@ -154,7 +154,7 @@ def _flip(text: str, rnd: random.Random) -> str:
 
 # -- campaigns ----------------------------------------------------------------------------------------------------
 def registry_case(rnd: random.Random, work: Path) -> list[list[str]]:
-    from mcard.jsonio import tomllib
+    from mcard.core.jsonio import tomllib
 
     reg = work / "registry"
     shutil.copytree(ROOT / "registry", reg, ignore=shutil.ignore_patterns("examples"))
@@ -174,7 +174,7 @@ def registry_case(rnd: random.Random, work: Path) -> list[list[str]]:
 def card_case(rnd: random.Random, work: Path) -> list[list[str]]:
     import yaml
 
-    from mcard.card import render_card
+    from mcard.card.render import render_card
 
     text = render_card(ROOT / "registry" / rnd.choice(["llama-13b.toml", "alpaca-13b-int4.toml", "qlora-instruct.toml"]))
     _, front, body = text.split("---\n", 2)
@@ -242,7 +242,7 @@ def campaign(kind: str, count: int, seed: int, root: Path | None = None,
 
         seeds = fuzzkit.build_seeds(root / "seeds")
     if kind == "listing":
-        from mcard.arch import tiny_config
+        from mcard.core.arch import tiny_config
         from mcard.formats import gptq
         from mcard.testing.hostile_hub import HostileHub
 

@@ -1,10 +1,10 @@
-"""Mutation fuzzing of ``mcard.validate.inspect`` and ``mcard.api.dequantize``.
+"""Mutation fuzzing of ``mcard.core.validate.inspect`` and ``mcard.api.dequantize``.
 
 Seeds are real variants written by the format builders for ``tiny_config()``;
 each mutation changes one file of a copy (bytes of the header region,
 truncation, the safetensors JSON header, a config value, a GGUF kv/tensor-info
 field, a GGML hparam or tensor header). Any exception other than
-:class:`mcard.errors.McardError` is a crash.
+:class:`mcard.core.errors.McardError` is a crash.
 
 Used by ``tests/test_fuzz_validate.py`` (a few hundred examples) and runnable as
 a longer campaign::
@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mcard import api
-from mcard.arch import tiny_config
-from mcard.errors import McardError
+from mcard.core.arch import tiny_config
+from mcard.core.errors import McardError
 
 # -- seeds --------------------------------------------------------------------------
 # name -> (builder(folder), a name api.dequantize accepts, or None)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mcard import reference as ref
+from mcard.smoke import reference as ref
 
 
 def rng(seed: int) -> np.random.Generator:

@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.formats import _packing, awq
-from mcard.size import predict_size
+from mcard.formats import packing as _packing, awq
+from mcard.core.size import predict_size
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN = "model.layers.1.mlp.down_proj"
@@ -169,7 +169,7 @@ def test_bad_config(tmp_path, tiny_cfg, field, value):
 
 def test_detection_does_not_confuse_gptq(tmp_path, tiny_cfg):
     from mcard.formats import detect, gptq
-    from mcard.variant import Variant
+    from mcard.core.variant import Variant
 
     awq.write_variant(tmp_path / "a", tiny_cfg, config_style="quant_config.json")
     gptq.write_variant(tmp_path / "g", tiny_cfg, config_file="config.json")

@@ -10,9 +10,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.arch import ModelShape
+from mcard.core.arch import ModelShape
 from mcard.formats import bnb
-from mcard.variant import Variant
+from mcard.core.variant import Variant
 
 Q = "model.layers.0.self_attn.q_proj"
 
@@ -191,7 +191,7 @@ def test_no_config_checks_consistency(variant):
 
 
 def test_size_cli_format_nf4(tiny_cfg):
-    from mcard.size import predict_size
+    from mcard.core.size import predict_size
 
     shape = ModelShape.from_config(tiny_cfg)
     est = predict_size(shape, "nf4", double_quant=False)

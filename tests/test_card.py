@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from mcard.arch import tiny_config
-from mcard.card import render_card
-from mcard.card_rows import size_cell
-from mcard.card_check import check_card, markdown_tables
-from mcard.errors import UnusableInput
+from mcard.core.arch import tiny_config
+from mcard.card.render import render_card
+from mcard.card.rows import size_cell
+from mcard.card.check import check_card, markdown_tables
+from mcard.core.errors import UnusableInput
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / "registry"
@@ -132,8 +132,8 @@ def test_ggml_table_reproduces_the_seed_sorted_by_size(rendered: dict[str, str])
 @pytest.mark.parametrize(("entry", "module"), [("llama-2-13b-chat-gptq", "gptq"), ("guanaco-7b-ggml", "ggml")])
 def test_predictions_agree_with_published_sizes(entry: str, module: str) -> None:
     needs(module, "predict_size")
-    from mcard.card_rows import predict
-    from mcard.registry import load_entry
+    from mcard.card.rows import predict
+    from mcard.registry.entry import load_entry
 
     e = load_entry(REGISTRY / f"{entry}.toml")
     for v in e.variants:
@@ -403,8 +403,8 @@ zero_point = false
 
 
 def _entry_rows(path: Path, **kwargs):
-    from mcard.card_rows import build_rows
-    from mcard.registry import load_entry
+    from mcard.card.rows import build_rows
+    from mcard.registry.entry import load_entry
 
     entry = load_entry(path)
     return entry, {r.variant.key: r for r in build_rows(entry, **kwargs)}
@@ -412,8 +412,8 @@ def _entry_rows(path: Path, **kwargs):
 
 def test_awq_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     awq = needs("awq", "runtimes")
-    from mcard.card import TABLE_COLUMNS
-    from mcard.size import predict_size
+    from mcard.card.render import TABLE_COLUMNS
+    from mcard.core.size import predict_size
 
     entry = tiny_entry(tmp_path, AWQ_VARIANTS)
     e, rows = _entry_rows(entry)
@@ -463,8 +463,8 @@ double_quant = false
 
 def test_bnb_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     bnb = needs("bnb", "runtimes")
-    from mcard.card import TABLE_COLUMNS
-    from mcard.size import predict_size
+    from mcard.card.render import TABLE_COLUMNS
+    from mcard.core.size import predict_size
 
     entry = tiny_entry(tmp_path, BNB_VARIANTS)
     e, rows = _entry_rows(entry)
@@ -512,7 +512,7 @@ format = "lora"
 
 def test_lora_sizes_predicted_from_rank_and_targets(tmp_path: Path) -> None:
     needs("lora", "predict_size")
-    from mcard.size import predict_size
+    from mcard.core.size import predict_size
 
     entry = tiny_entry(tmp_path, LORA_VARIANTS)
     _, rows = _entry_rows(entry)

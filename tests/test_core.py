@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mcard.formats import hf
-from mcard.safetensors_io import write
+from mcard.core.safetensors_io import write
 
 
 def run_validate(path: Path, *extra: str) -> subprocess.CompletedProcess:

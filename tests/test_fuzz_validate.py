@@ -31,8 +31,8 @@ from hypothesis import strategies as st
 import fuzzcli
 import fuzzkit
 from mcard import api
-from mcard.arch import tiny_config
-from mcard.errors import McardError, UnusableInput
+from mcard.core.arch import tiny_config
+from mcard.core.errors import McardError, UnusableInput
 from mcard.formats import awq, ggml, gguf, gptq, lora
 
 settings.register_profile(
@@ -82,12 +82,12 @@ def test_cli_campaign_share_finds_no_internal_error(tmp_path, kind, count):
 
 
 def test_cli_campaign_counts_internal_errors_as_failures(tmp_path, monkeypatch):
-    import mcard.card_check
+    import mcard.card.check
 
     card = tmp_path / "README.md"
     card.write_text("---\nlicense: mit\n---\n# x\n")
     assert fuzzcli.run_cli(["card", "check", str(card)]) is None
-    monkeypatch.setattr(mcard.card_check, "check_card", lambda *a, **k: {}["missing"])
+    monkeypatch.setattr(mcard.card.check, "check_card", lambda *a, **k: {}["missing"])
     problem = fuzzcli.run_cli(["card", "check", str(card)])  # raised, or printed as an internal error
     assert problem is not None and "KeyError" in problem
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mcard import api
-from mcard.arch import ModelShape
-from mcard.errors import UnusableInput
+from mcard.core.arch import ModelShape
+from mcard.core.errors import UnusableInput
 from mcard.formats import ggml
 
 

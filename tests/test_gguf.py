@@ -14,9 +14,9 @@ from gguf import GGUFReader, quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from mcard import api
-from mcard.arch import ModelShape
-from mcard.errors import UnusableInput
-from mcard.formats import _kquant as kq
+from mcard.core.arch import ModelShape
+from mcard.core.errors import UnusableInput
+from mcard.formats import kquant as kq
 from mcard.formats import gguf
 
 LLAMA7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
@@ -107,7 +107,7 @@ def test_truncated_file_size(tmp_path, tiny_cfg):
 
 def test_bad_magic_exit_2(tmp_path, tiny_cfg, capsys):
     from mcard.cli import app
-    from mcard.cli_errors import run_app
+    from mcard.cli.errors import run_app
 
     path = _write(tmp_path, tiny_cfg)
     _patch(path, 0, b"GGUX")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from mcard.card_rows import measure
-from mcard.errors import UnusableInput
-from mcard.formats import _gguf_header, _gguf_split
+from mcard.card.rows import measure
+from mcard.core.errors import UnusableInput
+from mcard.formats.gguf import header as _gguf_header, split as _gguf_split
 from mcard.hub.model import RemoteFile
 from mcard.hub.selection import select_files
 
@@ -87,8 +87,8 @@ def test_card_names_a_split_variant_as_its_set():
 
 def test_card_row_of_a_shard_set(tmp_path):
     """mcard card: a variant given by its first shard is one row, named as the set, with the total size."""
-    from mcard.card import render_card
-    from mcard.units import format_size
+    from mcard.card.render import render_card
+    from mcard.core.units import format_size
 
     for p in SHARDS:
         (tmp_path / p.name).write_bytes(p.read_bytes())
@@ -97,7 +97,7 @@ def test_card_row_of_a_shard_set(tmp_path):
     rows = [line for line in card.splitlines() if "smol576-Q2_0" in line and line.startswith("|")]
     total = sum(p.stat().st_size for p in SHARDS)
     assert len(rows) == 1 and "smol576-Q2_0-*-of-00003.gguf" in rows[0], rows
-    assert f"| {format_size(total)} |" in rows[0], rows  # mcard.units' one size formatter
+    assert f"| {format_size(total)} |" in rows[0], rows  # mcard.core.units' one size formatter
     assert 'allow_patterns=["smol576-Q2_0-*-of-00003.gguf"]' in card and f"{SHARDS[0].name}` brings the" in card
 
 
@@ -105,8 +105,8 @@ def test_package_puts_the_whole_shard_set_on_the_branch(tmp_path):
     """mcard package of a variant named by its first shard: every shard, under its own name, validated as one."""
     import shutil
 
-    from mcard.package import package
-    from mcard.validate import inspect
+    from mcard.pipeline.package import package
+    from mcard.core.validate import inspect
 
     source = tmp_path / "from"
     source.mkdir()
@@ -160,7 +160,7 @@ bits = 2
 
 def test_sync_fetches_validates_and_measures_a_shard_set(tmp_path):
     """mcard sync on a Hub repo (olah on loopback) holding a shard set: one variant, all shards, the total size."""
-    from mcard.sync import SyncOptions, sync
+    from mcard.pipeline.sync import SyncOptions, sync
     from mcard.testing.hubserver import OlahServer, build_git_repo
 
     build_git_repo(tmp_path / "mirrors", "org/smol576-GGUF", {"main": {p.name: p for p in SHARDS} | {"README.md": b"# x\n"}})

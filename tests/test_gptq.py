@@ -13,9 +13,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.formats import _packing, gptq
-from mcard.size import predict_size
-from mcard.variant import Variant
+from mcard.formats import packing as _packing, gptq
+from mcard.core.size import predict_size
+from mcard.core.variant import Variant
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN = "model.layers.1.mlp.down_proj"
@@ -227,7 +227,7 @@ CORRUPTIONS = {
 
 @pytest.fixture(scope="module")
 def cli_results(tmp_path_factory) -> dict[str, tuple[int, dict]]:
-    from mcard.arch import tiny_config
+    from mcard.core.arch import tiny_config
 
     procs = {}
     for case, (kw, tensor_edit, folder_edit) in CORRUPTIONS.items():

@@ -13,9 +13,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.arch import ModelShape
+from mcard.core.arch import ModelShape
 from mcard.formats import hf
-from mcard.formats import pickle as pickle_fmt
+from mcard.formats import pickled as pickle_fmt
 
 
 def _rewrite(folder, edit) -> None:

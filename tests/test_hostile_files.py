@@ -19,8 +19,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from mcard import untrusted
-from mcard.arch import tiny_config
+from mcard.core import untrusted
+from mcard.core.arch import tiny_config
 from mcard.cli import app
 from mcard.formats import lora
 

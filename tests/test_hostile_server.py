@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import pytest
 from typer.testing import CliRunner
 
-from mcard.arch import tiny_config
+from mcard.core.arch import tiny_config
 from mcard.cli import app
 from mcard.formats import gptq
 from mcard.testing.hostile_hub import HostileHub, Sparse, Tricks

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from mcard.arch import tiny_config
+from mcard.core.arch import tiny_config
 from mcard.formats import bnb, lora
 
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}

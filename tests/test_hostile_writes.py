@@ -17,7 +17,7 @@ from typing import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from mcard.arch import tiny_config
+from mcard.core.arch import tiny_config
 from mcard.cli import app
 from mcard.formats import gptq
 from mcard.testing.hostile_hub import HostileHub, Sparse

@@ -19,7 +19,7 @@ from faultproxy import Faults, FaultProxy
 from rich.console import Console
 from typer.testing import CliRunner
 
-from mcard import cli_hub
+from mcard.cli import hub as cli_hub
 from mcard.hub import list_branches
 from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches
 
@@ -30,7 +30,7 @@ TOKEN = "hf_SeCrEtTokenValue123"
 # that handler itself: an inherited "ignore SIGINT" (the test run started as a background job) would
 # otherwise make it ignore the interrupt the test sends and finish the download (exit 0, not 130).
 APP = ("import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-       "import typer; from mcard import cli_hub; app = typer.Typer(); "
+       "import typer; from mcard.cli import hub as cli_hub; app = typer.Typer(); "
        "app.command('branches')(cli_hub.branches); app.command('fetch')(cli_hub.fetch); app()")
 
 app = typer.Typer()

@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import pytest
 from faultproxy import Faults, FaultProxy
 
-from mcard.errors import CheckFailed, UnusableInput
+from mcard.core.errors import CheckFailed, UnusableInput
 from mcard.hub import RetryPolicy, fetch
 from mcard.testing.hubserver import BuiltRepo, OlahServer, build_git_repo, safetensors_bytes
 

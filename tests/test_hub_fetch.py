@@ -11,10 +11,17 @@ from typing import Any, Iterator
 import pytest
 from faultproxy import Faults, FaultProxy
 
-from mcard.errors import McardError, UnusableInput
+from mcard.core.errors import McardError, UnusableInput
 from mcard.hub import RetryPolicy, fetch, list_branches
-from mcard.testing.hubserver import (BuiltRepo, OlahServer, build_git_repo, commit_files, free_port,
-                                     safetensors_bytes, sample_gptq_branches)
+from mcard.testing.hubserver import (
+    BuiltRepo,
+    OlahServer,
+    build_git_repo,
+    commit_files,
+    free_port,
+    safetensors_bytes,
+    sample_gptq_branches,
+)
 
 REPO = "TheBloke/Tiny-GPTQ"
 FORMATS = "org/formats"

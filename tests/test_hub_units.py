@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from mcard.errors import UnusableInput
+from mcard.core.errors import UnusableInput
 from mcard.hub.env import resolve_env
 from mcard.hub.model import RemoteFile, safe_relpath
-from mcard.hub.refs import (QuantParams, compare_params, params_from_branch, params_from_configs,
-                            parse_repo_spec)
+from mcard.hub.refs import QuantParams, compare_params, params_from_branch, params_from_configs, parse_repo_spec
 from mcard.hub.selection import is_pickle, select_files
 from mcard.hub.transfer import RetryPolicy, Verifier, parse_retry_after
 from mcard.testing.hubserver import git_blob_id, lfs_pointer

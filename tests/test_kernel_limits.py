@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cupy_kernels import limits, pack
-from mcard.sync import plan_jobs
+from mcard.pipeline.sync import plan_jobs
 
 AWQ_GROUPS = {16: False, 48: False, 64: True, -1: True}  # group size -> served (multiples of 32, or one group)
 
@@ -48,8 +48,8 @@ def test_packers_refuse_what_the_limits_refuse() -> None:
 def test_plan_and_smoke_agree_on_awq_group_sizes(tmp_path: Path) -> None:
     """A registry AWQ variant goes to a GPU runner exactly when smoke would run a kernel on its layers."""
     pytest.importorskip("torch")
-    from mcard import smoke
-    from mcard.arch import tiny_config
+    from mcard.smoke import run as smoke
+    from mcard.core.arch import tiny_config
     from mcard.formats import awq
 
     reg = tmp_path / "registry"

@@ -28,12 +28,12 @@ torch = pytest.importorskip("torch")
 import cudahost  # noqa: E402
 import cupy_kernels  # noqa: E402
 from cupy_kernels import launch  # noqa: E402
-from mcard import reference as ref  # noqa: E402
-from mcard.formats import _kquant, awq, gptq  # noqa: E402
-from mcard.formats.awq import AWQ_ORDER  # noqa: E402
+from mcard.smoke import reference as ref
+from mcard.formats import kquant as _kquant, awq, gptq
+from mcard.formats.awq import AWQ_ORDER
 from kernel_inputs import gguf_raw, rng, scales, words  # noqa: E402
 
-TOL = 2e-3  # mcard.smoke.KERNEL_REL_TOL: fp16 rounding of an fp32 accumulation, 4x margin
+TOL = 2e-3  # mcard.smoke.run.KERNEL_REL_TOL: fp16 rounding of an fp32 accumulation, 4x margin
 GPU_BATCHES = [1, 2, 7, 8, 9, 16, 31, 32]
 HOST_BATCHES = [1, 9, 32]  # GEMV; GEMM with a partial M tile; several full tiles
 cupy = None  # the backend's module, set by the fixture
@@ -184,7 +184,7 @@ def test_awq_from_quantize() -> None:
 
 
 def test_gguf_q4_k_from_pack() -> None:
-    """Q4_K blocks written by mcard.formats._kquant.pack_q4_k (real 6-bit scale/min packing)."""
+    """Q4_K blocks written by mcard.formats.kquant.pack_q4_k (real 6-bit scale/min packing)."""
     r = rng(9)
     n, k = 12, 512
     raw = _kquant.pack_q4_k(r.standard_normal((n * k // 256, 256)).astype(np.float32)).reshape(n, -1)

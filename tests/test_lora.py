@@ -11,9 +11,9 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.arch import ModelShape
+from mcard.core.arch import ModelShape
 from mcard.formats import lora
-from mcard.variant import Variant
+from mcard.core.variant import Variant
 
 Q = "model.layers.0.self_attn.q_proj"
 QA = f"base_model.model.{Q}.lora_A.weight"

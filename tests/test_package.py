@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from mcard import demo
-from mcard.errors import CheckFailed, UnusableInput
+from mcard.pipeline import demo
+from mcard.core.errors import CheckFailed, UnusableInput
 from mcard.formats import gptq
-from mcard.package import load_package, package
-from mcard.registry import load_entry
-from mcard.validate import inspect
+from mcard.pipeline.package import load_package, package
+from mcard.registry.entry import load_entry
+from mcard.core.validate import inspect
 
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 

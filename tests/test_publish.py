@@ -16,13 +16,13 @@ import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from test_package import _custom_entry
 
-from mcard import demo
-from mcard.errors import McardError, UnusableInput
+from mcard.pipeline import demo
+from mcard.core.errors import McardError, UnusableInput
 from mcard.formats import gptq
 from mcard.hub import fetch
-from mcard.package import load_package, package
-from mcard.publish import publish
-from mcard.sync import PASSED, SyncOptions, sync
+from mcard.pipeline.package import load_package, package
+from mcard.pipeline.publish import publish
+from mcard.pipeline.sync import PASSED, SyncOptions, sync
 from mcard.testing.hub import LocalHub
 from mcard.testing.hub_write import Account
 from mcard.testing.hubserver import commit_files

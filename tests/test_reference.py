@@ -11,7 +11,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from mcard import reference as ref  # noqa: E402
+from mcard.smoke import reference as ref
 
 RNG = np.random.default_rng(1234)
 AWQ_ORDER_DESIGN = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -262,7 +262,7 @@ def test_gguf_reference_for_types_without_kernel(type_name) -> None:
     from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
     from gguf import quants as gguf_quants
 
-    from mcard import reference_gguf
+    from mcard.smoke import reference_gguf
 
     per, nbytes = reference_gguf.BLOCKS[type_name]
     assert GGML_QUANT_SIZES[GGMLQuantizationType[type_name]] == (per, nbytes)

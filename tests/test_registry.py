@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from mcard import prompts
-from mcard.errors import UnusableInput
-from mcard.evals import load_lm_eval
-from mcard.registry import load_entry
-from mcard.registry_schema import parse_size
+from mcard.card import prompts
+from mcard.core.errors import UnusableInput
+from mcard.card.evals import load_lm_eval
+from mcard.registry.entry import load_entry
+from mcard.registry.schema import parse_size
 
 ROOT = Path(__file__).resolve().parents[1]
 REGISTRY = ROOT / "registry"
@@ -253,7 +253,7 @@ def test_registry_eval_file_and_unknown_shape(tmp_path: Path) -> None:
 
 def test_literal_prompt_as_documented(tmp_path: Path) -> None:
     """#10 item 10: `prompt = "USER: {prompt} ASSISTANT:"` is a literal template, as the README says."""
-    from mcard.card import render_card
+    from mcard.card.render import render_card
 
     text = MINIMAL.replace('base_model = "org/x"', 'base_model = "org/x"\nprompt = "USER: {prompt} ASSISTANT:"')
     path = write(tmp_path, text)

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from mcard.arch import tiny_config
+from mcard.core.arch import tiny_config
 from mcard.cli import app
 from mcard.formats import bnb, ggml, gguf, gptq
 from mcard.hub.remote_validate import coalesce, inspect_remote
 from mcard.testing.hubserver import OlahServer, build_git_repo
-from mcard.validate import inspect
-from mcard.variant import Variant
+from mcard.core.validate import inspect
+from mcard.core.variant import Variant
 
 from faultproxy import FaultProxy, Faults
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from mcard.arch import tiny_config
-from mcard.size import predict_size
+from mcard.core.arch import tiny_config
+from mcard.core.size import predict_size
 
 # Llama-2-13B (and LLaMA-13B: same dimensions and vocabulary).
 LLAMA_13B = tiny_config(

@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mcard import smoke  # noqa: E402
-from mcard.arch import tiny_config  # noqa: E402
-from mcard.errors import EXIT_FAILED, EXIT_NO_GPU, EXIT_OK, EXIT_UNUSABLE  # noqa: E402
+from mcard.smoke import run as smoke
+from mcard.core.arch import tiny_config
+from mcard.core.errors import EXIT_FAILED, EXIT_NO_GPU, EXIT_OK, EXIT_UNUSABLE
 
 NO_GPU = not smoke.gpu_status()[0]
 needs_no_gpu = pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU path")
@@ -73,7 +73,7 @@ def test_layout_error_is_caught_without_gpu(variants: dict[str, Path], monkeypat
     """A reference that reads the nibbles in the wrong order must fail the CPU path."""
     if "awq" not in variants:
         pytest.skip("awq module not available")
-    from mcard import reference
+    from mcard.smoke import reference
 
     monkeypatch.setattr(reference, "awq_order", lambda: (0, 1, 2, 3, 4, 5, 6, 7))
     result = smoke.run(variants["awq"], device="cpu", layers="1", batches="1")
@@ -90,7 +90,7 @@ def test_spread_picks_first_and_last() -> None:
 
 
 def test_by_depth_orders_layers_numerically() -> None:
-    from mcard.smoke_layers import by_depth
+    from mcard.smoke.layers import by_depth
 
     names = ["model.layers.10.mlp.up_proj", "model.layers.2.mlp.up_proj", "model.layers.2.self_attn.q_proj"]
     assert by_depth(names) == [names[1], names[2], names[0]]
@@ -160,7 +160,7 @@ def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, mo
     (tmp_path / "notes.txt").write_text("hello")
     assert runner.invoke(app, ["smoke", str(tmp_path)]).exit_code == EXIT_UNUSABLE
     if "bnb" in variants:
-        from mcard import smoke_layers
+        from mcard.smoke import layers as smoke_layers
 
         real = smoke_layers._bnb_layer
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mcard.formats import gptq, hf
-from mcard.validate import inspect
+from mcard.core.validate import inspect
 
 
 def test_configs_without_weights_give_one_finding(tmp_path, tiny_cfg):
@@ -23,7 +23,7 @@ def test_fp16_checkpoint_without_weights(tmp_path, tiny_cfg):
     (tmp_path / "model.safetensors").unlink()
     (tmp_path / "notes.safetensors.txt").write_text("not a model")
     # only config.json and a text file remain: no model at all
-    from mcard.errors import UnusableInput
+    from mcard.core.errors import UnusableInput
 
     try:
         inspect(tmp_path)

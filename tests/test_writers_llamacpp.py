@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 
 from mcard import api
-from mcard.arch import ModelShape
-from mcard.errors import UnusableInput
-from mcard.formats import _gguf_header, _gguf_split, gguf
-from mcard.formats._gguf_mix import NoFallback
+from mcard.core.arch import ModelShape
+from mcard.core.errors import UnusableInput
+from mcard.formats.gguf import header as _gguf_header, split as _gguf_split
+from mcard.formats import gguf
+from mcard.formats.gguf.mix import NoFallback
 
 HERE = Path(__file__).parent / "fixtures" / "llamacpp"
 FACTS = json.loads((HERE / "llamacpp.json").read_text())
@@ -248,7 +249,7 @@ def test_bpe_tokenizer_kv_range_holds_the_real_kv_section(tmp_path):
 
     from gguf import GGUFWriter
 
-    from mcard.arch import ModelShape
+    from mcard.core.arch import ModelShape
     from mcard.formats import gguf
 
     cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -285,7 +286,7 @@ def test_bpe_tokenizer_kv_range_holds_the_real_kv_section(tmp_path):
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.close()
-    from mcard.formats import _gguf_header
+    from mcard.formats.gguf import header as _gguf_header
 
     real = _gguf_header.read(tmp_path / "real.gguf").kv_bytes
     assert kv["exact"] is False and kv["low"] <= real <= kv["high"] and kv["high"] - kv["low"] < 1000

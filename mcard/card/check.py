@@ -2,7 +2,7 @@
 
 Front matter and required metadata, the ``model-index`` round trip through
 ``huggingface_hub``'s ``EvalResult`` and, with a registry entry, every
-variant's provided-files row and size (as :mod:`mcard.card` would render it).
+variant's provided-files row and size (as :mod:`mcard.card.render` would render it).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .card import TABLE_COLUMNS, eval_result
-from .card_rows import expected_size
-from .units import UNITS, format_size
-from .errors import UnusableInput
+from .render import TABLE_COLUMNS, eval_result
+from .rows import expected_size
+from ..core.units import UNITS, format_size
+from ..core.errors import UnusableInput
 from .evals import format_value
-from .registry import Entry, load_entry
-from .report import FileEntry, Report
-from .untrusted import MAX_TEXT_BYTES, load_yaml, read_text
+from ..registry.entry import Entry, load_entry
+from ..core.report import FileEntry, Report
+from ..core.untrusted import MAX_TEXT_BYTES, load_yaml, read_text
 
 # The column of each family's provided-files table that holds the size.
 SIZE_COLUMN = {"gptq": "File Size", "awq": "Size", "bnb": "Size", "gguf": "Size", "lora": "Size", "base": "Size"}
@@ -90,7 +90,7 @@ MAX_META_LIST = 2000  # items of any one list (tags, languages, results): huggin
 
 
 def _front_matter(text: str, where: str | Path = "front matter") -> dict[str, Any] | None:
-    """The card's YAML metadata, parsed within the limits above (:func:`mcard.untrusted.load_yaml`)."""
+    """The card's YAML metadata, parsed within the limits above (:func:`mcard.core.untrusted.load_yaml`)."""
     if not text.startswith("---"):
         return None
     found = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", text, re.DOTALL)

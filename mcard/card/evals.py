@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UnusableInput
-from .jsonio import load_json_object
+from ..core.errors import UnusableInput
+from ..core.jsonio import load_json_object
 
 MAX_EVAL_BYTES = 16 * 1024 * 1024  # an lm-eval results file (samples live in other files)
 MAX_EVAL_TASKS = 2000  # tasks in one results file: a card shows a few dozen

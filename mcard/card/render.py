@@ -1,4 +1,4 @@
-"""``mcard card render``: render a model card from a registry entry (checking: :mod:`mcard.card_check`).
+"""``mcard card render``: render a model card from a registry entry (checking: :mod:`mcard.card.check`).
 
 Rendering: front matter from ``huggingface_hub.ModelCardData`` (evaluations
 become ``model-index``), body from the Jinja2 templates in ``templates/``, run
@@ -7,7 +7,7 @@ templates as values: it is never compiled as a template.
 
 Sizes come from, in order: the variant measured on disk (``--variants DIR``, or
 ``variant_paths`` for some variants only), the size recorded in the registry (as
-published), a prediction by :func:`mcard.size.predict_size` (marked ``*`` with a
+published), a prediction by :func:`mcard.core.size.predict_size` (marked ``*`` with a
 footnote).
 """
 
@@ -17,12 +17,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import UnusableInput
+from ..core.errors import UnusableInput
 from .evals import EvalEntry, format_value
-from .registry import Entry, RegistryVariant, load_entry
-from .card_rows import Row, build_rows, exllama_cell, size_cell
-from .untrusted import read_text
-from .report import Runtime
+from ..registry.entry import Entry, RegistryVariant, load_entry
+from .rows import Row, build_rows, exllama_cell, size_cell
+from ..core.untrusted import read_text
+from ..core.report import Runtime
 
 FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "awq": "awq.md.j2", "bnb": "bnb.md.j2", "gguf": "gguf.md.j2",
                     "lora": "lora.md.j2", "base": "base.md.j2"}
@@ -47,7 +47,7 @@ def templates_dir() -> Path:
     import sys
 
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "templates", Path(sys.prefix) / "share" / "mcard" / "templates"):
+    for candidate in (here.parents[1] / "templates", Path(sys.prefix) / "share" / "mcard" / "templates"):
         if (candidate / "_header.md.j2").is_file():
             return candidate
     raise UnusableInput("card templates not found (expected templates/ next to the mcard package)")
@@ -60,7 +60,7 @@ def find_chat_template(entry: Entry, variants_dir: Path | None,
                        variant_paths: dict[str, Path] | None = None) -> str | None:
     if variants_dir is None and not variant_paths:
         return None
-    from .jsonio import load_json_object
+    from ..core.jsonio import load_json_object
 
     candidates = []
     for v in entry.variants:
@@ -234,7 +234,7 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
 
 
 def split_display_name(name: str) -> str:
-    from .formats._gguf_split import display_name
+    from ..formats.gguf.split import display_name
 
     return display_name(name)
 

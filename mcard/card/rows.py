@@ -1,7 +1,7 @@
 """The provided-files rows of a card: each variant's size (measured, published or predicted) and runtimes.
 
 Sizes come from, in order: the variant measured on disk, the size recorded in
-the registry (as published), a prediction by :func:`mcard.size.predict_size`.
+the registry (as published), a prediction by :func:`mcard.core.size.predict_size`.
 Compatibility comes from the format modules' published runtime rules.
 """
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UnusableInput
-from .registry import Entry, RegistryVariant
-from .report import Runtime
-from .units import format_size
+from ..core.errors import UnusableInput
+from ..registry.entry import Entry, RegistryVariant
+from ..core.report import Runtime
+from ..core.units import format_size
 
 
 @dataclass
@@ -34,12 +34,12 @@ class Row:
 
 
 def size_cell(n: int | None, predicted: bool = False) -> str:
-    """A size as cards show it (:func:`mcard.units.format_size`), starred when predicted."""
+    """A size as cards show it (:func:`mcard.core.units.format_size`), starred when predicted."""
     return format_size(n) + ("*" if predicted and n is not None else "")
 
 
 def _format_module(fmt: str) -> Any | None:
-    from . import formats
+    from .. import formats
 
     try:
         return formats.get(fmt)
@@ -67,8 +67,8 @@ def rule_runtimes(v: RegistryVariant) -> list[Runtime] | None:
 
 def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
     """Predicted (size, ram) bytes, or (None, None) when no architecture or no predictor."""
-    from . import formats
-    from .size import RAM_OVERHEAD_BYTES, predict_size
+    from .. import formats
+    from ..core.size import RAM_OVERHEAD_BYTES, predict_size
 
     if entry.architecture is None or formats.for_size(v.format) is None:
         return None, None
@@ -83,7 +83,7 @@ def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
 
 def expected_size(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None, str]:
     """What the registry says a variant's (size, ram) is: recorded, else predicted."""
-    from .size import RAM_OVERHEAD_BYTES
+    from ..core.size import RAM_OVERHEAD_BYTES
 
     if v.size is not None:
         ram = v.ram if v.ram is not None else (v.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
@@ -97,7 +97,7 @@ def expected_size(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | N
 
 
 def measure(path: Path) -> tuple[int, list[Runtime]]:
-    from .validate import inspect
+    from ..core.validate import inspect
 
     report = inspect(path)
     size = report.actual_bytes
@@ -132,7 +132,7 @@ def build_rows(entry: Entry, variants_dir: Path | None = None,
     """One row per variant. A variant is measured from ``variant_paths[key]`` when given, else from
     ``variants_dir/key`` when ``variants_dir`` is given (then every other variant must be there),
     else sized as recorded or predicted."""
-    from .size import RAM_OVERHEAD_BYTES
+    from ..core.size import RAM_OVERHEAD_BYTES
 
     paths = _check_variant_paths(entry, variant_paths)
     rows = []

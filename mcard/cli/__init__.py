@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from . import __version__
-from .cli_errors import command_errors, run_app
-from .errors import EXIT_FAILED, UnusableInput
+from .. import __version__
+from .errors import command_errors, run_app
+from ..core.errors import EXIT_FAILED, UnusableInput
 
 if TYPE_CHECKING:
-    from .formats import BadParam
+    from ..formats import BadParam
 
 app = typer.Typer(
     help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
@@ -40,9 +40,9 @@ def _root(
                                  help="Print mcard's version (from the installed package) and exit."),
 ) -> None:
     """Fetch, validate, size, smoke-test and document quantized LLM variants."""
-    from .safetext import redact_process_output
+    from ..core.safetext import redact_process_output
 
-    # everything a command prints passes the one redaction step (mcard.safetext), whoever built the text
+    # everything a command prints passes the one redaction step (mcard.core.safetext), whoever built the text
     ctx.call_on_close(redact_process_output())
 
 
@@ -57,8 +57,8 @@ def validate(
 
     A Hub repo is checked remotely, reading only headers and the small tensors validate needs.
     """
-    from . import _output
-    from .validate import inspect
+    from . import output as _output
+    from ..core.validate import inspect
 
     with command_errors(json_out):
         if Path(path).exists():
@@ -76,10 +76,10 @@ def validate(
 
 def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
     """``validate REPO[:BRANCH]``: a missing local path that names a Hub repo is validated on the Hub."""
-    from .hub.refs import parse_repo_spec
-    from .hub.remote_validate import inspect_remote
+    from ..hub.refs import parse_repo_spec
+    from ..hub.remote_validate import inspect_remote
 
-    from .errors import McardError
+    from ..core.errors import McardError
 
     try:
         spec = parse_repo_spec(text, revision)
@@ -107,13 +107,13 @@ SIZE_OPTIONS = {"bits": "--bits", "group_size": "--group-size", "desc_act": "--a
 
 def _expected(fmt: str, key: str) -> str:
     """The valid values of a format's parameter, in words, from the format module's own PARAMS."""
-    from . import formats
+    from .. import formats
 
     return formats.get(formats.SIZE_FORMATS[fmt][0]).PARAMS[key].expected
 
 
 def _size_formats() -> str:
-    from .formats import SIZE_FORMATS
+    from ..formats import SIZE_FORMATS
 
     return ", ".join(SIZE_FORMATS)
 
@@ -160,9 +160,9 @@ def size(
 
     An option that does not apply to the format, or a value the format cannot represent, is refused (exit 2).
     """
-    from . import _output
-    from .formats import BadParam
-    from .size import predict_size
+    from . import output as _output
+    from ..formats import BadParam
+    from ..core.size import predict_size
 
     modules = None if target_modules is None else [m.strip() for m in target_modules.split(",") if m.strip()]
     params = {
@@ -190,30 +190,18 @@ def version() -> None:
     typer.echo(__version__)
 
 
-def _register_optional() -> None:
-    """Commands whose modules may pull heavier dependencies register themselves here."""
-    for module_name, commands in (
-        ("cli_hub", ("branches", "fetch")),
-        ("cli_card", ("card",)),
-        ("cli_smoke", ("smoke",)),
-        ("cli_sync", ("sync", "plan", "demo")),
-        ("cli_publish", ("package", "publish")),
-    ):
-        try:
-            module = __import__(f"mcard.{module_name}", fromlist=["*"])
-        except ModuleNotFoundError as exc:
-            if exc.name == f"mcard.{module_name}":
-                continue
-            raise
-        for name in commands:
-            obj = getattr(module, name, None)
-            if isinstance(obj, typer.Typer):
-                app.add_typer(obj, name=name)
-            elif obj is not None:
-                app.command(name)(obj)
+# Explicit wiring: each command group is a module of this package.
+from . import card as _card, hub as _hub, publish as _publish, smoke as _smoke, sync as _sync  # noqa: E402
 
-
-_register_optional()
+app.command("branches")(_hub.branches)
+app.command("fetch")(_hub.fetch)
+app.add_typer(_card.card, name="card")
+app.command("smoke")(_smoke.smoke)
+app.command("sync")(_sync.sync)
+app.command("plan")(_sync.plan)
+app.command("demo")(_sync.demo)
+app.command("package")(_publish.package)
+app.command("publish")(_publish.publish)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``mcard card render`` and ``check``: parse, call :mod:`mcard.card` or :mod:`mcard.card_check`, print."""
+"""``mcard card render`` and ``check``: parse, call :mod:`mcard.card.render` or :mod:`mcard.card.check`, print."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from .cli_errors import command_errors
-from .errors import EXIT_FAILED, UnusableInput
+from .errors import command_errors
+from ..core.errors import EXIT_FAILED, UnusableInput
 
 card = typer.Typer(
     help="Model cards from the registry: render them, check them.",
@@ -31,7 +31,7 @@ def render(
         None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
-    from .card import render_card
+    from ..card.render import render_card
 
     with command_errors():
         text = render_card(entry, variants_dir=variants, template=template, registry_root=registry_root)
@@ -54,8 +54,8 @@ def check(
         None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Check a card: metadata, model-index round trip and, with --registry, its provided-files table."""
-    from . import _output
-    from .card_check import check_card
+    from . import output as _output
+    from ..card.check import check_card
 
     with command_errors(json_out):
         report = check_card(card_path, registry_path=registry, registry_root=registry_root)

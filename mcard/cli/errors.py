@@ -1,7 +1,7 @@
 """How every ``mcard`` command fails: one error table, applied once.
 
 A failure is one line on stderr, always with the prefix :data:`PREFIX`, and the
-exit code of the error (``mcard.errors``: 1 the check failed, 2 unusable input or
+exit code of the error (``mcard.core.errors``: 1 the check failed, 2 unusable input or
 bad usage, 3 no GPU, 130 interrupted). With ``--json`` the same failure is also
 one JSON object on stdout, ``{"ok": false, "error": ..., "exit_code": ...}``, so a
 script reading stdout always gets JSON. Never a traceback: an exception that is
@@ -23,7 +23,7 @@ from typing import NoReturn
 
 import typer
 
-from .errors import EXIT_FAILED, EXIT_UNUSABLE, McardError
+from ..core.errors import EXIT_FAILED, EXIT_UNUSABLE, McardError
 
 PREFIX = "mcard: "
 EXIT_INTERRUPTED = 130

@@ -5,7 +5,7 @@ Register them on the main app with::
     app.command("branches")(cli_hub.branches)
     app.command("fetch")(cli_hub.fetch)
 
-Every :class:`~mcard.errors.McardError` becomes one line on stderr and its
+Every :class:`~mcard.core.errors.McardError` becomes one line on stderr and its
 ``exit_code`` (0 ok, 1 failed verification or download, 2 bad usage or
 unusable input); an interrupt exits 130 and keeps partial files for resuming.
 """
@@ -18,15 +18,15 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from .cli_errors import PREFIX, command_errors
-from .errors import EXIT_FAILED
-from .hub.branches import BranchListing, RefReport, list_branches
-from .hub.download import FetchResult
-from .hub.download import fetch as fetch_revision
-from .hub.progress import NullReporter, Reporter, RichReporter
-from .safetext import dumps_json, echo, plain
-from .safetext import markup_safe as esc
-from .units import format_size
+from .errors import PREFIX, command_errors
+from ..core.errors import EXIT_FAILED
+from ..hub.branches import BranchListing, RefReport, list_branches
+from ..hub.download import FetchResult
+from ..hub.download import fetch as fetch_revision
+from ..hub.progress import NullReporter, Reporter, RichReporter
+from ..core.safetext import dumps_json, echo, plain
+from ..core.safetext import markup_safe as esc
+from ..core.units import format_size
 
 INTERRUPTED = "interrupted; partial downloads are kept and resume on the next run"
 

@@ -1,7 +1,7 @@
 """Printing reports for people (rich) and machines (JSON). No logic lives here.
 
 Every value that came from a file, a server or a user goes through
-:func:`mcard.safetext.markup_safe` (``esc``) before rich sees it: redacted,
+:func:`mcard.core.safetext.markup_safe` (``esc``) before rich sees it: redacted,
 control characters shown, markup such as ``[/]`` printed as written.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .report import WEIGHT_KINDS, Report, Severity
-from .safetext import dumps_json, plain
-from .safetext import markup_safe as esc
-from .size import SizeEstimate
-from .units import format_size
+from ..core.report import WEIGHT_KINDS, Report, Severity
+from ..core.safetext import dumps_json, plain
+from ..core.safetext import markup_safe as esc
+from ..core.size import SizeEstimate
+from ..core.units import format_size
 
 _STYLE = {Severity.ERROR: "bold red", Severity.WARNING: "yellow", Severity.INFO: "dim"}
 

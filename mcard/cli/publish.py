@@ -1,4 +1,4 @@
-"""CLI for ``mcard package`` and ``mcard publish``: parse, call :mod:`mcard.package` / :mod:`mcard.publish`, print.
+"""CLI for ``mcard package`` and ``mcard publish``: parse, call :mod:`mcard.pipeline.package` / :mod:`mcard.pipeline.publish`, print.
 
 Errors are one line on stderr (with ``--json``, also ``{"ok": false, "error",
 "exit_code"}`` on stdout) and the shared exit codes: 0 ok, 1 a check failed
@@ -15,9 +15,9 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from .cli_errors import command_errors
-from .errors import EXIT_FAILED, McardError
-from .units import format_size as _size
+from .errors import command_errors
+from ..core.errors import EXIT_FAILED, McardError
+from ..core.units import format_size as _size
 
 
 def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
@@ -26,7 +26,7 @@ def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
 
 
 def _size_option(text: str) -> int:
-    from .registry_schema import parse_size
+    from ..registry.schema import parse_size
 
     try:
         return parse_size(int(text) if text.strip().isdigit() else text, "--max-shard-size")
@@ -46,7 +46,7 @@ def package(
     as_json: Annotated[bool, typer.Option("--json", help="Print the plan: per branch, each file's size, sha256, source.")] = False,
 ) -> None:
     """Assemble each branch of the entry's repo (weights, configs, tokenizer, card) into a checked folder."""
-    from .package import package as build
+    from ..pipeline.package import package as build
 
     shard = _size_option(max_shard_size)
     pkg = _guarded(as_json, lambda: build(entry, from_dir, out, base_dir=base, max_shard_size=shard,
@@ -106,21 +106,21 @@ def publish(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Push the packaged branches to the Hub: one commit per changed branch, nothing resent, read back and verified."""
-    from .package import load_package
-    from .package import package as build
-    from .publish import publish as push
-    from .registry import load_entry
+    from ..pipeline.package import load_package
+    from ..pipeline.package import package as build
+    from ..pipeline.publish import publish as push
+    from ..registry.entry import load_entry
 
     def run() -> Any:
         if (from_dir is None) == (packaged is None):
-            from .errors import UnusableInput
+            from ..core.errors import UnusableInput
 
             raise UnusableInput("give exactly one of --from DIR (package, then publish) and --packaged OUT")
         the_entry = load_entry(entry, registry_root)
         if packaged is not None:
             pkg = load_package(packaged)
             if pkg.repo != the_entry.model.repo:
-                from .errors import UnusableInput
+                from ..core.errors import UnusableInput
 
                 raise UnusableInput(f"the package is for {pkg.repo}, the entry for {the_entry.model.repo}", packaged)
         else:

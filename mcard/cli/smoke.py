@@ -1,4 +1,4 @@
-"""``mcard smoke``: parses options, calls :func:`mcard.smoke.run`, prints. No logic here."""
+"""``mcard smoke``: parses options, calls :func:`mcard.smoke.run.run`, prints. No logic here."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import EXIT_FAILED
+from ..core.errors import EXIT_FAILED
 
 
 def smoke(
@@ -19,14 +19,14 @@ def smoke(
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the per-layer table."),
 ) -> None:
     """Run quantized layers through the int4 CUDA kernels and compare with a float32 reference."""
-    from .cli_errors import command_errors
+    from .errors import command_errors
 
     with command_errors(json_out):
-        from .smoke import run
+        from ..smoke.run import run
 
         result = run(path, device=device, layers=layers, batches=batch, seed=seed, require_gpu=require_gpu)
     if json_out:
-        from ._output import print_json
+        from .output import print_json
 
         print_json(result.to_dict())
     else:
@@ -34,10 +34,10 @@ def smoke(
     raise typer.Exit(0 if result.ok else EXIT_FAILED)
 
 
-def _print(result) -> None:  # noqa: ANN001 - mcard.smoke.SmokeResult, imported lazily
+def _print(result) -> None:  # noqa: ANN001 - mcard.smoke.run.SmokeResult, imported lazily
     from rich.table import Table
 
-    from ._output import console
+    from .output import console
 
     out = console()
     out.print(f"[bold]{result.path}[/]: format [bold]{result.format}[/], device {result.device}")

@@ -1,4 +1,4 @@
-"""CLI for ``mcard sync``, ``mcard plan`` and ``mcard demo``: parse, call :mod:`mcard.sync`, print."""
+"""CLI for ``mcard sync``, ``mcard plan`` and ``mcard demo``: parse, call :mod:`mcard.pipeline.sync`, print."""
 
 from __future__ import annotations
 
@@ -9,20 +9,20 @@ from typing import Optional
 
 import typer
 
-from .cli_errors import command_errors
-from .errors import EXIT_FAILED
-from .safetext import dumps_json, plain
-from .safetext import markup_safe as esc
-from .sync import MAX_MATRIX_JOBS
+from .errors import command_errors
+from ..core.errors import EXIT_FAILED
+from ..core.safetext import dumps_json, plain
+from ..core.safetext import markup_safe as esc
+from ..pipeline.sync import MAX_MATRIX_JOBS
 
 
 def _print_summary(results: list) -> None:
     from rich.table import Table
 
-    from .sync import FAILED
+    from ..pipeline.sync import FAILED
 
-    from ._output import console as make_console
-    from .units import format_size
+    from .output import console as make_console
+    from ..core.units import format_size
 
     console = make_console()
     for res in results:
@@ -72,8 +72,8 @@ def sync(
 
     With --publish: package the variants from --from, validate, smoke-test, publish and fetch them back.
     """
-    from .sync import SyncOptions
-    from .sync import sync as run_sync
+    from ..pipeline.sync import SyncOptions
+    from ..pipeline.sync import sync as run_sync
 
     options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
                           endpoint=endpoint, device=device, batch=batch, max_jobs=max_jobs,
@@ -102,8 +102,8 @@ def plan(
         None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
 ) -> None:
     """Emit the CI jobs: one per variant (batches beyond --max-jobs), as a GitHub Actions matrix or a JSON list."""
-    from .errors import UnusableInput
-    from .sync import plan_jobs
+    from ..core.errors import UnusableInput
+    from ..pipeline.sync import plan_jobs
 
     with command_errors():
         if fmt not in ("github-matrix", "json"):
@@ -123,7 +123,7 @@ def demo(
                                                       "mcard on its repos."),
 ) -> None:
     """Build tiny repos, serve them on a local Hub-API server, and run sync --render end to end."""
-    from .demo import run_demo
+    from ..pipeline.demo import run_demo
 
     def report(results: list, folder: Path) -> None:
         _print_summary(results)

@@ -50,7 +50,7 @@ def parse_json_bytes(data: bytes, path: str | Path) -> Any:
 
 
 def load_json(path: str | Path, cap: int = MAX_CONFIG_BYTES) -> Any:
-    """Parse a JSON file: a regular file of at most ``cap`` bytes (:func:`mcard.untrusted.read_capped`)."""
+    """Parse a JSON file: a regular file of at most ``cap`` bytes (:func:`mcard.core.untrusted.read_capped`)."""
     path = Path(path)
     return parse_json_bytes(read_capped(path, cap), path)
 

@@ -15,7 +15,7 @@ following a symlink:
 * **locks**: ``fcntl.flock`` on a file opened the same way (the lock files
   huggingface_hub uses, so both tools exclude each other).
 
-Refusals are :class:`~mcard.errors.UnusableInput` naming the path (exit 2).
+Refusals are :class:`~mcard.core.errors.UnusableInput` naming the path (exit 2).
 """
 
 from __future__ import annotations

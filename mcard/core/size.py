@@ -64,7 +64,7 @@ def as_shape(config: ModelShape | dict[str, Any] | str | Path) -> ModelShape:
 
 def predict_size(config: ModelShape | dict[str, Any] | str | Path, format: str, **params: Any) -> SizeEstimate:
     """Predict the size of ``format`` (gptq, awq, gguf, ggml, nf4, fp16, bf16) for a model config."""
-    from . import formats
+    from .. import formats
 
     found = formats.for_size(format)
     if found is None:

@@ -7,7 +7,7 @@ largest unit that keeps the number below 1000, plain bytes below 1 kB.
 
 from __future__ import annotations
 
-# Unit -> bytes, smallest first. parse_size (mcard.registry_schema) reads these back.
+# Unit -> bytes, smallest first. parse_size (mcard.registry.schema) reads these back.
 UNITS: dict[str, int] = {"B": 1, "kB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import formats
+from .. import formats
 from .errors import UnusableInput
 from .jsonio import load_json_object
 from .report import FileEntry, Report

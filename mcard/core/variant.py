@@ -101,7 +101,7 @@ class Variant:
             raise UnusableInput("no such file or folder", path)
         if path.is_file():
             return cls(path, path.parent, [path.name], single_file=path.name)
-        if not path.is_dir():  # a FIFO, a device, a socket: never read (mcard.untrusted's rule)
+        if not path.is_dir():  # a FIFO, a device, a socket: never read (mcard.core.untrusted's rule)
             raise UnusableInput("not a regular file or a folder; only regular files are read", path)
         files = sorted(
             p.relative_to(path).as_posix()

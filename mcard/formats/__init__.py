@@ -5,7 +5,7 @@ Every format module defines:
 ``NAME``
     The format's name as reported by ``validate`` (``gptq``, ``gguf``...).
 ``detect(variant) -> bool``
-    Whether a :class:`~mcard.variant.Variant` is in this format (cheap: configs,
+    Whether a :class:`~mcard.core.variant.Variant` is in this format (cheap: configs,
     tensor names, magics).
 ``check(variant, report) -> None``
     Fill ``report.format``, ``params``, ``config_source``, ``runtimes`` and
@@ -14,7 +14,7 @@ Every format module defines:
 and, where the format has them:
 
 ``predict_size(shape, **params) -> SizeEstimate``
-    Exact size from a :class:`~mcard.arch.ModelShape` and quant parameters.
+    Exact size from a :class:`~mcard.core.arch.ModelShape` and quant parameters.
 ``dequantize(variant, name) -> numpy.ndarray``
     float32, in ``nn.Linear.weight`` orientation ([out, in]) for safetensors
     formats, gguf's ``[rows, cols]`` for GGUF tensor names.
@@ -30,12 +30,12 @@ import importlib
 from types import ModuleType
 from typing import Any
 
-from ..errors import UnusableInput
-from ..variant import Variant
-from ._params import BadParam
+from ..core.errors import UnusableInput
+from ..core.variant import Variant
+from .params import BadParam
 
 # Detection order matters: the first module whose detect() says yes owns the variant.
-DETECT_ORDER = ("gguf", "ggml", "lora", "gptq", "awq", "bnb", "hf", "pickle")
+DETECT_ORDER = ("gguf", "ggml", "lora", "gptq", "awq", "bnb", "hf", "pickled")
 
 # `mcard size --format X` -> (module name, parameters implied by the name).
 SIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
@@ -80,14 +80,14 @@ def check_params(fmt: str, params: dict[str, Any], for_size: bool = False) -> di
     The valid values are the format module's own ``PARAMS``; ``mcard size`` and the registry both ask here.
     ``None`` values mean "the default" and are left out.
     """
-    from . import _params
+    from . import params as _params
 
     given = {k: v for k, v in params.items() if v is not None}
     return _params.check(fmt.lower(), params_of(fmt), given, for_size)
 
 
 def params_of(fmt: str) -> dict[str, Any]:
-    """The format module's ``PARAMS`` (name -> :class:`~mcard.formats._params.Param`) for format ``fmt``.
+    """The format module's ``PARAMS`` (name -> :class:`~mcard.formats.params.Param`) for format ``fmt``.
 
     Do not modify the result (it is shared).
     """

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import ModelShape
-from ..errors import UnusableInput
-from ..report import FileEntry, Report
-from ..safetensors_io import predict_file_size
-from ..variant import Variant
+from ..core.arch import ModelShape
+from ..core.errors import UnusableInput
+from ..core.report import FileEntry, Report
+from ..core.safetensors_io import predict_file_size
+from ..core.variant import Variant
 
 # name -> (allowed dtypes, shape)
 Expected = dict[str, tuple[tuple[str, ...], tuple[int, ...]]]

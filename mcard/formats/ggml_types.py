@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 
 QK_K = 256
 

@@ -9,12 +9,18 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._ggml_types import (  # noqa: F401
-    FTYPE_BY_ID, FTYPES, QK_K, UnknownType, block, canonical_ftype, row_bytes, tensor_bytes,
-)
-from ._gguf_mix import (  # noqa: F401
-    LAYER_ROLES, NORM_ROLES, RULE_LABELS, RULES, NoFallback, fallback, is_quantized_tensor, requires_imatrix,
-    role_type, use_more_bits,
+from .ggml_types import FTYPE_BY_ID, FTYPES, QK_K, UnknownType, block, canonical_ftype, row_bytes, tensor_bytes
+from .gguf.mix import (
+    LAYER_ROLES,
+    NORM_ROLES,
+    RULE_LABELS,
+    RULES,
+    NoFallback,
+    fallback,
+    is_quantized_tensor,
+    requires_imatrix,
+    role_type,
+    use_more_bits,
 )
 
 # --- round-to-nearest k-quant packers (format-exact ggml block layouts) ------------------

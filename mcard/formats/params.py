@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 
 KINDS = {"int": "an integer", "bool": "true or false", "str": "a string", "list": "a list of strings",
          "number": "a number"}

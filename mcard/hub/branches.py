@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import McardError, UnusableInput
-from ..jsonio import parse_json_bytes
-from ..units import format_size
+from ..core.errors import McardError, UnusableInput
+from ..core.jsonio import parse_json_bytes
+from ..core.units import format_size
 from .cache import cached_revision, repo_folder_name
 from .env import resolve_env
 from .model import RemoteFile, Revision
@@ -120,7 +120,7 @@ def _check(report: RefReport, configs: dict[str, dict[str, Any] | None]) -> None
 
 def _gguf(report: RefReport, files: list[tuple[str, int]]) -> None:
     """The ref's GGUF variants, a gguf-split shard set or raw parts counted once; incomplete sets noted."""
-    from ..formats._gguf_split import variants
+    from ..formats.gguf.split import variants
 
     report.gguf_variants = variants(files)
     for v in report.gguf_variants:

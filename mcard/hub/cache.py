@@ -28,9 +28,9 @@ import shutil
 import time
 from pathlib import Path
 
-from ..errors import McardError, UnusableInput
-from ..pathguard import Target
-from ..untrusted import read_capped
+from ..core.errors import McardError, UnusableInput
+from ..core.pathguard import Target
+from ..core.untrusted import read_capped
 from .model import SHA256_RE, RemoteFile, Revision, safe_relpath
 from .refs import COMMIT_RE, RepoSpec, validate_revision
 

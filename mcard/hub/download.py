@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..errors import CheckFailed, McardError
+from ..core.errors import CheckFailed, McardError
 from .cache import CacheLayout, LocalDirLayout, cached_revision, prepare_final
 from .env import resolve_env
-from ..pathguard import Target
+from ..core.pathguard import Target
 from .model import RemoteFile
 from .progress import NullReporter, Reporter
 from .refs import parse_repo_spec
@@ -183,9 +183,9 @@ def fetch(repo: str, files: Sequence[str] = (), *, revision: str | None = None, 
           cancel: threading.Event | None = None) -> FetchResult:
     """Fetch ``repo`` (``org/name``, ``org/name:branch`` or a Hub URL) at one pinned commit.
 
-    Raises :class:`~mcard.errors.UnusableInput` for bad input (unknown repo,
+    Raises :class:`~mcard.core.errors.UnusableInput` for bad input (unknown repo,
     revision or file, unsafe listing, pickle-only without ``allow_pickle``)
-    and :class:`~mcard.errors.McardError` when the server cannot be used;
+    and :class:`~mcard.core.errors.McardError` when the server cannot be used;
     per-file failures are in the returned result (see ``raise_for_failures``).
     """
     env = resolve_env(endpoint, token, cache_dir, offline)

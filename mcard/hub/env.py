@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..safetext import redact, register_secret
+from ..core.safetext import redact, register_secret
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "on", "yes", "true", "y"}
@@ -28,7 +28,7 @@ class HubEnv:
     token: str | None = field(default=None, repr=False)
 
     def scrub(self, text: str) -> str:
-        """``text`` redacted (:func:`mcard.safetext.redact`): the token and anything shaped like one become ``***``."""
+        """``text`` redacted (:func:`mcard.core.safetext.redact`): the token and anything shaped like one become ``***``."""
         register_secret(self.token)
         return redact(text)
 

@@ -72,7 +72,7 @@ class RichReporter:
         self._overall = self._progress.add_task(f"total ({files} files)", total=total_bytes)
 
     def file_started(self, path: str, size: int) -> None:
-        from ..safetext import markup_safe
+        from ..core.safetext import markup_safe
 
         name = markup_safe(path if len(path) <= 40 else "…" + path[-39:])  # a listed name is server text
         with self._lock:

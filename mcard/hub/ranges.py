@@ -23,9 +23,9 @@ from typing import Any
 
 import httpx
 
-from ..errors import McardError, UnusableInput
+from ..core.errors import McardError, UnusableInput
 from ..net import stream
-from ..pathguard import Target
+from ..core.pathguard import Target
 from .model import RemoteFile, Revision
 from .remote import HubClient
 from .transfer import Transient, check_status

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")

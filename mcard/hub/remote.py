@@ -2,7 +2,7 @@
 
 Metadata goes through ``huggingface_hub.HfApi(endpoint=..., token=...)``;
 every call is retried on transient errors and its failures become one-line
-:class:`~mcard.errors.McardError` messages (``UnusableInput`` for an unknown
+:class:`~mcard.core.errors.McardError` messages (``UnusableInput`` for an unknown
 repo, revision or file). Bytes are fetched with httpx from
 ``{endpoint}/{repo}/resolve/{commit}/{path}``, always by commit, so a branch
 that moves during a run cannot mix two commits.
@@ -22,7 +22,7 @@ from urllib.parse import quote
 
 import httpx
 
-from ..errors import CheckFailed, McardError, UnusableInput
+from ..core.errors import CheckFailed, McardError, UnusableInput
 from ..net import NetLimits, open_session, stream
 from .env import HubEnv
 from .model import MAX_LISTED_SIZE, SHA1_RE, SHA256_RE, RemoteFile, Revision, check_listing, safe_relpath

@@ -1,6 +1,6 @@
 """``mcard validate REPO[:BRANCH]``: validate a Hub revision from a few byte ranges, before downloading it.
 
-The ordinary validator (:func:`mcard.validate.inspect`) runs unchanged on a
+The ordinary validator (:func:`mcard.core.validate.inspect`) runs unchanged on a
 *sparse local mirror* of the revision, built in a temporary folder (or
 ``mirror=DIR`` to keep it):
 
@@ -17,12 +17,12 @@ The ordinary validator (:func:`mcard.validate.inspect`) runs unchanged on a
     module's ``VALIDATE_READS`` suffixes (GPTQ ``g_idx``/``qzeros``, bnb code
     books and quant_state JSON), coalesced when less than 64 KiB apart;
   - GGUF: a prefix doubled from 1 MiB up to 64 MiB until
-    :func:`mcard.formats._gguf_header.read` parses it as a file of its own (its
+    :func:`mcard.formats.gguf.header.read` parses it as a file of its own (its
     bounded reader raises on any read past the end, so success means the whole
     header lies in the prefix and parses exactly as in the full file);
   - legacy GGML: the vocabulary, then each tensor header, hopping over the data
     (one request per tensor: they interleave with the data);
-  - pickle checkpoints: what :func:`mcard.formats.pickle.scan` reads: the zip's
+  - pickle checkpoints: what :func:`mcard.formats.pickled.scan` reads: the zip's
     end record and central directory, then the ``data.pkl`` member (or, for a
     bare pickle, its opcodes up to the first STOP). Never unpickled.
 
@@ -48,9 +48,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import McardError, UnusableInput
-from ..report import Report
-from ..safetensors_io import MAX_HEADER_BYTES
+from ..core.errors import McardError, UnusableInput
+from ..core.report import Report
+from ..core.safetensors_io import MAX_HEADER_BYTES
 from .env import resolve_env
 from .model import RemoteFile, Revision
 from .refs import RepoSpec, parse_repo_spec
@@ -87,7 +87,7 @@ def _safetensors_header(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> No
 
 
 def _gguf_prefix(mirror: SparseMirror, rf: RemoteFile, head: bytes, scratch: Path) -> None:
-    from ..formats import _gguf_header
+    from ..formats.gguf import header as _gguf_header
 
     data = bytearray(head)
     fd, name = tempfile.mkstemp(suffix=".gguf", dir=scratch)
@@ -171,8 +171,8 @@ def _ggml_headers(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
 
 
 def _pickle_parts(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
-    """What :func:`mcard.formats.pickle.scan` reads: zip directory and ``data.pkl``, or a bare pickle's opcodes."""
-    from ..formats import pickle as pickle_fmt
+    """What :func:`mcard.formats.pickled.scan` reads: zip directory and ``data.pkl``, or a bare pickle's opcodes."""
+    from ..formats import pickled as pickle_fmt
 
     f = LazyRemoteFile(mirror, rf, head, limit=None)
     try:
@@ -218,7 +218,7 @@ def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root
                  reader: RangeReader) -> None:
     """Write the sparse mirror of ``rev`` under ``root`` (see the module docstring)."""
     from .. import formats
-    from ..variant import Variant, sniff
+    from ..core.variant import Variant, sniff
 
     mirror = SparseMirror(root, reader)
     sparse = [rf for rf in files if _is_sparse(rf)]
@@ -299,13 +299,13 @@ def inspect_remote(spec: str | RepoSpec, revision: str | None = None, endpoint: 
                    token: str | None = None, mirror: str | Path | None = None) -> Report:
     """Validate ``REPO[:BRANCH]`` (or a Hub URL) on the Hub from headers and small tensors only.
 
-    Returns the :class:`Report` :func:`mcard.validate.inspect` gives for the
+    Returns the :class:`Report` :func:`mcard.core.validate.inspect` gives for the
     downloaded files, with ``path`` = ``repo@commit`` and ``remote`` holding
     ``repo``, ``revision``, ``kind``, ``commit``, ``bytes_read``, ``requests``,
     ``total_bytes``, ``range_supported`` and ``mirror`` (when kept). Raises
     :class:`UnusableInput` for an unknown repo or revision (listing the branches).
     """
-    from ..validate import inspect
+    from ..core.validate import inspect
 
     if isinstance(spec, RepoSpec):
         spec = parse_repo_spec(spec.repo_id + (f":{spec.revision}" if spec.revision else ""), revision)

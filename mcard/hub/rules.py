@@ -17,7 +17,7 @@ from __future__ import annotations
 import fnmatch
 import re
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 
 MAX_FILE_BYTES = 50 * 10**9  # the Hub's per-file limit
 REGULAR_FILE_LIMIT = 10 * 10**6  # files from this size on go through LFS

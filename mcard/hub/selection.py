@@ -16,7 +16,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Sequence
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 from .model import RemoteFile
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -65,7 +65,7 @@ def select_files(files: Sequence[RemoteFile], where: str, *, names: Sequence[str
         if unknown:
             raise UnusableInput(f"{where}: no file {_short_list(unknown)} in this revision "
                                 f"({len(by_path)} files; see --dry-run)")
-        from ..formats._gguf_split import expand
+        from ..formats.gguf.split import expand
 
         # naming one shard of a gguf-split set (or one raw -split-a part) names the whole set
         whole = [p for n in names for p in expand(n, list(by_path))]

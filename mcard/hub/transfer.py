@@ -31,9 +31,9 @@ from typing import Callable
 
 import httpx
 
-from ..errors import CheckFailed, McardError
+from ..core.errors import CheckFailed, McardError
 from ..net import stream
-from ..pathguard import Target
+from ..core.pathguard import Target
 from .model import RemoteFile
 
 CHUNK = 1 << 16  # hash and write in 64 KiB batches: few calls, little lost if the process is killed
@@ -229,7 +229,7 @@ def download_verified(client: httpx.Client, url: str, rf: RemoteFile, partial: P
     resuming an older partial file is retried once from byte 0 first). On
     transient failures beyond the retry budget the partial file is kept for
     the next run and :class:`McardError` is raised. The partial file is opened
-    through ``target`` (:class:`mcard.pathguard.Target`, default: its folder),
+    through ``target`` (:class:`mcard.core.pathguard.Target`, default: its folder),
     never through a symlink.
     """
     target = target or Target(partial.parent)

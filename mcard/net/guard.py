@@ -40,7 +40,7 @@ from types import ModuleType
 from typing import Any, Callable, Iterator
 from urllib.parse import urlsplit
 
-from ..errors import McardError, UnusableInput
+from ..core.errors import McardError, UnusableInput
 from .limits import NetLimits
 
 CAP_KEY = "mcard.cap"  # request extension: the byte cap of this response's body

@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import dataclass, replace
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 
 MIB = 1024 * 1024
 

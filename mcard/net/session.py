@@ -14,7 +14,7 @@
   with :func:`open_session` to get the strict rule).
 * :func:`stream` opens one request of mcard's client with a byte cap and turns
   every non-transport ``httpx`` failure (too many redirects, an invalid URL, a
-  body that does not decode) into a one-line :class:`~mcard.errors.McardError`;
+  body that does not decode) into a one-line :class:`~mcard.core.errors.McardError`;
   transport failures (timeouts, drops) stay ``httpx.TransportError`` so callers
   can retry them.
 """
@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import httpx
 
-from ..errors import UnusableInput
+from ..core.errors import UnusableInput
 from .guard import CAP_KEY, NetSession, guarded_transport
 from .limits import NetLimits
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arch import tiny_config
+from ..core.arch import tiny_config
 
 ORG = "mcard-demo"
 GPTQ_REPO, AWQ_REPO, GGUF_REPO, LORA_REPO = (
@@ -52,8 +52,8 @@ def _files(folder: Path) -> dict[str, bytes | Path]:
 
 def build(workdir: str | Path, broken: bool = False) -> DemoRepos:
     """Write the demo repos under ``workdir/mirrors`` and registry entries under ``workdir/registry``."""
-    from .formats import awq, gguf, gptq, lora
-    from .testing.hubserver import build_git_repo
+    from ..formats import awq, gguf, gptq, lora
+    from ..testing.hubserver import build_git_repo
 
     workdir = Path(workdir)
     staging, mirrors, registry = workdir / "staging", workdir / "mirrors", workdir / "registry"
@@ -92,7 +92,7 @@ def build(workdir: str | Path, broken: bool = False) -> DemoRepos:
 
 
 def _broken_gptq(staging: Path, config: dict[str, Any]) -> dict[str, dict[str, bytes | Path]]:
-    from .formats import gptq
+    from ..formats import gptq
 
     out: dict[str, dict[str, bytes | Path]] = {}
     trunc = staging / "truncated"
@@ -187,17 +187,17 @@ def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
              while_serving: Any = None) -> tuple[list[Any], Path]:
     """Build, serve, ``sync --render``, then the publish step; returns the sync results and the output folder.
 
-    With ``publish``, :func:`mcard.demo_publish.publish_step` packages the tiny
+    With ``publish``, :func:`mcard.pipeline.demo_publish.publish_step` packages the tiny
     variants, publishes them to the local Hub and fetches them back; its sync
     results follow the others, and the unchanged republish of each repo
-    (:class:`mcard.publish.PublishResult`) is appended to ``republished``.
+    (:class:`mcard.pipeline.publish.PublishResult`) is appended to ``republished``.
     ``while_serving(endpoint, results)``, when given, is called last with the local Hub
     still running (``mcard demo --serve`` blocks there until Ctrl-C); the server stops when it returns.
     Downloaded variants stay in ``out/hf-cache`` (the Hugging Face cache layout).
     """
     from .demo_publish import DEMO_TOKEN, publish_step
     from .sync import SyncOptions, sync
-    from .testing.hub import LocalHub
+    from ..testing.hub import LocalHub
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

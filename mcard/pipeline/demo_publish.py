@@ -34,10 +34,10 @@ def _from_dir(staging: Path, name: str, links: Path) -> Path:
 
 def publish_step(workdir: Path, out: Path, endpoint: str, smoke: bool, progress: Any = None) -> tuple[list[Any], list[Any]]:
     """``sync --publish`` of every demo entry, then an unchanged republish; returns (sync results, republish results)."""
-    from .arch import tiny_config
+    from ..core.arch import tiny_config
     from .demo import _write_registry
     from .publish import publish
-    from .registry import load_entry
+    from ..registry.entry import load_entry
     from .sync import SyncOptions, slug, sync
 
     registry = out / "registry-published"

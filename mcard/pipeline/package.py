@@ -16,7 +16,7 @@ GGML files share ``main``) holding:
 Nothing is half-written: the package is built in a fresh sibling folder (a
 new name, created by mcard: never one that was already there) and moved over
 ``OUT`` only once every variant passed ``validate`` twice (its source, then
-the package). Every file in it is written through :class:`mcard.pathguard.Target`
+the package). Every file in it is written through :class:`mcard.core.pathguard.Target`
 (no symlink followed, none created); ``OUT`` itself may not be a symlink.
 ``OUT/mcard-package.json`` records each file's size, sha256 and origin;
 :meth:`Package.verify` checks the folder against it before anything is
@@ -35,16 +35,33 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .errors import CheckFailed, McardError, UnusableInput
-from .hub.rules import (DEFAULT_LFS_PATTERNS, MAX_FILE_BYTES, REGULAR_FILE_LIMIT, check_branch, check_path,
-                        check_repo_id, gitattributes_text, matches, upload_mode)
-from .jsonio import load_json_object
+from .. import __version__
+from ..core.errors import CheckFailed, McardError, UnusableInput
+from ..hub.rules import (
+    DEFAULT_LFS_PATTERNS,
+    MAX_FILE_BYTES,
+    REGULAR_FILE_LIMIT,
+    check_branch,
+    check_path,
+    check_repo_id,
+    gitattributes_text,
+    matches,
+    upload_mode,
+)
+from ..core.jsonio import load_json_object
 from .package_configs import describe, registry_mismatches
-from .pathguard import Target
-from .package_plan import (Item, branch_folder, branch_groups, check_collisions, license_item, plan_branch_variant,
-                           plan_file_variant, source_of)
-from .registry import RegistryVariant, load_entry
+from ..core.pathguard import Target
+from .package_plan import (
+    Item,
+    branch_folder,
+    branch_groups,
+    check_collisions,
+    license_item,
+    plan_branch_variant,
+    plan_file_variant,
+    source_of,
+)
+from ..registry.entry import RegistryVariant, load_entry
 
 MANIFEST = "mcard-package.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size, "5GB"
@@ -136,7 +153,7 @@ class Package:
                     raise UnusableInput("a symlink in the package folder; run `mcard package` again", path)
                 target.check(path)
             for rel in sorted(set(found) - set(want)):
-                from .variant import sniff
+                from ..core.variant import sniff
 
                 if sniff(folder / rel) == "pickle":
                     raise UnusableInput("a pickle file in the package; mcard never publishes pickles", folder / rel)
@@ -265,7 +282,7 @@ def _gitattributes(files: list[PackagedFile]) -> bytes:
 
 
 def _validate(path: Path, v: RegistryVariant) -> list[str]:
-    from .validate import inspect
+    from ..core.validate import inspect
 
     report = inspect(path)
     errors = [f"{f.code}: {f.file} {f.where} {f.message}".replace("  ", " ").strip()
@@ -307,7 +324,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
     (``source``, ``license_file``...) stay inside its folder or ``registry_root``;
     ``from_dir`` and ``base_dir`` are the caller's own and may lie anywhere.
     """
-    from .card import render_card
+    from ..card.render import render_card
     from .sync import slug
 
     entry = load_entry(entry_path, registry_root)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .registry import RegistryVariant
+from ..registry.entry import RegistryVariant
 
 # The base model's tokenizer and generation files a runtime needs next to the weights.
 TOKENIZER_FILES = (

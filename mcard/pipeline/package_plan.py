@@ -15,12 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import UnusableInput
-from .hub.rules import check_path
-from .jsonio import load_json_object
-from .package_configs import (DEFAULT_WEIGHTS_NAME, TOKENIZER_FILES, WEIGHTS_NAME, gptq_config, model_config,
-                              quantization_config)
-from .registry import Entry, RegistryVariant
+from ..core.errors import UnusableInput
+from ..hub.rules import check_path
+from ..core.jsonio import load_json_object
+from .package_configs import (
+    DEFAULT_WEIGHTS_NAME,
+    TOKENIZER_FILES,
+    WEIGHTS_NAME,
+    gptq_config,
+    model_config,
+    quantization_config,
+)
+from ..registry.entry import Entry, RegistryVariant
 
 GENERATED = ("README.md", ".gitattributes")  # written after planning, for every branch
 
@@ -63,7 +69,7 @@ def source_of(entry: Entry, v: RegistryVariant, from_dir: Path | None) -> Path:
 
 
 def _refuse_pickle(path: Path, v: RegistryVariant) -> None:
-    from .variant import sniff
+    from ..core.variant import sniff
 
     if sniff(path) == "pickle":
         raise UnusableInput(f"variant {v.key}: a pickle file; mcard never packages pickles "
@@ -78,8 +84,8 @@ def _check_size(path: Path, size: int, limit: int, hint: str) -> None:
 def _plan_weights(v: RegistryVariant, src: Path, files: list[Path], max_shard: int, limit: int
                   ) -> tuple[list[Item], str, set[Path]]:
     """The weights of a branch variant: (items, model_file_base_name, source files used)."""
-    from .safetensors_io import read_header
-    from .variant import sniff
+    from ..core.safetensors_io import read_header
+    from ..core.variant import sniff
 
     weights = [p for p in files if sniff(p) == "safetensors"]
     index = [p for p in files if p.name.endswith(".safetensors.index.json")]
@@ -163,8 +169,8 @@ def plan_file_variant(v: RegistryVariant, src: Path, limit: int) -> list[Item]:
     A split variant is named by one of its files (the first shard); the whole set goes on the
     branch under its own names, as llama.cpp finds the shards by name.
     """
-    from .formats._gguf_split import expand, is_split_name
-    from .variant import sniff
+    from ..formats.gguf.split import expand, is_split_name
+    from ..core.variant import sniff
 
     if not src.is_file():
         raise UnusableInput(f"variant {v.key}: a {v.format} variant is one file, not a folder", src)

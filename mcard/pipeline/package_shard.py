@@ -16,7 +16,7 @@ import struct
 from pathlib import Path
 from typing import Any, BinaryIO, Callable
 
-from .safetensors_io import SafetensorsHeader, TensorInfo
+from ..core.safetensors_io import SafetensorsHeader, TensorInfo
 
 COPY_CHUNK = 8 << 20
 
@@ -56,7 +56,7 @@ def write_shards(header: SafetensorsHeader, out_dir: Path, stem: str, max_shard_
     """Write the shards into ``out_dir``; returns (shard names, index document).
 
     ``on_file(name, path)`` is called once per shard written (for hashing); ``opener(path)`` opens a
-    shard for writing (``mcard package`` passes its :class:`mcard.pathguard.Target`'s, which follows no symlink).
+    shard for writing (``mcard package`` passes its :class:`mcard.core.pathguard.Target`'s, which follows no symlink).
     """
     groups = plan_shards(header, max_shard_bytes)
     names = [shard_name(stem, i + 1, len(groups)) for i in range(len(groups))]

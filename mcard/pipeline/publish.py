@@ -38,10 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CheckFailed, McardError, UnusableInput
-from .hub.env import HubEnv, resolve_env
-from .hub.rules import MAX_FILE_BYTES, check_repo_id
-from .net import open_session, origin
+from ..core.errors import CheckFailed, McardError, UnusableInput
+from ..hub.env import HubEnv, resolve_env
+from ..hub.rules import MAX_FILE_BYTES, check_repo_id
+from ..net import open_session, origin
 from .package import Package, PackagedBranch, PackagedFile, load_package
 
 ADDED, UPDATED, UNCHANGED, DELETED, KEPT = "added", "updated", "unchanged", "deleted", "kept"
@@ -256,7 +256,7 @@ def publish(package: Package | str | Path, *, repo: str | None = None, endpoint:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    from . import __version__
+    from .. import __version__
 
     api = HfApi(endpoint=env.endpoint, token=env.token or False, library_name="mcard", library_version=__version__)
     result = PublishResult(repo_id, env.endpoint, dry_run)

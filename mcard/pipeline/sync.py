@@ -26,15 +26,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from . import __version__
-from .errors import McardError, UnusableInput
-from .registry import Entry, RegistryVariant, load_entry
-from .pathguard import Target
-from .safetext import redact
-from .untrusted import read_capped
+from .. import __version__
+from ..core.errors import McardError, UnusableInput
+from ..registry.entry import Entry, RegistryVariant, load_entry
+from ..core.pathguard import Target
+from ..core.safetext import redact
+from ..core.untrusted import read_capped
 
-from .smoke_layers import kernel_runs
-from .units import format_size
+from ..smoke.layers import kernel_runs
+from ..core.units import format_size
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # one variants/<key>.json record
 
@@ -132,7 +132,7 @@ class SyncOptions:
     registry_root: Path | None = None  # files named in entries may lie anywhere inside it
     batch: int | None = None  # run only job `batch` (1-based) of `mcard plan TARGET --max-jobs max_jobs`
     max_jobs: int = MAX_MATRIX_JOBS
-    publish: bool = False  # package -> validate -> smoke -> publish -> verify (mcard.sync_publish)
+    publish: bool = False  # package -> validate -> smoke -> publish -> verify (mcard.pipeline.sync_publish)
     from_dir: Path | None = None
     package_dir: Path | None = None
     create: bool = False
@@ -256,7 +256,7 @@ def requested_stages(options: SyncOptions) -> list[str]:
 
 
 def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store") -> VariantRecord:
-    from .card_rows import predict
+    from ..card.rows import predict
 
     started = time.monotonic()
     record = VariantRecord(entry.model.repo, v.key, v.format, v.branch, published_bytes=v.size,
@@ -275,8 +275,8 @@ def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store:
 
 def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "_Store",
                 record: VariantRecord) -> None:
-    from .hub.download import fetch
-    from .validate import inspect
+    from ..hub.download import fetch
+    from ..core.validate import inspect
 
     hub = {"endpoint": options.endpoint, "token": options.token, "cache_dir": options.cache_dir}
     files = [v.file] if v.file else []
@@ -349,8 +349,8 @@ def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str
 
 
 def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
-    from .smoke import run
-    from .smoke_layers import smoke_module
+    from ..smoke.run import run
+    from ..smoke.layers import smoke_module
 
     if smoke_module(record.format) is None:
         record.smoke = "n/a"
@@ -465,7 +465,7 @@ def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_pat
     """The card of what passed: a variant gets a row (sized and rated from its measured files) only when it
     passed in this run (``local_paths``) or its latest run passed against the registry content of today;
     the others are named under the table."""
-    from .card import render_card
+    from ..card.render import render_card
 
     latest = {r.variant: r for r in records}
     paths: dict[str, Path] = {}
@@ -496,7 +496,7 @@ def _render(entry: Entry, store: _Store, records: list[VariantRecord], local_pat
 
 def _atomic_write(root: Path, path: Path, text: str) -> None:
     """Write a report file under ``root``: redacted (no token reaches a report), atomically, never through a
-    symlink out of the report folder (:class:`mcard.pathguard.Target`)."""
+    symlink out of the report folder (:class:`mcard.core.pathguard.Target`)."""
     Target(root).write_atomic(path, redact(text))
 
 
@@ -537,9 +537,9 @@ def needs_gpu(v: RegistryVariant, architecture: str | None = None) -> bool:
 @functools.lru_cache(maxsize=1024)
 def _mix_types(architecture: str | None, qtype: str) -> frozenset[str]:
     """The ggml tensor types of a GGUF mix (its base type alone without an architecture)."""
-    from .arch import ModelShape
-    from .formats import _kquant as kq
-    from .formats import gguf
+    from ..core.arch import ModelShape
+    from ..formats import kquant as kq
+    from ..formats import gguf
 
     ftype = kq.canonical_ftype(qtype)
     if architecture is None:

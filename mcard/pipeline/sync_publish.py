@@ -1,6 +1,6 @@
 """``mcard sync ENTRY --publish --from DIR``: package -> validate -> smoke -> publish -> verify, per variant.
 
-The whole entry is packaged once (:func:`mcard.package.package`, failing
+The whole entry is packaged once (:func:`mcard.pipeline.package.package`, failing
 variants kept out of the publish rather than stopping the others); each
 variant is recorded at the stage where it stopped, in the same per-variant
 records and summary as ``mcard sync``. A branch is published only when every
@@ -15,10 +15,21 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .errors import CheckFailed, McardError
+from ..core.errors import CheckFailed, McardError
 from .package import Package
-from .registry import Entry, load_entry
-from .sync import FAILED, PASSED, RepoSync, SyncOptions, VariantRecord, _render, _smoke, _Store, default_report_dir, slug
+from ..registry.entry import Entry, load_entry
+from .sync import (
+    FAILED,
+    PASSED,
+    RepoSync,
+    SyncOptions,
+    VariantRecord,
+    _render,
+    _smoke,
+    _Store,
+    default_report_dir,
+    slug,
+)
 
 
 def _fail(record: VariantRecord, stage: str, reason: str) -> None:
@@ -27,7 +38,7 @@ def _fail(record: VariantRecord, stage: str, reason: str) -> None:
 
 def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantRecord], None] | None = None,
                   one_of_many: bool = False, only: set[str] | None = None) -> RepoSync:
-    from .card_rows import predict
+    from ..card.rows import predict
     from .package import package
     from .publish import publish
 
@@ -121,7 +132,7 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
 def _verify_branch(entry: Entry, pkg: Package, repo: str, branch: str, outcome: tuple[str, int, bool],
                    records: dict[str, VariantRecord], options: SyncOptions) -> None:
     """Fetch ``branch`` at its new commit through the verified fetch and compare every file with the package."""
-    from .hub.download import fetch
+    from ..hub.download import fetch
 
     commit, sent, changed = outcome
     b = pkg.branch(branch)

@@ -15,7 +15,7 @@ for commented examples)::
     [[evaluations]]  dataset, metric, value (inline) or path (lm-eval JSON)
     [[tables]]       title, columns, rows, caption
 
-The key tables and their type checks are in :mod:`mcard.registry_schema`. Every
+The key tables and their type checks are in :mod:`mcard.registry.schema`. Every
 error is an :class:`UnusableInput` naming the file and the key path.
 """
 
@@ -28,14 +28,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import UnusableInput
-from .evals import EvalEntry, load_lm_eval
-from .hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
-from .formats import BadParam, check_params, params_of
-from .jsonio import load_json_object, load_toml
-from .registry_schema import (
-    EVAL_FILE_SPEC, EVAL_INLINE_SPEC, LINK_SPEC, LIST, MODEL_SPEC, PROMPT_SPEC, STR, TABLE, TABLE_SPEC, TOP_SPEC,
-    VARIANT_SPEC, check_keys, kind_of, list_of, parse_size,
+from ..core.errors import UnusableInput
+from ..card.evals import EvalEntry, load_lm_eval
+from ..hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
+from ..formats import BadParam, check_params, params_of
+from ..core.jsonio import load_json_object, load_toml
+from .schema import (
+    EVAL_FILE_SPEC,
+    EVAL_INLINE_SPEC,
+    LINK_SPEC,
+    LIST,
+    MODEL_SPEC,
+    PROMPT_SPEC,
+    STR,
+    TABLE,
+    TABLE_SPEC,
+    TOP_SPEC,
+    VARIANT_SPEC,
+    check_keys,
+    kind_of,
+    list_of,
+    parse_size,
 )
 
 # format -> family (one template per family)
@@ -128,7 +141,7 @@ class RegistryVariant:
         return self.file if self.family == "gguf" and self.file else self.branch
 
     def size_params(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`mcard.size.predict_size`."""
+        """Keyword arguments for :func:`mcard.core.size.predict_size`."""
         if self.format == "gptq":  # made_with = "GPTQModel": its layout (no bias, its tensor order)
             writer = "gptqmodel" if (self.made_with or "").lower().startswith("gptqmodel") else "autogptq"
             return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act, "writer": writer}
@@ -213,7 +226,7 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
         if "{prompt}" not in prompt["text"]:
             raise UnusableInput("model.prompt.text: has no {prompt} placeholder", path)
     elif isinstance(prompt, str):  # a library name, or a literal template with {prompt}
-        from . import prompts
+        from ..card import prompts
 
         prompts.resolve(prompt, f"{path}: model.prompt")
     links = list_of(m.get("links", []), TABLE, "model.links", path)
@@ -261,7 +274,7 @@ def load_entry(path: str | Path, registry_root: str | Path | None = None) -> Ent
             arch, arch_source = load_json_object(cfg_path), str(cfg_path)
         else:
             arch, arch_source = dict(a), f"{path}: architecture"
-        from .arch import ModelShape
+        from ..core.arch import ModelShape
 
         ModelShape.from_config(arch, arch_source)  # fail early on a config that cannot predict sizes
 
@@ -372,7 +385,7 @@ def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | 
 
 
 def _awq_default_version() -> str:
-    from .formats import awq
+    from ..formats import awq
 
     return str(awq.DEFAULTS["version"])
 

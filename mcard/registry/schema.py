@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .errors import UnusableInput
+from ..core.errors import UnusableInput
 
 # The kinds of TOML value a key may take, as error messages name them.
 STR, INT, FLOAT, BOOL, LIST, TABLE = "a string", "an integer", "a number", "a boolean", "an array", "a table"

@@ -2,7 +2,7 @@
 
 Each :class:`Layer` ties together the three views of one quantized linear: the
 format module's numpy dequantization (the format's own reading), the torch
-reference (:mod:`mcard.reference`) and the CUDA kernel launcher
+reference (:mod:`mcard.smoke.reference`) and the CUDA kernel launcher
 (:mod:`cupy_kernels`). Nothing here imports torch or CuPy at module level.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from cupy_kernels import limits as kernel_limits  # no CuPy import: which layers the int4 kernels serve
 
-from .errors import UnusableInput
-from .formats import SIZE_FORMATS
-from .variant import Variant
+from ..core.errors import UnusableInput
+from ..formats import SIZE_FORMATS
+from ..core.variant import Variant
 
 SUPPORTED = ("gptq", "awq", "gguf", "bnb")  # format modules smoke loads layers from
 # Which layers have a CUDA kernel is cupy_kernels.limits' answer, asked by the layer adapters
@@ -254,7 +254,7 @@ def kernel_runs(fmt: str, params: dict[str, Any], tensor_types: set[str] | None 
 # -- dispatch -----------------------------------------------------------------------
 def load_layers(variant: Variant, count: int | None, spread: Callable) -> tuple[str, list[Layer], str]:
     """(format name, the selected layers, a note about what was left out)."""
-    from . import formats
+    from .. import formats
 
     mod = formats.detect(variant)
     name = getattr(mod, "NAME", None) if mod is not None else None

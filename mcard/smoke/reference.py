@@ -11,7 +11,7 @@ Every ``*_dequantize`` returns ``nn.Linear.weight`` orientation, ``[N, K]``
 numpy arrays or torch tensors.
 
 torch is imported at module level: import this module only where torch is wanted
-(``mcard.smoke`` imports it inside its functions).
+(``mcard.smoke.run`` imports it inside its functions).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def awq_order() -> tuple[int, ...]:
 
     Read from :mod:`mcard.formats.awq` (the format's one source of truth).
     """
-    from .formats import awq
+    from ..formats import awq
 
     for attr in ("AWQ_ORDER", "ORDER", "AWQ_PACK_ORDER", "PACK_ORDER"):
         order = getattr(awq, attr, None)
@@ -180,7 +180,7 @@ def gguf_dequantize(raw: Any, type_name: str, shape: tuple[int, int]) -> torch.T
     so the result is already in ``nn.Linear.weight`` orientation.
     """
     rows, cols = shape
-    if type_name not in GGUF_BLOCKS:  # types without a kernel: mcard.reference_gguf
+    if type_name not in GGUF_BLOCKS:  # types without a kernel: mcard.smoke.reference_gguf
         from . import reference_gguf
 
         if type_name not in reference_gguf.DEQUANTIZERS:

@@ -4,7 +4,7 @@
 ggml block structs against the format module's own (``gguf.quants.dequantize``). The
 block layouts follow ggml's ``block_q*`` structs (``ggml-common.h``) and its
 ``dequantize_row_q*`` loops; each function says which bytes hold what. The types with
-kernels (Q4_0, Q4_1, Q4_K) are in :mod:`mcard.reference` next to the kernels' other
+kernels (Q4_0, Q4_1, Q4_K) are in :mod:`mcard.smoke.reference` next to the kernels' other
 references. Every function takes ``blocks`` uint8 ``[rows, n_blocks, block bytes]`` and
 returns float32 ``[rows, n_blocks * elements per block]``.
 """

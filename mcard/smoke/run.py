@@ -3,7 +3,7 @@
 A variant that validates can still compute garbage on a GPU (nibble order misread,
 zeros off by one, act-order ignored). For a sample of quantized linears this draws
 seeded fp16 activations and compares the CUDA kernel's fp16 output with the float32
-torch reference (:mod:`mcard.reference`). Without a usable GPU it runs the reference
+torch reference (:mod:`mcard.smoke.reference`). Without a usable GPU it runs the reference
 alone and checks it against the format module's own numpy dequantization, so the
 CPU path still catches layout disagreements; it then says that no kernel ran.
 
@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import EXIT_NO_GPU, McardError, UnusableInput
-from .smoke_layers import Layer, load_layers
+from ..core.errors import EXIT_NO_GPU, McardError, UnusableInput
+from .layers import Layer, load_layers
 
 KERNEL_REL_TOL: dict[str, float] = {"gptq": 2e-3, "awq": 2e-3, "gguf": 2e-3, "bnb": 2e-3}
 REFERENCE_REL_TOL = 1e-5
@@ -220,7 +220,7 @@ def run(
     seed: int = 0, require_gpu: bool = False,
 ) -> SmokeResult:
     """Smoke-test a variant; see the module docstring. Raises :class:`NoGpu` or UnusableInput."""
-    from .variant import Variant
+    from ..core.variant import Variant
 
     if device not in ("auto", "cuda", "cpu"):
         raise UnusableInput(f"--device {device!r}: expected auto, cuda or cpu")

@@ -30,7 +30,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..hub.rules import DEFAULT_LFS_PATTERNS, check_branch, check_path, check_repo_id, gitattributes_text, lfs_patterns
+from ..hub.rules import (
+    DEFAULT_LFS_PATTERNS,
+    check_branch,
+    check_path,
+    check_repo_id,
+    gitattributes_text,
+    lfs_patterns,
+)
 from .hub_http import HubError
 from .hubserver import lfs_pointer
 

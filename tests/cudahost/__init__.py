@@ -363,7 +363,7 @@ class _Event:
 def fake_cupy() -> types.ModuleType:
     """A ``cupy`` module whose arrays are numpy arrays and whose ``RawModule`` is :class:`HostModule`.
 
-    Enough of CuPy for ``cupy_kernels.launch``, ``mcard.smoke`` and the kernel tests:
+    Enough of CuPy for ``cupy_kernels.launch``, ``mcard.smoke.run`` and the kernel tests:
     array constructors, ``asnumpy``, ``RawModule``, ``cuda.Device``, ``cuda.Event`` /
     ``cuda.get_elapsed_time`` (host wall-clock milliseconds) and a device called
     "cudahost (CPU)".

@@ -22,14 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import ModelShape
-from ..errors import UnusableInput
-from ..report import Finding, Report, Runtime
-from ..safetensors_io import DTYPE_BYTES, write
-from ..size import SizeEstimate
-from ..variant import Variant
-from . import _common, _params
-from ._packing import AWQ_ORDER, groups_of, pack_awq, pack_cols, unpack_awq, unpack_cols, valid_group_size
+from ...core.arch import ModelShape
+from ...core.errors import UnusableInput
+from ...core.report import Finding, Report, Runtime
+from ...core.safetensors_io import DTYPE_BYTES, write
+from ...core.size import SizeEstimate
+from ...core.variant import Variant
+from .. import common as _common, params as _params
+from ..packing import AWQ_ORDER, groups_of, pack_awq, pack_cols, unpack_awq, unpack_cols, valid_group_size
 
 NAME = "awq"
 BITS = 4  # AutoAWQ and vLLM: "Only 4-bit are supported for now."

@@ -39,18 +39,35 @@ from typing import Any
 
 import numpy as np
 
-from .. import untrusted
-from ..arch import Linear, ModelShape
-from ..errors import UnusableInput
-from ..report import Report, Runtime
-from ..safetensors_io import DTYPE_BYTES
-from ..size import SizeEstimate
-from ..variant import Variant
-from . import _common, _params
-from ._bnb_quant import (
-    CODE_BOOKS, DEFAULT_BLOCKSIZE, DYNAMIC_MAP, FP4_CODE, NESTED_BLOCKSIZE, NF4_CODE, QUANT_TYPES,
-    SUFFIX_ABSMAX, SUFFIX_NESTED_ABSMAX, SUFFIX_NESTED_QUANT_MAP, SUFFIX_QUANT_MAP, SUFFIX_QUANT_STATE, SUFFIX_WEIGHT,
-    Bnb4Linear, absmax_float, dequantize_linear, n_blocks, pack_json, quantize, unpack_codes,
+from ...core import untrusted
+from ...core.arch import Linear, ModelShape
+from ...core.errors import UnusableInput
+from ...core.report import Report, Runtime
+from ...core.safetensors_io import DTYPE_BYTES
+from ...core.size import SizeEstimate
+from ...core.variant import Variant
+from .. import common as _common, params as _params
+from .quant import (
+    CODE_BOOKS,
+    DEFAULT_BLOCKSIZE,
+    DYNAMIC_MAP,
+    FP4_CODE,
+    NESTED_BLOCKSIZE,
+    NF4_CODE,
+    QUANT_TYPES,
+    SUFFIX_ABSMAX,
+    SUFFIX_NESTED_ABSMAX,
+    SUFFIX_NESTED_QUANT_MAP,
+    SUFFIX_QUANT_MAP,
+    SUFFIX_QUANT_STATE,
+    SUFFIX_WEIGHT,
+    Bnb4Linear,
+    absmax_float,
+    dequantize_linear,
+    n_blocks,
+    pack_json,
+    quantize,
+    unpack_codes,
 )
 
 NAME = "bnb"
@@ -447,7 +464,7 @@ def write_variant(folder: str | Path, config: dict[str, Any], quant_type: str = 
         "llm_int8_enable_fp32_cpu_offload": False, "llm_int8_has_fp16_weight": False,
     }
     _common.write_config(folder, "config.json", dict(config, torch_dtype="float16", quantization_config=qc))
-    from ..safetensors_io import write
+    from ...core.safetensors_io import write
 
     write(folder / "model.safetensors", tensors, SAFETENSORS_METADATA)
     return originals

@@ -24,14 +24,14 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..arch import MAX_LAYERS, ModelShape
-from ..errors import UnusableInput
-from ..report import Report, Runtime
-from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
-from ..variant import Variant
-from . import _common, _params
-from . import _ggml_types as gt
-from . import _kquant as kq
+from ...core.arch import MAX_LAYERS, ModelShape
+from ...core.errors import UnusableInput
+from ...core.report import Report, Runtime
+from ...core.size import RAM_OVERHEAD_BYTES, SizeEstimate
+from ...core.variant import Variant
+from .. import common as _common, params as _params
+from .. import ggml_types as gt
+from .. import kquant as kq
 
 NAME = "ggml"
 MAGICS = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
@@ -266,7 +266,7 @@ def write_variant(path: str | Path, config: dict[str, Any], ftype: str = "q4_0",
     """Write a small real ggjt v3 llama file; returns the dequantized tensors ([rows, cols])."""
     from gguf import quants
 
-    from .gguf import quantize_rows
+    from ..gguf import quantize_rows
 
     path = Path(path)
     if path.suffix != ".bin":

@@ -18,17 +18,17 @@ import numpy as np
 from gguf import GGUFWriter, quants
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGMLQuantizationType
 
-from ..arch import ModelShape
-from ..errors import UnusableInput
-from ..report import Report, Runtime
-from ..size import RAM_OVERHEAD_BYTES, SizeEstimate
-from ..units import format_size
-from ..variant import Variant
-from . import _ggml_types as gt
-from . import _gguf_split as split
-from . import _params
-from . import _kquant as kq
-from ._gguf_header import GgufFile, GgufTensor, read
+from ...core.arch import ModelShape
+from ...core.errors import UnusableInput
+from ...core.report import Report, Runtime
+from ...core.size import RAM_OVERHEAD_BYTES, SizeEstimate
+from ...core.units import format_size
+from ...core.variant import Variant
+from .. import ggml_types as gt
+from . import split
+from .. import params as _params
+from .. import kquant as kq
+from .header import GgufFile, GgufTensor, read
 
 NAME = "gguf"
 # predict_size's estimate of the metadata: kv pairs besides the vocabulary, and per vocab
@@ -229,11 +229,11 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
         params["imatrix"] = True
     notes = []
     if kv_bytes is None and model_dir is not None and config_doc is not None and not imatrix:
-        from ._gguf_kv import kv_size
+        from .kv import kv_size
 
         kv_bytes = kv_size(Path(model_dir), config_doc, shape)
     if kv_bytes is None:
-        from ._gguf_kv import bpe_kv_range
+        from .kv import bpe_kv_range
 
         ranged = bpe_kv_range(Path(model_dir), shape) if model_dir is not None else None
         kv, low, high = ranged or kv_estimate(shape)
@@ -328,7 +328,7 @@ def shape_from_kv(g: GgufFile | dict[str, Any], tensor_names: set[str] | None = 
 
 def check(variant: Variant, report: Report) -> None:
     """Header, layout, tensor set, mix, size and runtimes of every GGUF model in the variant."""
-    from . import _gguf_check
+    from . import checks as _gguf_check
 
     _gguf_check.check(variant, report)
 

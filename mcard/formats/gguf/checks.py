@@ -9,15 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..arch import ModelShape
-from ..report import FileEntry, Report
-from ..variant import Variant, sniff
-from . import _common
-from . import _ggml_types as gt
-from . import _gguf_split as split
-from . import _kquant as kq
-from ._gguf_header import GgufFile, GgufTensor, read
-from .gguf import NAME, _models, _pad, expected_tensors, expected_types, runtimes, shape_from_kv
+from ...core.arch import ModelShape
+from ...core.report import FileEntry, Report
+from ...core.variant import Variant, sniff
+from .. import common as _common
+from .. import ggml_types as gt
+from . import split
+from .. import kquant as kq
+from .header import GgufFile, GgufTensor, read
+from . import NAME, _models, _pad, expected_tensors, expected_types, runtimes, shape_from_kv
 
 
 def check(variant: Variant, report: Report) -> None:

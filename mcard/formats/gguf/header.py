@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
-from ..errors import UnusableInput
-from ..variant import bad_magic
-from . import _ggml_types as gt
+from ...core.errors import UnusableInput
+from ...core.variant import bad_magic
+from .. import ggml_types as gt
 
 _SCALAR = {  # value type -> struct format
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",

@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..arch import ModelShape
-from ..jsonio import MAX_CONFIG_BYTES, load_json_object
-from ..untrusted import read_capped
+from ...core.arch import ModelShape
+from ...core.jsonio import MAX_CONFIG_BYTES, load_json_object
+from ...core.untrusted import read_capped
 
 _SPECIAL = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
 

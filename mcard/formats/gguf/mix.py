@@ -30,8 +30,8 @@ its use in the ``quantize.imatrix.*`` keys.
 
 from __future__ import annotations
 
-from ..errors import UnusableInput
-from ._ggml_types import FTYPES, block, canonical_ftype, is_quantized
+from ...core.errors import UnusableInput
+from ..ggml_types import FTYPES, block, canonical_ftype, is_quantized
 
 RULES = ("current", "2024", "2023")
 RULE_LABELS = {

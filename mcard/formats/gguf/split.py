@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from gguf.constants import GGUF_DEFAULT_ALIGNMENT, GGUFValueType
 
-from ..errors import UnusableInput
+from ...core.errors import UnusableInput
 
 KV_SPLIT_NO = "split.no"
 KV_SPLIT_COUNT = "split.count"
@@ -236,7 +236,7 @@ def write_shards(src: str | Path, out_prefix: str | Path, max_bytes: int | None 
     A writer that must keep files under the Hub's 50 GB (:data:`mcard.hub.rules.MAX_FILE_BYTES`) passes
     less than that as ``max_bytes``: the limit counts tensor data only, the header comes on top.
     """
-    from ._gguf_header import read
+    from .header import read
 
     src, out_prefix = Path(src), Path(out_prefix)
     g = read(src)

@@ -17,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import ModelShape
-from ..errors import UnusableInput
-from ..report import Report, Runtime
-from ..size import SizeEstimate
-from ..variant import Variant
-from . import _common, _gptq_config, _params
-from ._gptq_config import read_quant_config
-from ._packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
+from ...core.arch import ModelShape
+from ...core.errors import UnusableInput
+from ...core.report import Report, Runtime
+from ...core.size import SizeEstimate
+from ...core.variant import Variant
+from .. import common as _common, params as _params
+from . import config as _gptq_config
+from .config import read_quant_config
+from ..packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
 
 NAME = "gptq"
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".bias")
@@ -300,7 +301,7 @@ def predict_size(
     entries = {name: (d[0], dims) for name, (d, dims) in expected.items()}
     parts = dict.fromkeys(("qweight", "qzeros", "scales", "g_idx", "bias", "embeddings", "lm_head", "norms"), 0)
     tensors = []
-    from ..safetensors_io import DTYPE_BYTES
+    from ...core.safetensors_io import DTYPE_BYTES
 
     for name, (dt, dims) in entries.items():
         nbytes = DTYPE_BYTES[dt] * int(np.prod(dims))
@@ -318,7 +319,7 @@ def predict_size(
 # -- validation ---------------------------------------------------------------------
 def check(variant: Variant, report: Report) -> None:
     """Config, tensor set and shapes, g_idx, zero points, size and runtimes."""
-    from . import _gptq_check
+    from . import checks as _gptq_check
 
     _gptq_check.check(variant, report)
 
@@ -330,7 +331,7 @@ def write_variant(
     bias: bool = True,
 ) -> dict[str, np.ndarray]:
     """Write a random GPTQ checkpoint as AutoGPTQ lays it out; returns {module: dequantized [N, K]}."""
-    from ..safetensors_io import write
+    from ...core.safetensors_io import write
 
     folder = Path(folder)
     shape = ModelShape.from_config(config)

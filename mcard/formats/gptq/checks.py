@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import ModelShape
-from ..report import Report
-from ..variant import Variant
-from . import _common, gptq
-from ._gptq_config import V1, V2, VALID_BITS, params_ok, read_quant_config
-from ._packing import groups_of, pack_cols, period, unpack_cols
+from ...core.arch import ModelShape
+from ...core.report import Report
+from ...core.variant import Variant
+from .. import common as _common, gptq
+from .config import V1, V2, VALID_BITS, params_ok, read_quant_config
+from ..packing import groups_of, pack_cols, period, unpack_cols
 
 _PARAM_KEYS = ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "damp_percent")
 

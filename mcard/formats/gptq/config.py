@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UnusableInput
-from ..report import Finding, Report
-from ..variant import Variant
-from ._packing import valid_group_size
+from ...core.errors import UnusableInput
+from ...core.report import Finding, Report
+from ...core.variant import Variant
+from ..packing import valid_group_size
 
 V1, V2 = "gptq", "gptq_v2"
 CHECKPOINT_FORMATS = (V1, V2)

@@ -7,11 +7,11 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import ModelShape
-from ..report import Report, Runtime
-from ..size import SizeEstimate
-from ..variant import Variant
-from . import _common
+from ...core.arch import ModelShape
+from ...core.report import Report, Runtime
+from ...core.size import SizeEstimate
+from ...core.variant import Variant
+from .. import common as _common
 
 NAME = "hf"
 _BYTES = {"F16": 2, "BF16": 2, "F32": 4}
@@ -89,7 +89,7 @@ def write_variant(folder: str | Path, config: dict[str, Any], seed: int = 0, dty
         tensors[name] = _common.random_weight(rng, name, dims).astype(np_dtype)
     cfg = dict(config, torch_dtype={"F16": "float16", "F32": "float32"}[dtype])
     _common.write_config(folder, "config.json", cfg)
-    from ..safetensors_io import write
+    from ...core.safetensors_io import write
 
     write(folder / "model.safetensors", tensors, {"format": "pt"})
     return {k: v.astype(np.float32) for k, v in tensors.items()}

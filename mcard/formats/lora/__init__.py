@@ -38,14 +38,14 @@ from typing import Any
 
 import numpy as np
 
-from ..arch import MAX_LAYERS, ModelShape
-from .. import untrusted
-from ..errors import UnusableInput
-from ..report import Report, Runtime, Severity
-from ..safetensors_io import DTYPE_BYTES
-from ..size import SizeEstimate
-from ..variant import Variant
-from . import _common, _params
+from ...core.arch import MAX_LAYERS, ModelShape
+from ...core import untrusted
+from ...core.errors import UnusableInput
+from ...core.report import Report, Runtime, Severity
+from ...core.safetensors_io import DTYPE_BYTES
+from ...core.size import SizeEstimate
+from ...core.variant import Variant
+from .. import common as _common, params as _params
 
 NAME = "lora"
 CONFIG_NAME = "adapter_config.json"
@@ -441,7 +441,7 @@ def _check_modules_to_save_present(variant: Variant, report: Report, cfg: dict[s
 
 
 def _check_pickle_only(variant: Variant, report: Report) -> None:
-    from . import pickle as pickle_fmt
+    from .. import pickled as pickle_fmt
 
     pickles = variant.files_of("pickle")
     if not pickles:
@@ -527,7 +527,7 @@ def write_variant(folder: str | Path, config: dict[str, Any], r: int = 64, lora_
     _common.write_config(folder, CONFIG_NAME, adapter_cfg)
     if base_config:
         _common.write_config(folder, "config.json", config)
-    from ..safetensors_io import write
+    from ...core.safetensors_io import write
 
     write(folder / WEIGHTS_NAME, tensors, SAFETENSORS_METADATA)
     return {k: v.astype(np.float32) for k, v in tensors.items()}

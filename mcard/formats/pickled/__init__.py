@@ -17,9 +17,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
-from ..errors import UnusableInput
-from ..report import Report, Runtime
-from ..variant import Variant
+from ...core.errors import UnusableInput
+from ...core.report import Report, Runtime
+from ...core.variant import Variant
 
 NAME = "pickle"
 MAX_PICKLE_BYTES = 64 * 1024 * 1024  # the opcode stream of a checkpoint is small
