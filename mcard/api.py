@@ -30,8 +30,8 @@ def dequantize(path: str | Path, name: str) -> np.ndarray:
     safetensors formats and gguf's ``[rows, cols]`` for GGUF files.
     """
     variant = Variant.open(path)
-    module = formats.detect(variant)
-    if module is None or not hasattr(module, "dequantize"):
+    spec = formats.detect(variant)
+    if spec is None:
         raise UnusableInput("no dequantizable model found", path)
-    result: Any = module.dequantize(variant, name)
+    result: Any = spec.dequantize(variant, name)
     return np.asarray(result, dtype=np.float32)

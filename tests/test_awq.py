@@ -173,5 +173,5 @@ def test_detection_does_not_confuse_gptq(tmp_path, tiny_cfg):
 
     awq.write_variant(tmp_path / "a", tiny_cfg, config_style="quant_config.json")
     gptq.write_variant(tmp_path / "g", tiny_cfg, config_file="config.json")
-    assert detect(Variant.open(tmp_path / "a")).NAME == "awq"
-    assert detect(Variant.open(tmp_path / "g")).NAME == "gptq"
+    assert detect(Variant.open(tmp_path / "a")).name == "awq"
+    assert detect(Variant.open(tmp_path / "g")).name == "gptq"

@@ -412,7 +412,7 @@ def _entry_rows(path: Path, **kwargs):
 
 def test_awq_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     awq = needs("awq", "runtimes")
-    from mcard.card.render import TABLE_COLUMNS
+    from mcard import formats
     from mcard.core.size import predict_size
 
     entry = tiny_entry(tmp_path, AWQ_VARIANTS)
@@ -427,7 +427,7 @@ def test_awq_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
             (r.name, r.compatible) for r in awq.runtimes(bits=4, group_size=gs, version=version, zero_point=zp)]
     text = render_card(entry)
     header, table = files_table(text, "Branch")
-    assert header == TABLE_COLUMNS["awq"]
+    assert header == list(formats.family("awq").columns)
     by = {r["Branch"]: r for r in table}
     assert [by[k]["Version"] for k in params] == ["GEMM", "GEMV", "GEMM"]
     assert (by["main"]["AWQ Dataset"], by["main"]["Seq Len"], by["main"]["Made With"]) == ("pileval", "512", "AutoAWQ")
@@ -463,7 +463,7 @@ double_quant = false
 
 def test_bnb_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     bnb = needs("bnb", "runtimes")
-    from mcard.card.render import TABLE_COLUMNS
+    from mcard import formats
     from mcard.core.size import predict_size
 
     entry = tiny_entry(tmp_path, BNB_VARIANTS)
@@ -474,7 +474,7 @@ def test_bnb_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     assert rows["main"].size != predict_size(tiny_config(), "nf4", double_quant=False).total_bytes
     text = render_card(entry)
     header, table = files_table(text, "Branch")
-    assert header == TABLE_COLUMNS["bnb"] == ["Branch", "Quant type", "Double quant", "Size", "Compatible runtimes",
+    assert header == list(formats.family("bnb").columns) == ["Branch", "Quant type", "Double quant", "Size", "Compatible runtimes",
                                               "Description"]
     assert [(r["Branch"], r["Quant type"], r["Double quant"]) for r in table] == [
         ("main", "nf4", "True"), ("fp4", "fp4", "False")]

@@ -162,7 +162,9 @@ def test_size_takes_every_file_type_issue_13_models(capsys, config_json):
 
 
 def test_size_help_lists_every_format_and_the_lora_options(capsys):
-    from mcard.formats import SIZE_FORMATS
+    from mcard.formats import aliases
+
+    SIZE_FORMATS = list(aliases())
 
     code, out, _err = _run(capsys, ["size", "--help"])
     text = " ".join(out.replace("│", " ").split())

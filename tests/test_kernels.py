@@ -33,7 +33,7 @@ from mcard.formats import kquant as _kquant, awq, gptq
 from mcard.formats.awq import AWQ_ORDER
 from kernel_inputs import gguf_raw, rng, scales, words  # noqa: E402
 
-TOL = 2e-3  # mcard.smoke.run.KERNEL_REL_TOL: fp16 rounding of an fp32 accumulation, 4x margin
+TOL = 2e-3  # the formats' kernel_tolerance (mcard.smoke.run.kernel_tolerances): fp16 rounding of an fp32 accumulation, 4x margin
 GPU_BATCHES = [1, 2, 7, 8, 9, 16, 31, 32]
 HOST_BATCHES = [1, 9, 32]  # GEMV; GEMM with a partial M tile; several full tiles
 cupy = None  # the backend's module, set by the fixture

@@ -233,10 +233,10 @@ def test_coalesce():
 
 def test_gguf_header_prefix_doubles_until_it_parses(hub, monkeypatch):
     """A small first prefix forces the doubling path; the result equals a local validate."""
-    from mcard.hub import remote_validate
+    from mcard.formats.gguf.spec import GgufSpec
 
     server, local = hub
-    monkeypatch.setattr(remote_validate, "GGUF_PREFIX_START", 1024)
+    monkeypatch.setattr(GgufSpec, "remote_heads", ((".gguf", 1024),))
     with FaultProxy(server.endpoint, Faults(honour_range=True)) as proxy:
         report = inspect_remote(f"{REPO}:main", endpoint=proxy.endpoint, token="")
         ranges = [e.range for e in proxy.requests(".gguf")]

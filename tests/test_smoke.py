@@ -160,17 +160,17 @@ def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, mo
     (tmp_path / "notes.txt").write_text("hello")
     assert runner.invoke(app, ["smoke", str(tmp_path)]).exit_code == EXIT_UNUSABLE
     if "bnb" in variants:
-        from mcard.smoke import layers as smoke_layers
+        from mcard.formats.bnb import smoke as bnb_smoke
 
-        real = smoke_layers._bnb_layer
+        real = bnb_smoke.layer
 
-        def broken(mod, variant, name):  # noqa: ANN001 - a layer whose format reading is off by a factor
-            layer = real(mod, variant, name)
+        def broken(variant, name):  # noqa: ANN001 - a layer whose format reading is off by a factor
+            layer = real(variant, name)
             good = layer.numpy_weight
             layer.numpy_weight = lambda: good() * np.float32(1.1)
             return layer
 
-        monkeypatch.setattr(smoke_layers, "_bnb_layer", broken)
+        monkeypatch.setattr(bnb_smoke, "layer", broken)
         res = runner.invoke(app, ["smoke", str(variants["bnb"]), "--device", "cpu", "--layers", "1", "--batch", "1"])
         assert res.exit_code == EXIT_FAILED, res.output
         assert "FAIL" in res.output
@@ -201,7 +201,7 @@ def test_kernel_path_passes_on_builder_variants(variants: dict[str, Path], label
     assert result.ok, [r.to_dict() for r in result.layers if not r.ok]
     assert result.kernels_run and result.message.startswith("kernels ran on cudahost (CPU)")
     kernel_rows = [r for r in result.layers if r.engine == "kernel"]
-    assert kernel_rows and all(r.rel_error < smoke.KERNEL_REL_TOL[result.format] for r in kernel_rows)
+    assert kernel_rows and all(r.rel_error < smoke.kernel_tolerances()[result.format] for r in kernel_rows)
     assert all(r.time_us == 1.0 and r.gbps > 0 for r in kernel_rows)
 
 

@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .render import TABLE_COLUMNS, eval_result
+from .. import formats
+from .render import eval_result
 from .rows import expected_size
 from ..core.units import UNITS, format_size
 from ..core.errors import UnusableInput
@@ -23,8 +24,16 @@ from ..registry.entry import Entry, load_entry
 from ..core.report import FileEntry, Report
 from ..core.untrusted import MAX_TEXT_BYTES, load_yaml, read_text
 
-# The column of each family's provided-files table that holds the size.
-SIZE_COLUMN = {"gptq": "File Size", "awq": "Size", "bnb": "Size", "gguf": "Size", "lora": "Size", "base": "Size"}
+
+
+def quantized_tags() -> set[str]:
+    """Tags that mark a card of quantized weights or an adapter: the aliases and card tags of such formats."""
+    out: set[str] = set()
+    for s in formats.specs():
+        if s.card is not None and s.card.quantized:
+            out.update(s.aliases)
+            out.update(t for t in s.card.tags if not t.endswith("-bit"))
+    return out
 
 
 # -- Markdown tables and size cells ---------------------------------------------------
@@ -218,8 +227,8 @@ def check_card(card_path: str | Path, registry_path: str | Path | None = None,
     raw_tags = meta.get("tags")
     tags = [str(t).lower() for t in raw_tags] if isinstance(raw_tags, list) else \
         [raw_tags.lower()] if isinstance(raw_tags, str) else []
-    is_quant = entry.family != "base" if entry is not None else (
-        bool(meta.get("quantized_by")) or any(t in ("gptq", "gguf", "ggml", "awq", "bitsandbytes", "nf4", "fp4", "lora", "peft") for t in tags)
+    is_quant = formats.family(entry.family).quantized if entry is not None else (
+        bool(meta.get("quantized_by")) or bool(quantized_tags() & set(tags))
     )
     if is_quant and not meta.get("base_model"):
         report.error("missing-metadata", name, "base_model", "a quantized or adapter repo needs base_model")
@@ -256,7 +265,8 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
         elif "model-index" not in meta:
             report.error("eval-mismatch", name, "model-index", "registry has evaluations but the card has no model-index")
 
-    columns = TABLE_COLUMNS[entry.family]
+    card = formats.family(entry.family)
+    columns = list(card.columns)
     table = next((t for t in markdown_tables(body) if t[0] and t[0][0] == columns[0] and len(t[0]) > 2), None)
     if table is None:
         report.error("missing-table", name, "provided files", f"no provided-files table (header starting {columns[0]!r})")
@@ -279,7 +289,7 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
             report.error("missing-row", name, where, "no row for this variant")
             continue
         size, ram, source = expected_size(entry, v)
-        for column, want in ((SIZE_COLUMN[entry.family], size), ("Max RAM required", ram)):
+        for column, want in ((card.size_column, size), ("Max RAM required", ram)):
             if column not in col or want is None:
                 continue
             cell = row[col[column]] if col[column] < len(row) else ""
@@ -294,10 +304,10 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
                              f"card says {cell.rstrip('*').strip()}, registry ({source}) says {format_size(want)}")
         if "Bits" in col and v.bits is not None and col["Bits"] < len(row) and row[col["Bits"]] != str(v.bits):
             report.error("param-mismatch", name, f"{where}/Bits", f"card says {row[col['Bits']]!r}, registry says {v.bits}")
-        if "Quant type" in col and v.family == "bnb" and col["Quant type"] < len(row) \
-                and row[col["Quant type"]] != v.format:
-            report.error("param-mismatch", name, f"{where}/Quant type",
-                         f"card says {row[col['Quant type']]!r}, registry says {v.format!r}")
+        alias_col = card.check_alias_column  # a column naming the variant's alias (bitsandbytes: Quant type)
+        if alias_col is not None and alias_col in col and col[alias_col] < len(row) and row[col[alias_col]] != v.format:
+            report.error("param-mismatch", name, f"{where}/{alias_col}",
+                         f"card says {row[col[alias_col]]!r}, registry says {v.format!r}")
         if "Group Size" in col and v.group_size is not None and col["Group Size"] < len(row) \
                 and row[col["Group Size"]] != str(v.group_size):
             report.error("param-mismatch", name, f"{where}/Group Size",

@@ -20,27 +20,10 @@ from typing import Any
 from ..core.errors import UnusableInput
 from .evals import EvalEntry, format_value
 from ..registry.entry import Entry, RegistryVariant, load_entry
-from .rows import Row, build_rows, exllama_cell, size_cell
+from .rows import Row, build_rows, runtimes_cell, size_cell, target_modules_text
+from .. import formats
 from ..core.untrusted import read_text
 from ..core.report import Runtime
-
-FAMILY_TEMPLATES = {"gptq": "gptq.md.j2", "awq": "awq.md.j2", "bnb": "bnb.md.j2", "gguf": "gguf.md.j2",
-                    "lora": "lora.md.j2", "base": "base.md.j2"}
-FAMILY_TAGS = {"gptq": ["gptq"], "awq": ["awq"], "bnb": ["bitsandbytes", "4-bit"], "gguf": [],
-               "lora": ["lora", "peft"], "base": []}
-BITS_TAG_FAMILIES = ("gptq", "awq", "gguf")  # families whose variants' bits become N-bit tags
-
-# The provided-files table of each family: its columns, in order.
-TABLE_COLUMNS = {
-    "gptq": ["Branch", "Bits", "Group Size", "Act Order", "File Size", "ExLlama Compatible", "Made With", "Description"],
-    "awq": ["Branch", "Bits", "Group Size", "Version", "AWQ Dataset", "Seq Len", "Size", "Compatible runtimes",
-            "Made With", "Description"],
-    "bnb": ["Branch", "Quant type", "Double quant", "Size", "Compatible runtimes", "Description"],
-    "gguf": ["Name", "Quant method", "Bits", "Size", "Max RAM required", "Use case"],
-    "lora": ["Branch", "Rank (r)", "Alpha", "Dropout", "Target modules", "Size", "Dataset", "Description"],
-    "base": ["Branch", "Format", "Size", "Description"],
-}
-
 
 def templates_dir() -> Path:
     """The canonical templates: ``templates/`` of a checkout, else ``<prefix>/share/mcard/templates`` (wheel data files)."""
@@ -64,7 +47,7 @@ def find_chat_template(entry: Entry, variants_dir: Path | None,
 
     candidates = []
     for v in entry.variants:
-        if v.family == "gguf":
+        if v.spec.files_are_variants:  # a file has no tokenizer_config.json of its own
             continue
         if variant_paths and v.key in variant_paths:
             candidates.append(Path(variant_paths[v.key]) / "tokenizer_config.json")
@@ -118,8 +101,9 @@ def card_data(entry: Entry, prompt_text: str | None) -> Any:
     from huggingface_hub import ModelCardData
 
     m = entry.model
-    formats_tags = _dedupe([v.format for v in entry.variants] + FAMILY_TAGS[entry.family])
-    bits = sorted({v.bits for v in entry.variants if v.bits is not None and entry.family in BITS_TAG_FAMILIES})
+    card = formats.family(entry.family)
+    formats_tags = _dedupe([v.format for v in entry.variants] + list(card.tags))
+    bits = sorted({v.bits for v in entry.variants if v.bits is not None and card.bits_tags})
     tags = _dedupe(m.tags + formats_tags + [f"{b}-bit" for b in bits])
     extra: dict[str, Any] = {}
     model_type = (entry.architecture or {}).get("model_type")
@@ -132,8 +116,8 @@ def card_data(entry: Entry, prompt_text: str | None) -> Any:
     ):
         if value is not None:
             extra[key] = value
-    if entry.family == "lora":  # the Hub shows adapters as PEFT repos (and offers the PEFT snippet)
-        extra["library_name"] = "peft"
+    if card.library_name is not None:
+        extra["library_name"] = card.library_name
     return ModelCardData(
         base_model=m.base_model,
         language=m.language or None,
@@ -194,43 +178,9 @@ def _prompt(entry: Entry) -> tuple[str | None, str | None]:
     return tpl.title, tpl.filled(entry.model.system_message)
 
 
-def _lora_modules(v: RegistryVariant) -> str:
-    return ", ".join(v.target_modules) if v.target_modules else "all linear layers"
-
-
-def runtimes_cell(runtimes: list[Runtime] | None) -> str:
-    """The names of the compatible runtimes, comma-separated; ``?`` without rules, ``-`` when none."""
-    if runtimes is None:
-        return "?"
-    return ", ".join(r.name for r in runtimes if r.compatible) or "-"
-
-
 def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
-    """The provided-files table as text cells, in the family's column order."""
-    out = []
-    for r in rows:
-        v = r.variant
-        size = size_cell(r.size, r.predicted)
-        if entry.family == "gptq":
-            cells = [v.branch, v.bits, v.group_size, v.desc_act, size, exllama_cell(r.runtimes),
-                     v.made_with or "-", v.description]
-        elif entry.family == "awq":
-            cells = [v.branch, v.bits, v.group_size, (v.version or "gemm").upper(), v.dataset or "-",
-                     v.seq_len if v.seq_len is not None else "-", size, runtimes_cell(r.runtimes),
-                     v.made_with or "-", v.description]
-        elif entry.family == "bnb":
-            cells = [v.branch, v.format, v.double_quant, size, runtimes_cell(r.runtimes), v.description]
-        elif entry.family == "gguf":  # a split variant (shards, raw parts) is one row, named as the set
-            cells = [split_display_name(v.file) if v.file else v.file, v.type, v.bits if v.bits is not None else "-",
-                     size, size_cell(r.ram, r.predicted), v.description]
-        elif entry.family == "lora":
-            cells = [v.branch, v.r if v.r is not None else "-", format_value(v.alpha) if v.alpha is not None else "-",
-                     format_value(v.dropout) if v.dropout is not None else "-", _lora_modules(v), size,
-                     v.dataset or "-", v.description]
-        else:
-            cells = [v.branch, v.format, size, v.description]
-        out.append([_md_cell(c) for c in cells])
-    return out
+    """The provided-files table as text cells, in the family's column order (each format's spec fills its rows)."""
+    return [[_md_cell(c) for c in formats.by_alias(r.variant.format).card_cells(r.variant, r)] for r in rows]
 
 
 def split_display_name(name: str) -> str:
@@ -287,7 +237,7 @@ def context(entry: Entry, variants_dir: Path | None = None, variant_paths: dict[
             "version": v.version, "zero_point": v.zero_point, "double_quant": v.double_quant,
             "made_with": v.made_with, "description": v.description, "dataset": v.dataset,
             "seq_len": v.seq_len, "damp_percent": v.damp_percent, "r": v.r, "alpha": v.alpha,
-            "dropout": v.dropout, "target_modules": _lora_modules(v),
+            "dropout": v.dropout, "target_modules": target_modules_text(v),
             "size": size_cell(r.size, r.predicted), "size_source": r.size_source,
             "runtimes": [{"name": rt.name, "compatible": rt.compatible, "reason": rt.reason} for rt in r.runtimes or []],
             "compatible_runtimes": runtimes_cell(r.runtimes),
@@ -308,12 +258,11 @@ def context(entry: Entry, variants_dir: Path | None = None, variant_paths: dict[
             "notes": list(m.notes), "links": list(m.links),
         },
         "family": entry.family,
-        "columns": TABLE_COLUMNS[entry.family],
+        "columns": list(formats.family(entry.family).columns),
         "rows": table_rows(entry, rows),
         "variants": variants,
         "first": variants[0] if variants else None,
         "left_out": [{"key": k, "reason": _md_cell(why)} for k, why in (left_out or {}).items()],
-        "gguf_files": [v for v in variants if v["format"] == "gguf"],
         "eval_note": eval_note,
         "any_predicted": any(r.predicted for r in rows),
         "any_measured": any(r.size_source == "measured" for r in rows),
@@ -349,7 +298,7 @@ def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, 
         raise UnusableInput("--variants: not a folder", vdir)
     ctx = context(entry, vdir, variant_paths, listed, left_out)
 
-    extra_dir, name = None, FAMILY_TEMPLATES[entry.family]
+    extra_dir, name = None, formats.family(entry.family).template
     if template is not None:
         t = Path(template)
         if t.is_file():

@@ -38,47 +38,29 @@ def size_cell(n: int | None, predicted: bool = False) -> str:
     return format_size(n) + ("*" if predicted and n is not None else "")
 
 
-def _format_module(fmt: str) -> Any | None:
-    from .. import formats
-
-    try:
-        return formats.get(fmt)
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.endswith(f"formats.{fmt}"):
-            return None
-        raise
-
-
 def rule_runtimes(v: RegistryVariant) -> list[Runtime] | None:
-    """Compatibility from the format module's published rules (None when it has no rules)."""
-    name = {"gptq": "gptq", "awq": "awq", "nf4": "bnb", "fp4": "bnb"}.get(v.format)
-    module = _format_module(name) if name else None
-    if module is None or not hasattr(module, "runtimes"):
-        return None
-    if name == "gptq":
-        return list(module.runtimes(
-            bits=v.bits, group_size=v.group_size, sym=v.sym, desc_act=v.desc_act, checkpoint_format=v.checkpoint_format
-        ))
-    if name == "awq":
-        return list(module.runtimes(bits=v.bits, group_size=v.group_size, version=v.version or module.GEMM,
-                                    zero_point=v.zero_point))
-    return list(module.runtimes(quant_type=v.format, double_quant=v.double_quant))
+    """Compatibility from the format's published rules (None when it has no rules)."""
+    return v.spec.rule_runtimes(v)
 
 
 def predict(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None]:
-    """Predicted (size, ram) bytes, or (None, None) when no architecture or no predictor."""
-    from .. import formats
+    """Predicted (size, ram) bytes, or (None, None) when no architecture, no predictor, or too few parameters."""
     from ..core.size import RAM_OVERHEAD_BYTES, predict_size
 
-    if entry.architecture is None or formats.for_size(v.format) is None:
+    params = v.spec.size_params(v)
+    if entry.architecture is None or not v.spec.can_predict_size or params is None:
         return None, None
-    if v.format == "lora" and v.r is None:  # no rank, no size
-        return None, None
-    est = predict_size(entry.architecture, v.format, **v.size_params())
+    est = predict_size(entry.architecture, v.format, **params)
     ram = est.ram_bytes
-    if ram is None and v.family == "gguf":
+    if ram is None and _card(entry).ram:
         ram = est.total_bytes + RAM_OVERHEAD_BYTES
     return est.total_bytes, ram
+
+
+def _card(entry: Entry) -> Any:
+    from .. import formats
+
+    return formats.family(entry.family)
 
 
 def expected_size(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | None, str]:
@@ -86,7 +68,7 @@ def expected_size(entry: Entry, v: RegistryVariant) -> tuple[int | None, int | N
     from ..core.size import RAM_OVERHEAD_BYTES
 
     if v.size is not None:
-        ram = v.ram if v.ram is not None else (v.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
+        ram = v.ram if v.ram is not None else (v.size + RAM_OVERHEAD_BYTES if _card(entry).ram else None)
         return v.size, ram, "published"
     size, ram = predict(entry, v)
     if size is None:
@@ -146,15 +128,27 @@ def build_rows(entry: Entry, variants_dir: Path | None = None,
         if path is not None:
             row.size, measured_runtimes = measure(path)
             row.size_source = "measured"
-            row.ram = v.ram if v.ram is not None else (row.size + RAM_OVERHEAD_BYTES if v.family == "gguf" else None)
+            row.ram = v.ram if v.ram is not None else (row.size + RAM_OVERHEAD_BYTES if _card(entry).ram else None)
             row.runtimes = measured_runtimes or rule_runtimes(v)
         else:
             row.size, row.ram, row.size_source = expected_size(entry, v)
             row.runtimes = rule_runtimes(v)
         rows.append(row)
-    if entry.family == "gguf":  # sorted by size, unknown sizes last, then by name
+    if _card(entry).sort_by_size:  # unknown sizes last, then by name
         rows.sort(key=lambda r: (r.size is None, r.size or 0, r.variant.key))
     return rows
+
+
+def runtimes_cell(runtimes: list[Runtime] | None) -> str:
+    """The names of the compatible runtimes, comma-separated; ``?`` without rules, ``-`` when none."""
+    if runtimes is None:
+        return "?"
+    return ", ".join(r.name for r in runtimes if r.compatible) or "-"
+
+
+def target_modules_text(v: RegistryVariant) -> str:
+    """An adapter's target modules as a card shows them."""
+    return ", ".join(v.target_modules) if v.target_modules else "all linear layers"
 
 
 def exllama_cell(runtimes: list[Runtime] | None) -> str:

@@ -109,13 +109,13 @@ def _expected(fmt: str, key: str) -> str:
     """The valid values of a format's parameter, in words, from the format module's own PARAMS."""
     from .. import formats
 
-    return formats.get(formats.SIZE_FORMATS[fmt][0]).PARAMS[key].expected
+    return formats.params_of(fmt)[key].expected
 
 
 def _size_formats() -> str:
-    from ..formats import SIZE_FORMATS
+    from ..formats import aliases
 
-    return ", ".join(SIZE_FORMATS)
+    return ", ".join(aliases())
 
 
 def _option_error(exc: BadParam, fmt: str) -> UnusableInput:

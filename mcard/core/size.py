@@ -66,14 +66,13 @@ def predict_size(config: ModelShape | dict[str, Any] | str | Path, format: str, 
     """Predict the size of ``format`` (gptq, awq, gguf, ggml, nf4, fp16, bf16) for a model config."""
     from .. import formats
 
-    found = formats.for_size(format)
-    if found is None:
-        raise UnusableInput(f"unknown format {format!r} (known: {', '.join(formats.SIZE_FORMATS)})")
+    spec = formats.by_alias(format)  # UnusableInput for a name no format goes by
+    if not spec.can_predict_size:
+        raise UnusableInput(f"unknown format {format!r} (known: {', '.join(formats.aliases())})")
     params = formats.check_params(format, params, for_size=True)  # BadParam (exit 2) names what is wrong
     shape = as_shape(config)
-    module, implied = found
     context = _config_context(config)
-    return module.predict_size(shape, **{**implied, **context, **params})
+    return spec.predict_size(shape, **{**formats.implied_params(format), **context, **params})
 
 
 def _config_context(config: ModelShape | dict[str, Any] | str | Path) -> dict[str, Any]:

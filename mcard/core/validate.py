@@ -26,9 +26,9 @@ def inspect(path: str | Path) -> Report:
     for rel in variant.files:
         report.files.append(FileEntry(rel, variant.size(rel), variant.kinds[rel]))
 
-    module = formats.detect(variant)
+    spec = formats.detect(variant)
     misnamed = misnamed_files(variant)
-    if module is None and not variant.headers:
+    if spec is None and not variant.headers:
         if misnamed:  # say what is wrong with the file, not that there is no model
             rel, problem = misnamed[0]
             raise UnusableInput(problem, variant.abspath(rel) if variant.single_file is None else variant.path)
@@ -40,7 +40,7 @@ def inspect(path: str | Path) -> Report:
     if variant.headers:  # safetensors-based: shared structural checks first
         _check_safetensors_layout(variant, report)
         _check_shard_index(variant, report)
-    if module is None:
+    if spec is None:
         report.format = "safetensors"
         report.warning(
             "unknown-layout", "", "",
@@ -48,7 +48,7 @@ def inspect(path: str | Path) -> Report:
             "only the file structure was checked",
         )
     else:
-        module.check(variant, report)
+        spec.check(variant, report)
     _check_pickles(variant, report)
     return report
 

@@ -6,7 +6,9 @@ particular quantization format beyond recognising file kinds by their magic.
 
 from __future__ import annotations
 
+import functools
 import re
+import struct
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -16,16 +18,9 @@ from .errors import UnusableInput
 from .jsonio import load_json_object
 from .safetensors_io import SafetensorsHeader, TensorInfo, read_header
 
-# Magic bytes at the start of a file -> kind. GGML legacy magics are uint32
-# little-endian 'ggml' / 'ggmf' / 'ggjt', so they read reversed on disk.
-_MAGICS: list[tuple[bytes, str]] = [
-    (b"GGUF", "gguf"),
-    (b"tjgg", "ggml"),
-    (b"fmgg", "ggml"),
-    (b"lmgg", "ggml"),
-    (b"PK\x03\x04", "pickle"),  # torch.save zip archive (holds a pickle)
-]
-_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle"}
+ZIP_MAGIC = b"PK\x03\x04"  # a torch.save zip archive (holds a pickle)
+# The file names pickle checkpoints go by (torch.save, raw pickles); a .bin may also be a legacy GGML file.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 _RAW_GGUF_PART = re.compile(r".+\.gguf-split-[a-z]{1,2}$")
 _SKIP_DIRS = {".git", ".cache", "__pycache__"}
 
@@ -39,8 +34,23 @@ CONFIG_NAMES = (
 )
 
 
-# A file named like a model file of a kind -> the magic it must start with.
-SUFFIX_MAGICS = {".gguf": b"GGUF"}
+
+
+@functools.cache
+def _magics() -> tuple[tuple[bytes, str], ...]:
+    """Magic bytes at the start of a file -> kind, as the formats state them (GGML's legacy magics
+    are uint32 little-endian 'ggml' / 'ggmf' / 'ggjt', so they read reversed on disk)."""
+    from ..formats.ggml import MAGICS as GGML_MAGICS
+    from ..formats.gguf.header import MAGIC as GGUF_MAGIC
+
+    return ((GGUF_MAGIC, "gguf"), *((struct.pack("<I", m), "ggml") for m in GGML_MAGICS), (ZIP_MAGIC, "pickle"))
+
+
+def suffix_magics() -> dict[str, bytes]:
+    """A file named like a model file of a kind -> the magic it must start with."""
+    from ..formats.gguf.header import MAGIC as GGUF_MAGIC
+
+    return {".gguf": GGUF_MAGIC}
 
 
 def bad_magic(head: bytes, expected: bytes, kind: str) -> str:
@@ -53,7 +63,7 @@ def misnamed_files(variant: "Variant") -> list[tuple[str, str]]:
     """(file, problem) for files named like a model file (``*.gguf``) whose bytes are not one."""
     out = []
     for rel, kind in variant.kinds.items():
-        expected = SUFFIX_MAGICS.get(Path(rel).suffix.lower())
+        expected = suffix_magics().get(Path(rel).suffix.lower())
         if expected is not None and kind == "other":
             with variant.abspath(rel).open("rb") as fh:
                 out.append((rel, bad_magic(fh.read(4), expected, Path(rel).suffix[1:].upper())))
@@ -74,12 +84,12 @@ def sniff(path: Path) -> str:
             head = fh.read(4)
     except OSError:
         return "other"
-    for magic, kind in _MAGICS:
+    for magic, kind in _magics():
         if head == magic:
             return kind
-    if head[:1] == b"\x80" and path.suffix in _PICKLE_SUFFIXES:
+    if head[:1] == b"\x80" and path.suffix in PICKLE_SUFFIXES:
         return "pickle"  # legacy torch.save / raw pickle, protocol 2+
-    if path.suffix in _PICKLE_SUFFIXES and head:
+    if path.suffix in PICKLE_SUFFIXES and head:
         return "pickle"
     return "other"
 

@@ -1,120 +1,117 @@
-"""One module per format, each holding all of that format's layout knowledge.
+"""The formats mcard reads and writes: one folder and one :class:`~.spec.FormatSpec` per format.
 
-Every format module defines:
+Each format's folder ``mcard/formats/<folder>/`` holds all of that format's layout knowledge
+(detection, config, checks, sizes, dequantization, builders, smoke layers) and its ``spec.py``,
+the one object everything outside ``formats/`` asks (see :mod:`.spec` for the vocabulary:
+format, alias, family). This module is the registry: :data:`SPEC_MODULES` lists the specs
+once, in detection order, and the functions below look them up.
+
+A format package's module-level API, used by its spec, the tests and the demo:
 
 ``NAME``
-    The format's name as reported by ``validate`` (``gptq``, ``gguf``...).
-``detect(variant) -> bool``
-    Whether a :class:`~mcard.core.variant.Variant` is in this format (cheap: configs,
-    tensor names, magics).
-``check(variant, report) -> None``
-    Fill ``report.format``, ``params``, ``config_source``, ``runtimes`` and
-    ``predicted_bytes`` and add findings. Reads headers and small tensors only.
-
-and, where the format has them:
-
-``predict_size(shape, **params) -> SizeEstimate``
-    Exact size from a :class:`~mcard.core.arch.ModelShape` and quant parameters.
-``dequantize(variant, name) -> numpy.ndarray``
-    float32, in ``nn.Linear.weight`` orientation ([out, in]) for safetensors
-    formats, gguf's ``[rows, cols]`` for GGUF tensor names.
-
-Builders that write format-exact files (``write_variant``/``pack``) live in the
-same module: the tests, the smoke test and the demo all use them.
+    The format's name as reported by ``validate``.
+``detect(variant) -> bool`` / ``check(variant, report) -> None``
+    Whether a :class:`~mcard.core.variant.Variant` is in this format; fill the report.
+``PARAMS``
+    The parameters a registry entry and ``mcard size`` may set (:class:`~.params.Param`).
+``predict_size(shape, **params) -> SizeEstimate`` / ``dequantize(variant, name)``
+    Where the format has them.
+``write_variant(...)``
+    The builders that write format-exact files (tests, smoke, the demo).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
-from types import ModuleType
 from typing import Any
 
 from ..core.errors import UnusableInput
 from ..core.variant import Variant
 from .params import BadParam
+from .spec import CardSpec, FormatSpec
 
-# Detection order matters: the first module whose detect() says yes owns the variant.
-DETECT_ORDER = ("gguf", "ggml", "lora", "gptq", "awq", "bnb", "hf", "pickled")
-
-# `mcard size --format X` -> (module name, parameters implied by the name).
-SIZE_FORMATS: dict[str, tuple[str, dict[str, str]]] = {
-    "gptq": ("gptq", {}),
-    "awq": ("awq", {}),
-    "gguf": ("gguf", {}),
-    "ggml": ("ggml", {}),
-    "nf4": ("bnb", {"quant_type": "nf4"}),
-    "fp4": ("bnb", {"quant_type": "fp4"}),
-    "fp16": ("hf", {"dtype": "F16"}),
-    "bf16": ("hf", {"dtype": "BF16"}),
-    "fp32": ("hf", {"dtype": "F32"}),
-    "lora": ("lora", {}),
-}
+# Every format's folder, once, in the order help texts and messages list them.
+SPEC_MODULES = ("gptq", "awq", "gguf", "ggml", "bnb", "hf", "lora", "pickled")
+# Detection order: the first whose detect() says yes owns a variant (GGUF/GGML files first,
+# adapters before the safetensors quant formats, plain float and pickles last).
+DETECT_ORDER = ("gguf", "ggml", "lora", "gptq", "awq", "bnb", "hf", "pickle")
 
 
-def get(name: str) -> ModuleType:
-    return importlib.import_module(f"{__name__}.{name}")
+@functools.cache
+def specs() -> tuple[FormatSpec, ...]:
+    """Every format's spec, in :data:`SPEC_MODULES` order."""
+    return tuple(importlib.import_module(f"{__name__}.{folder}.spec").SPEC for folder in SPEC_MODULES)
 
 
-def available() -> list[ModuleType]:
-    mods = []
-    for name in DETECT_ORDER:
-        try:
-            mods.append(get(name))
-        except ModuleNotFoundError as exc:  # a format module not written yet
-            if exc.name != f"{__name__}.{name}":
-                raise
-    return mods
+@functools.cache
+def detection_order() -> tuple[FormatSpec, ...]:
+    """The specs in :data:`DETECT_ORDER`."""
+    return tuple(spec(name) for name in DETECT_ORDER)
 
 
-def detect(variant: Variant) -> ModuleType | None:
-    for module in available():
-        if module.detect(variant):
-            return module
+def spec(name: str) -> FormatSpec:
+    """The spec of format ``name`` (validate's name: ``gptq``, ``bnb``, ``hf``, ``pickle``...)."""
+    for s in specs():
+        if s.name == name:
+            return s
+    raise UnusableInput(f"unknown format {name!r} (known: {', '.join(s.name for s in specs())})")
+
+
+@functools.cache
+def aliases() -> dict[str, FormatSpec]:
+    """Every alias a registry entry or ``mcard size --format`` takes -> its format's spec."""
+    return {alias: s for s in specs() for alias in s.aliases}
+
+
+def by_alias(alias: str) -> FormatSpec:
+    """The spec of a registry / ``mcard size`` format name (``nf4`` -> ``bnb``); :class:`UnusableInput` otherwise."""
+    found = aliases().get(alias.lower())
+    if found is None:
+        raise UnusableInput(f"unknown format {alias!r} (known: {', '.join(aliases())})")
+    return found
+
+
+def implied_params(alias: str) -> dict[str, Any]:
+    """The parameters an alias implies (``nf4`` -> ``{"quant_type": "nf4"}``)."""
+    return dict(by_alias(alias).aliases[alias.lower()])
+
+
+def family(name: str) -> CardSpec:
+    """The card of family ``name`` (``gptq``, ``gguf``, ``hf``...)."""
+    for s in specs():
+        if s.card is not None and s.card.family == name:
+            return s.card
+    raise UnusableInput(f"unknown card family {name!r}")
+
+
+def detect(variant: Variant) -> FormatSpec | None:
+    """The spec of the format that owns ``variant`` (the first in detection order), or None."""
+    for s in detection_order():
+        if s.detect(variant):
+            return s
     return None
 
 
-def check_params(fmt: str, params: dict[str, Any], for_size: bool = False) -> dict[str, Any]:
-    """``params`` for format ``fmt`` (a key of :data:`SIZE_FORMATS`), normalized; :class:`BadParam` otherwise.
+def check_params(alias: str, params: dict[str, Any], for_size: bool = False) -> dict[str, Any]:
+    """``params`` for format ``alias`` (a registry / ``mcard size`` name), normalized; :class:`BadParam` otherwise.
 
-    The valid values are the format module's own ``PARAMS``; ``mcard size`` and the registry both ask here.
+    The valid values are the format's own ``PARAMS``; ``mcard size`` and the registry both ask here.
     ``None`` values mean "the default" and are left out.
     """
     from . import params as _params
 
     given = {k: v for k, v in params.items() if v is not None}
-    return _params.check(fmt.lower(), params_of(fmt), given, for_size)
+    return _params.check(alias.lower(), dict(by_alias(alias).params), given, for_size)
 
 
-def params_of(fmt: str) -> dict[str, Any]:
-    """The format module's ``PARAMS`` (name -> :class:`~mcard.formats.params.Param`) for format ``fmt``.
+def params_of(alias: str) -> dict[str, Any]:
+    """The format's ``PARAMS`` (name -> :class:`~mcard.formats.params.Param`) for format ``alias``.
 
     Do not modify the result (it is shared).
     """
-    entry = SIZE_FORMATS.get(fmt.lower())
-    if entry is None:
-        raise UnusableInput(f"unknown format {fmt!r} (known: {', '.join(SIZE_FORMATS)})")
-    return _module_params(entry[0])
+    return dict(by_alias(alias).params)
 
 
-@functools.cache
-def _module_params(module_name: str) -> dict[str, Any]:
-    return getattr(get(module_name), "PARAMS", {})
-
-
-__all__ = ["BadParam", "DETECT_ORDER", "SIZE_FORMATS", "available", "check_params", "detect", "for_size", "get",
-           "params_of"]
-
-
-def for_size(fmt: str) -> tuple[ModuleType, dict[str, str]] | None:
-    """The module that predicts sizes for ``fmt`` and the parameters its name implies."""
-    entry = SIZE_FORMATS.get(fmt.lower())
-    if entry is None:
-        return None
-    try:
-        module = get(entry[0])
-    except ModuleNotFoundError:
-        return None
-    if not hasattr(module, "predict_size"):
-        return None
-    return module, dict(entry[1])
+__all__ = ["BadParam", "CardSpec", "DETECT_ORDER", "FormatSpec", "SPEC_MODULES", "aliases", "detection_order", "by_alias", "check_params", "detect",
+           "family", "implied_params", "params_of", "spec", "specs"]

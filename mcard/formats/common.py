@@ -18,6 +18,8 @@ from ..core.variant import Variant
 Expected = dict[str, tuple[tuple[str, ...], tuple[int, ...]]]
 
 FLOAT_DTYPES = ("F16", "BF16", "F32")
+# safetensors dtype -> the torch_dtype name config.json uses for it
+TORCH_DTYPES = {"F16": "float16", "BF16": "bfloat16", "F32": "float32"}
 
 
 def check_tensor_set(
@@ -118,7 +120,7 @@ def file_parts(variant: Variant, report: Report, parts: dict[str, list[str]],
 def linear_weight_dtype(cfg: dict[str, Any] | None) -> str:
     """The checkpoint dtype config.json declares (torch_dtype / dtype), as a safetensors dtype."""
     name = str((cfg or {}).get("torch_dtype") or (cfg or {}).get("dtype") or "float16")
-    return {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}.get(name, "F16")
+    return {torch: st for st, torch in TORCH_DTYPES.items()}.get(name, "F16")
 
 
 def linear_name(name: str, suffixes: Iterable[str]) -> str:

@@ -14,8 +14,9 @@ The ordinary validator (:func:`mcard.core.validate.inspect`) runs unchanged on a
   - all: the first 64 KiB (1 MiB for ``.gguf``): magic bytes and most headers;
   - safetensors: ``[8, 8 + n)`` when the JSON header is longer than that, then
     the tensors whose values the format's ``check`` reads, listed by the format
-    module's ``VALIDATE_READS`` suffixes (GPTQ ``g_idx``/``qzeros``, bnb code
+    spec's ``validate_reads`` suffixes (GPTQ ``g_idx``/``qzeros``, bnb code
     books and quant_state JSON), coalesced when less than 64 KiB apart;
+  - the other kinds, by their format spec's ``remote_reads`` (``mcard/formats/<name>/``):
   - GGUF: a prefix doubled from 1 MiB up to 64 MiB until
     :func:`mcard.formats.gguf.header.read` parses it as a file of its own (its
     bounded reader raises on any read past the end, so success means the whole
@@ -36,38 +37,32 @@ stream through (counted in ``bytes_read``).
 from __future__ import annotations
 
 import contextlib
-import os
-import pickletools
 import struct
 import tempfile
-import zipfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
-
 from ..core.errors import McardError, UnusableInput
 from ..core.report import Report
 from ..core.safetensors_io import MAX_HEADER_BYTES
+from ..core.variant import PICKLE_SUFFIXES
+from ..formats.spec import FormatSpec
 from .env import resolve_env
 from .model import RemoteFile, Revision
 from .refs import RepoSpec, parse_repo_spec
-from .ranges import COALESCE_GAP, HEAD_BYTES, LazyRemoteFile, RangeReader, SparseMirror, coalesce
+from .ranges import COALESCE_GAP, HEAD_BYTES, RangeReader, SparseMirror, coalesce
 from .remote import HubClient
 
 SMALL_WHOLE = 10 * 1000 * 1000  # non-weights files below this are downloaded whole
-WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".ggml", ".pt", ".pth", ".ckpt", ".pkl", ".pickle",
-                   ".h5", ".msgpack", ".onnx", ".npy", ".npz")
-GGUF_PREFIX_START = 1 << 20
-GGUF_PREFIX_MAX = 64 << 20
+WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".ggml", *PICKLE_SUFFIXES, ".h5", ".msgpack", ".onnx", ".npy", ".npz")
 WORKERS = 8
 
 
-def tensors_validate_reads(module: Any, tensors: dict[str, tuple[str, Any]]) -> dict[str, list[tuple[int, int]]]:
-    """File -> byte ranges of the tensors whose values ``module.check`` reads (``module.VALIDATE_READS``)."""
-    suffixes = tuple(getattr(module, "VALIDATE_READS", ()) or ())
+def tensors_validate_reads(spec: FormatSpec, tensors: dict[str, tuple[str, Any]]) -> dict[str, list[tuple[int, int]]]:
+    """File -> byte ranges of the tensors whose values the format's ``check`` reads (``spec.validate_reads``)."""
+    suffixes = spec.validate_reads
     out: dict[str, list[tuple[int, int]]] = {}
     if not suffixes:
         return out
@@ -78,6 +73,8 @@ def tensors_validate_reads(module: Any, tensors: dict[str, tuple[str, Any]]) -> 
 
 
 # -- per-kind readers: fetch exactly what the format's reader will read ---------------------------------
+# safetensors is the container of several formats, read here; the other kinds' readers are their format
+# spec's remote_reads (mcard/formats/<name>/: GGUF's header prefix, GGML's tensor headers, pickle's zip).
 def _safetensors_header(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
     if len(head) < 8:
         return
@@ -86,125 +83,16 @@ def _safetensors_header(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> No
         mirror.fetch(rf, len(head), 8 + n)
 
 
-def _gguf_prefix(mirror: SparseMirror, rf: RemoteFile, head: bytes, scratch: Path) -> None:
-    from ..formats.gguf import header as _gguf_header
-
-    data = bytearray(head)
-    fd, name = tempfile.mkstemp(suffix=".gguf", dir=scratch)
-    os.close(fd)
-    probe = Path(name)
-    try:
-        while True:
-            if len(data) >= 8 and (data[:4] != b"GGUF" or struct.unpack("<I", data[4:8])[0] not in (2, 3)):
-                break  # bad magic or version: validate reports it from the bytes already there
-            probe.write_bytes(data)
-            try:
-                _gguf_header.read(probe)  # a bounded reader: parses only if the header fits the prefix
-                break
-            except Exception:  # noqa: BLE001 - the prefix is short, or the header is broken
-                if len(data) >= rf.size:
-                    break  # the whole file is here: validate reports what is wrong with it
-                if len(data) >= GGUF_PREFIX_MAX:
-                    raise UnusableInput(f"GGUF header does not parse within its first {GGUF_PREFIX_MAX >> 20} MiB; "
-                                        "too large to validate remotely (fetch it and validate locally)", rf.path)
-                data += mirror.reader.get(rf, len(data), min(rf.size, 2 * len(data)))
-    finally:
-        probe.unlink(missing_ok=True)
-    mirror.write(rf, 0, bytes(data))
-
-
-def _ggml_headers(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
-    """Walk a legacy GGML file as :func:`mcard.formats.ggml.read` does: vocab, then tensor headers."""
-    from gguf.constants import GGMLQuantizationType
-
-    from ..formats import ggml
-
-    f = LazyRemoteFile(mirror, rf, head)
-    size = rf.size
-
-    def take(n: int) -> bytes:
-        b = f.read(n)
-        if len(b) < n:
-            raise EOFError
-        return b
-
-    try:
-        magic = ggml.MAGICS.get(struct.unpack("<I", take(4))[0])
-        if magic is None:
-            return
-        version = 0 if magic == "ggml" else struct.unpack("<I", take(4))[0]
-        if (magic == "ggmf" and version != 1) or (magic == "ggjt" and version not in (1, 2, 3)):
-            return
-        n_vocab, n_embd, _m, n_head, n_layer, _r, _ft = struct.unpack("<7i", take(28))
-        if not 0 < n_vocab * 4 <= size or n_vocab > ggml.MAX_VOCAB or n_embd <= 0 or n_layer <= 0 or n_head <= 0:
-            return
-        for _ in range(n_vocab):
-            n = struct.unpack("<I", take(4))[0]
-            if n > 1024:
-                return
-            take(n + (0 if magic == "ggml" else 4))
-        pos = f.tell()
-        while pos < size:
-            f.seek(pos)
-            head12 = f.read(12)
-            if len(head12) < 12:
-                break
-            n_dims, name_len, ttype = struct.unpack("<3i", head12)
-            if not 1 <= n_dims <= 4 or not 0 < name_len <= ggml._MAX_NAME:
-                break
-            rest = f.read(4 * n_dims + name_len)
-            if len(rest) < 4 * n_dims + name_len:
-                break
-            dims = struct.unpack(f"<{n_dims}i", rest[:4 * n_dims])
-            try:
-                tname = GGMLQuantizationType(ttype).name
-            except ValueError:
-                break
-            data = f.tell()
-            if magic == "ggjt":
-                data = -(-data // ggml.ALIGN) * ggml.ALIGN
-            pos = data + ggml._tensor_bytes(tname, int(np.prod(dims)), magic, version)
-    except (EOFError, struct.error, ValueError, KeyError):
-        pass  # validate reports what is wrong from the bytes fetched so far
-    finally:
-        f.to_mirror()
-
-
-def _pickle_parts(mirror: SparseMirror, rf: RemoteFile, head: bytes) -> None:
-    """What :func:`mcard.formats.pickled.scan` reads: zip directory and ``data.pkl``, or a bare pickle's opcodes."""
-    from ..formats import pickled as pickle_fmt
-
-    f = LazyRemoteFile(mirror, rf, head, limit=None)
-    try:
-        if zipfile.is_zipfile(f):
-            f.seek(0)
-            end = zipfile._EndRecData(f)  # type: ignore[attr-defined] - zipfile's own end-record parser
-            if end and end[zipfile._ECD_SIZE] > pickle_fmt.MAX_ZIP_DIRECTORY:  # type: ignore[attr-defined]
-                raise UnusableInput(f"the zip end record claims a {end[zipfile._ECD_SIZE]}-byte central "  # type: ignore[attr-defined]
-                                    f"directory (limit {pickle_fmt.MAX_ZIP_DIRECTORY}); refused", rf.path)
-            with zipfile.ZipFile(f) as zf:
-                pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
-                if pkl is not None and zf.getinfo(pkl).file_size <= pickle_fmt.MAX_PICKLE_BYTES:
-                    zf.read(pkl)
-        else:
-            bare = LazyRemoteFile(mirror, rf, head, limit=pickle_fmt.MAX_PICKLE_BYTES)
-            try:
-                for op, _arg, _pos in pickletools.genops(bare):
-                    if op.name == "STOP":
-                        break
-            except Exception:  # noqa: BLE001 - a truncated or legacy stream: scan says what it sees
-                pass
-            finally:
-                bare.to_mirror()
-    except UnusableInput:  # a walk over its budget: refused, not followed
-        raise
-    except Exception:  # noqa: BLE001 - a broken zip: scan reports it from the bytes fetched
-        pass
-    finally:
-        f.to_mirror()
-
-
 # -- the driver -------------------------------------------------------------------------------------
+def _head_bytes(path: str) -> int:
+    """The first read of a weights file: :data:`HEAD_BYTES`, or what its format asks for files so named
+    (a GGUF header holds the vocabulary: 1 MiB)."""
+    from .. import formats
+
+    sizes = [n for spec in formats.specs() for suffix, n in spec.remote_heads if path.endswith(suffix)]
+    return max(sizes) if sizes else HEAD_BYTES
+
+
 def _is_sparse(rf: RemoteFile) -> bool:
     return rf.path.endswith(WEIGHT_SUFFIXES) or rf.size >= SMALL_WHOLE
 
@@ -221,6 +109,7 @@ def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root
     from ..core.variant import Variant, sniff
 
     mirror = SparseMirror(root, reader)
+    readers = {kind: spec for spec in formats.specs() for kind in spec.file_kinds}
     sparse = [rf for rf in files if _is_sparse(rf)]
     whole = [rf for rf in files if not _is_sparse(rf)]
     for rf in files:
@@ -233,7 +122,7 @@ def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root
         mirror.write(rf, 0, data)
 
     def get_head(rf: RemoteFile) -> None:
-        heads[rf.path] = mirror.fetch(rf, 0, GGUF_PREFIX_START if rf.path.endswith(".gguf") else HEAD_BYTES)
+        heads[rf.path] = mirror.fetch(rf, 0, _head_bytes(rf.path))
 
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="mcard-range") as pool:
         _run(pool, [lambda rf=rf: get_whole(rf) for rf in whole if rf.size]
@@ -244,19 +133,15 @@ def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root
             kind = sniff(mirror.path(rf))
             if kind == "safetensors":
                 tasks.append(lambda rf=rf, head=head: _safetensors_header(mirror, rf, head))
-            elif kind == "gguf":
-                tasks.append(lambda rf=rf, head=head: _gguf_prefix(mirror, rf, head, scratch))
-            elif kind == "ggml":
-                tasks.append(lambda rf=rf, head=head: _ggml_headers(mirror, rf, head))
-            elif kind == "pickle":
-                tasks.append(lambda rf=rf, head=head: _pickle_parts(mirror, rf, head))
+            elif kind in readers:
+                tasks.append(lambda rf=rf, head=head, spec=readers[kind]: spec.remote_reads(mirror, rf, head, scratch))
         _run(pool, tasks)
 
         # the small tensors the owning format's check reads, by the format module's own list
         try:
             variant = Variant.open(root)
-            module = formats.detect(variant)
-            wanted = tensors_validate_reads(module, variant.tensors) if module is not None else {}
+            spec = formats.detect(variant)
+            wanted = tensors_validate_reads(spec, variant.tensors) if spec is not None else {}
         except McardError:  # an unreadable header or config: validate reports it next
             return
         by_path = {rf.path: rf for rf in files}

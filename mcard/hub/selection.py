@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from ..core.errors import UnusableInput
+from ..core.variant import PICKLE_SUFFIXES
 from .model import RemoteFile
 
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 SAFE_WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".ggml")
 
 

@@ -342,7 +342,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
     license_file = license_item(entry)
     for branch, variants in groups.items():
         check_branch(branch)
-        if variants[0].family == "gguf":
+        if variants[0].spec.files_are_variants:
             items, ignored = [item for v in variants for item in plan_file_variant(v, sources[v.key], max_file_size)], []
         else:
             items, ignored = plan_branch_variant(entry, variants[0], sources[variants[0].key], base,
@@ -372,7 +372,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
             pkg.branches.append(PackagedBranch(branch, branch_folder(branch), [v.key for v in variants],
                                                f"mcard {__version__}: {describe(variants)}", files, ignored))
             for v in variants:
-                paths[v.key] = folder / v.file if v.family == "gguf" and v.file else folder
+                paths[v.key] = folder / v.file if v.spec.files_are_variants and v.file else folder
         card = render_card(entry.path, variant_paths=paths, registry_root=registry_root).encode()
         for b in pkg.branches:
             folder = staging / b.folder

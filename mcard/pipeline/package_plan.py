@@ -18,14 +18,7 @@ from typing import Any
 from ..core.errors import UnusableInput
 from ..hub.rules import check_path
 from ..core.jsonio import load_json_object
-from .package_configs import (
-    DEFAULT_WEIGHTS_NAME,
-    TOKENIZER_FILES,
-    WEIGHTS_NAME,
-    gptq_config,
-    model_config,
-    quantization_config,
-)
+from .package_configs import TOKENIZER_FILES, model_config, quantization_config
 from ..registry.entry import Entry, RegistryVariant
 
 GENERATED = ("README.md", ".gitattributes")  # written after planning, for every branch
@@ -61,8 +54,8 @@ def source_of(entry: Entry, v: RegistryVariant, from_dir: Path | None) -> Path:
     elif from_dir is None:
         raise UnusableInput(f"variant {v.key}: no --from DIR given and no `source` for it in the entry", entry.path)
     else:
-        path = from_dir / (v.file if v.family == "gguf" else v.branch)
-        how = "DIR/<file>" if v.family == "gguf" else "DIR/<branch>/"
+        path = from_dir / (v.file if v.spec.files_are_variants else v.branch)
+        how = "DIR/<file>" if v.spec.files_are_variants else "DIR/<branch>/"
     if not path.exists():
         raise UnusableInput(f"variant {v.key}: its quantized output is missing (expected {how})", path)
     return path
@@ -89,7 +82,7 @@ def _plan_weights(v: RegistryVariant, src: Path, files: list[Path], max_shard: i
 
     weights = [p for p in files if sniff(p) == "safetensors"]
     index = [p for p in files if p.name.endswith(".safetensors.index.json")]
-    name = v.file or WEIGHTS_NAME.get(v.family, DEFAULT_WEIGHTS_NAME)
+    name = v.file or v.spec.weights_name
     if len(index) > 1:
         raise UnusableInput(f"variant {v.key}: {index[0].name} and {index[1].name} would both index branch "
                             f"{v.branch}; keep one", src)
@@ -105,7 +98,7 @@ def _plan_weights(v: RegistryVariant, src: Path, files: list[Path], max_shard: i
         raise UnusableInput(f"variant {v.key}: no safetensors weights in the quantized output", src)
     w, stem = weights[0], name[: -len(".safetensors")] if name.endswith(".safetensors") else name
     size = w.stat().st_size
-    if size > max_shard and v.family != "lora" and not v.file:
+    if size > max_shard and v.spec.adapter_config is None and not v.file:  # an adapter is never sharded
         header = read_header(w)
         for t in header.tensors.values():
             _check_size(w, t.nbytes_declared, limit, f"tensor {t.name} alone is too big for one file")
@@ -133,25 +126,28 @@ def plan_branch_variant(entry: Entry, v: RegistryVariant, src: Path, base_dir: P
     for p in files:
         _refuse_pickle(p, v)
     items, base_name, used = _plan_weights(v, src, files, max_shard, limit)
-    if v.family == "lora":
-        if not (src / "adapter_config.json").is_file():
-            raise UnusableInput(f"variant {v.key}: no adapter_config.json in the adapter's folder", src)
-        items.append(Item("adapter_config.json", str(src / "adapter_config.json"), src=src / "adapter_config.json"))
-        used.add(src / "adapter_config.json")
+    spec = v.spec
+    if spec.adapter_config is not None:  # an adapter's own config instead of config.json
+        adapter = src / spec.adapter_config
+        if not adapter.is_file():
+            raise UnusableInput(f"variant {v.key}: no {spec.adapter_config} in the adapter's folder", src)
+        items.append(Item(spec.adapter_config, str(adapter), src=adapter))
+        used.add(adapter)
     else:
         cfg, cfg_origin = _base_config(entry, src, base_dir)
         if (src / "config.json").is_file():
             used.add(src / "config.json")
         qsource = cfg.get("quantization_config") if isinstance(cfg.get("quantization_config"), dict) else None
-        if v.format == "gptq" and (src / "quantize_config.json").is_file():
-            qsource = load_json_object(src / "quantize_config.json")
-            used.add(src / "quantize_config.json")
+        qfile = spec.quant_config_file  # the quantizer's own quant config beside config.json (GPTQ)
+        if qfile is not None and (src / qfile).is_file():
+            qsource = load_json_object(src / qfile)
+            used.add(src / qfile)
         qc = quantization_config(v, qsource, base_name)
         items.append(Item("config.json", f"{cfg_origin} + the entry's parameters",
                            data=(json.dumps(model_config(v, cfg, qc), indent=2) + "\n").encode()))
-        if v.format == "gptq":
-            items.append(Item("quantize_config.json", "the entry's parameters",
-                               data=(json.dumps(gptq_config(v, qsource, base_name), indent=2) + "\n").encode()))
+        if qfile is not None:
+            items.append(Item(qfile, "the entry's parameters",
+                               data=(json.dumps(quantization_config(v, qsource, base_name), indent=2) + "\n").encode()))
     for name in TOKENIZER_FILES:
         for folder in (src, base_dir):
             if folder is not None and (folder / name).is_file():
@@ -175,7 +171,9 @@ def plan_file_variant(v: RegistryVariant, src: Path, limit: int) -> list[Item]:
     if not src.is_file():
         raise UnusableInput(f"variant {v.key}: a {v.format} variant is one file, not a folder", src)
     _refuse_pickle(src, v)
-    if sniff(src) not in ("gguf", "ggml"):
+    from .. import formats
+
+    if sniff(src) not in {kind for s in formats.specs() if s.files_are_variants for kind in s.file_kinds}:
         raise UnusableInput(f"variant {v.key}: not a GGUF or GGML file", src)
     hint = ("split it with llama.cpp (`llama-gguf-split --split-max-size 48G IN OUT`), which writes "
             "OUT-00001-of-0000N.gguf shards, and name the first shard as the variant's file (the set is one variant)")

@@ -15,7 +15,6 @@ that failed stays failed until a run passes. ``report.json`` and
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import math
@@ -33,19 +32,14 @@ from ..core.pathguard import Target
 from ..core.safetext import redact
 from ..core.untrusted import read_capped
 
-from ..smoke.layers import kernel_runs
 from ..core.units import format_size
+from .package_configs import registry_mismatches
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # one variants/<key>.json record
 
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 # GitHub Actions runs at most 256 jobs from one matrix: beyond that `plan` batches variants per job.
 MAX_MATRIX_JOBS = 256
-# Registry parameters compared with what validate read from the files.
-_PARAM_CHECKS: dict[str, tuple[str, ...]] = {
-    "gptq": ("bits", "group_size", "desc_act"),
-    "awq": ("bits", "group_size"),
-}
 
 
 @dataclass
@@ -305,7 +299,7 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     record.measured_bytes = report.actual_bytes
     if report.predicted_bytes is not None:  # validate's prediction knows the file's own header: one per variant
         record.predicted_bytes = report.predicted_bytes
-    mismatches = _registry_mismatches(v, report.params)
+    mismatches = registry_mismatches(v, report.params)
     record.validate_errors.extend(mismatches)
     record.validate = "ok" if not record.validate_errors else "failed"
     if record.validate_errors:
@@ -338,21 +332,11 @@ def _skippable(store: "_Store", record: VariantRecord) -> VariantRecord | None:
     return None
 
 
-def _registry_mismatches(v: RegistryVariant, params: dict[str, Any]) -> list[str]:
-    """Where the registry entry and the files disagree on quant parameters."""
-    out = []
-    for key in _PARAM_CHECKS.get(v.format, ()):
-        want, got = getattr(v, key, None), params.get(key)
-        if want is not None and got is not None and want != got:
-            out.append(f"registry-mismatch: the registry says {key}={want} but the files say {key}={got}")
-    return out
-
-
 def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
     from ..smoke.run import run
-    from ..smoke.layers import smoke_module
+    from .. import formats
 
-    if smoke_module(record.format) is None:
+    if formats.by_alias(record.format).kernel_tolerance is None:  # the format has no smoke layers
         record.smoke = "n/a"
         return
     try:
@@ -530,21 +514,7 @@ def needs_gpu(v: RegistryVariant, architecture: str | None = None) -> bool:
 
     ``architecture``: the entry's ``[architecture]`` as sorted JSON; it decides a GGUF mix's types.
     """
-    types = _mix_types(architecture, str(v.type)) if v.family == "gguf" else None
-    return kernel_runs(v.format, {"bits": v.bits, "group_size": v.group_size, "version": v.version}, types)
-
-
-@functools.lru_cache(maxsize=1024)
-def _mix_types(architecture: str | None, qtype: str) -> frozenset[str]:
-    """The ggml tensor types of a GGUF mix (its base type alone without an architecture)."""
-    from ..core.arch import ModelShape
-    from ..formats import kquant as kq
-    from ..formats import gguf
-
-    ftype = kq.canonical_ftype(qtype)
-    if architecture is None:
-        return frozenset({kq.FTYPES[ftype][1]})
-    return frozenset(gguf.expected_types(ModelShape.from_config(json.loads(architecture)), ftype).values())
+    return v.spec.kernel_runs(v, architecture)
 
 
 def plan_batches(target: str | Path, max_jobs: int = MAX_MATRIX_JOBS,

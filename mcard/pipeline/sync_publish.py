@@ -77,9 +77,9 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
             r.validate = "failed" if errors else "ok"
             r.validate_errors = list(errors)
             local = pkg.root / pkg.branch(v.branch).folder
-            local = local / v.file if v.family == "gguf" and v.file else local
+            local = local / v.file if v.spec.files_are_variants and v.file else local
             r.measured_bytes = sum(f.size for f in pkg.branch(v.branch).files
-                                   if (f.path == v.file if v.family == "gguf" else f.path.endswith(".safetensors")))
+                                   if (f.path == v.file if v.spec.files_are_variants else f.path.endswith(".safetensors")))
             if errors:
                 _fail(r, "validate", errors[0] + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
                 continue
@@ -155,7 +155,7 @@ def _verify_branch(entry: Entry, pkg: Package, repo: str, branch: str, outcome: 
             _fail(r, "verify", str(exc))
         return
     for r in mine:
-        v_file = next((v.file for v in entry.variants if v.key == r.variant and v.family == "gguf"), None)
+        v_file = next((v.file for v in entry.variants if v.key == r.variant and v.spec.files_are_variants), None)
         r.local_path = str(Path(fetched.target) / v_file) if v_file else fetched.target
         r.status, r.stage = PASSED, ""
         if extra:

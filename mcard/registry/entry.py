@@ -31,7 +31,7 @@ from typing import Any
 from ..core.errors import UnusableInput
 from ..card.evals import EvalEntry, load_lm_eval
 from ..hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
-from ..formats import BadParam, check_params, params_of
+from ..formats import BadParam, FormatSpec, aliases, by_alias, check_params, params_of
 from ..core.jsonio import load_json_object, load_toml
 from .schema import (
     EVAL_FILE_SPEC,
@@ -51,35 +51,9 @@ from .schema import (
     parse_size,
 )
 
-# format -> family (one template per family)
-FAMILIES: dict[str, str] = {
-    "gptq": "gptq",
-    "awq": "awq",
-    "nf4": "bnb",
-    "fp4": "bnb",
-    "gguf": "gguf",
-    "ggml": "gguf",
-    "lora": "lora",
-    "fp16": "base",
-    "bf16": "base",
-    "fp32": "base",
-}
-BRANCH_FAMILIES = ("gptq", "awq", "bnb", "lora", "base")  # a variant is a branch; gguf/ggml: a file
-
-# Keys that only some formats take (others refuse them), and the keys each format requires.
-FORMAT_ONLY_KEYS: dict[str, tuple[str, ...]] = {
-    "version": ("awq",),
-    "zero_point": ("awq",),
-    "double_quant": ("nf4", "fp4"),
-}
-REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
-    "gptq": ("bits", "group_size"),
-    "awq": ("bits", "group_size"),
-    "gguf": ("file", "type"),
-    "ggml": ("file", "type"),
-}
-# The values of format parameters (bits, group_size, version, type, r...) are checked by the format
-# module's own PARAMS (mcard.formats.check_params), the same check `mcard size` makes.
+# What each format takes (its aliases, required and own keys, parameters, family) is its spec's
+# (mcard.formats.<name>/spec.py); the values of format parameters (bits, group_size, version, type,
+# r...) are checked by the format's own PARAMS (mcard.formats.check_params), as `mcard size` checks them.
 
 
 # -- the loaded entry -----------------------------------------------------------
@@ -136,24 +110,18 @@ class RegistryVariant:
     source: str | None = None  # the quantizer's output (folder or file) to package, relative to the entry
 
     @property
+    def spec(self) -> FormatSpec:
+        """The spec of the variant's format (``nf4`` -> bitsandbytes')."""
+        return by_alias(self.format)
+
+    @property
     def key(self) -> str:
-        """The name of its row: the branch, or the file for GGUF/GGML."""
-        return self.file if self.family == "gguf" and self.file else self.branch
+        """The name of its row: the branch, or the file for formats whose variants are files (GGUF/GGML)."""
+        return self.file if self.spec.files_are_variants and self.file else self.branch
 
     def size_params(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`mcard.core.size.predict_size`."""
-        if self.format == "gptq":  # made_with = "GPTQModel": its layout (no bias, its tensor order)
-            writer = "gptqmodel" if (self.made_with or "").lower().startswith("gptqmodel") else "autogptq"
-            return {"bits": self.bits, "group_size": self.group_size, "desc_act": self.desc_act, "writer": writer}
-        if self.format == "awq":
-            return {"bits": self.bits, "group_size": self.group_size, "version": self.version or _awq_default_version()}
-        if self.format in ("nf4", "fp4"):  # the quant type is implied by the format name
-            return {"double_quant": self.double_quant}
-        if self.format == "lora":  # lora_alpha and dropout do not change the file
-            return {"r": self.r, "target_modules": list(self.target_modules) or None}
-        if self.format in ("gguf", "ggml"):
-            return {"type": self.type}
-        return {}
+        """Keyword arguments for :func:`mcard.core.size.predict_size` (the format's spec says which)."""
+        return self.spec.size_params(self) or {}
 
 
 @dataclass
@@ -332,19 +300,22 @@ def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | 
     where = f"variants[{i}]"
     check_keys(v, VARIANT_SPEC, where, path)
     fmt = v["format"].lower()
-    if fmt not in FAMILIES:
-        close = difflib.get_close_matches(fmt, list(FAMILIES), n=1)
+    known = aliases()
+    if fmt not in known:
+        close = difflib.get_close_matches(fmt, list(known), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise UnusableInput(f"{where}.format: unknown format {v['format']!r}{hint}; known: {', '.join(FAMILIES)}", path)
-    family = FAMILIES[fmt]
-    for key in REQUIRED_KEYS.get(fmt, ()):
+        raise UnusableInput(f"{where}.format: unknown format {v['format']!r}{hint}; known: {', '.join(known)}", path)
+    spec = known[fmt]
+    assert spec.card is not None  # a format with aliases has a card
+    for key in spec.required_keys:
         if key not in v:
             raise UnusableInput(f"{where}: missing required key {key!r} for format {fmt}", path)
-    for key, fmts in FORMAT_ONLY_KEYS.items():
-        if key in v and fmt not in fmts:
-            raise UnusableInput(f"{where}.{key}: only for format {' or '.join(fmts)}, not {fmt}", path)
+    for key in v:
+        owners = [alias for alias, s in known.items() if key in s.own_keys]
+        if owners and key not in spec.own_keys:
+            raise UnusableInput(f"{where}.{key}: only for format {' or '.join(owners)}, not {fmt}", path)
     checked = _format_params(fmt, v, where, path)
-    version = checked.get("version", _awq_default_version()) if fmt == "awq" else None
+    version = checked.get("version", spec.registry_defaults.get("version"))
     if "branch" in v:
         _named(validate_ref_name, v["branch"], f"{where}.branch", path)
     if "file" in v:
@@ -353,7 +324,7 @@ def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | 
         entry_file(v["source"], f"{where}.source", path, registry_root)
     out = RegistryVariant(
         format=fmt,
-        family=family,
+        family=spec.card.family,
         branch=v.get("branch", "main"),
         file=v.get("file"),
         bits=v.get("bits"),
@@ -382,12 +353,6 @@ def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | 
         found = re.search(r"(\d+)", out.type)
         out.bits = int(found.group(1)) if found else None
     return out
-
-
-def _awq_default_version() -> str:
-    from ..formats import awq
-
-    return str(awq.DEFAULTS["version"])
 
 
 def _format_params(fmt: str, v: dict[str, Any], where: str, path: Path) -> dict[str, Any]:

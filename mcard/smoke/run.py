@@ -9,7 +9,8 @@ CPU path still catches layout disagreements; it then says that no kernel ran.
 
 Pass/fail thresholds (relative error ``||out - ref|| / ||ref||``):
 
-* kernel vs reference, :data:`KERNEL_REL_TOL`: the kernels accumulate in fp32 and
+* kernel vs reference, each format spec's ``kernel_tolerance`` (:func:`kernel_tolerances`,
+  2e-3 for every format today): the kernels accumulate in fp32 and
   round once to fp16, so the error is the fp16 rounding of the output, at most
   2^-11 ~ 4.9e-4 relative per element; 2e-3 leaves a 4x margin while any layout
   mistake (one nibble, one zero, one group) gives errors of order 1e-2 to 1.
@@ -31,7 +32,6 @@ import numpy as np
 from ..core.errors import EXIT_NO_GPU, McardError, UnusableInput
 from .layers import Layer, load_layers
 
-KERNEL_REL_TOL: dict[str, float] = {"gptq": 2e-3, "awq": 2e-3, "gguf": 2e-3, "bnb": 2e-3}
 REFERENCE_REL_TOL = 1e-5
 DEFAULT_LAYERS = 4
 DEFAULT_BATCHES = (1, 16)
@@ -85,9 +85,16 @@ class SmokeResult:
         return {
             "ok": self.ok, "path": self.path, "format": self.format, "device": self.device,
             "kernels_run": self.kernels_run, "message": self.message,
-            "thresholds": {"kernel": KERNEL_REL_TOL, "reference": REFERENCE_REL_TOL},
+            "thresholds": {"kernel": kernel_tolerances(), "reference": REFERENCE_REL_TOL},
             "layers": [r.to_dict() for r in self.layers],
         }
+
+
+def kernel_tolerances() -> dict[str, float]:
+    """Format -> the largest relative error of a kernel against the reference (the formats' specs say)."""
+    from .. import formats
+
+    return {s.name: s.kernel_tolerance for s in formats.specs() if s.kernel_tolerance is not None}
 
 
 # -- options --------------------------------------------------------------------
@@ -189,7 +196,7 @@ def _kernel_check(layer: Layer, x16: np.ndarray, batch: int, fmt: str) -> LayerR
     y = cupy.asnumpy(out).astype(np.float32)
     finite = bool(np.isfinite(y).all())
     err = rel_error(y, y_ref)
-    tol = KERNEL_REL_TOL[fmt]
+    tol = kernel_tolerances()[fmt]
     ok = finite and err <= tol
     t_us = time_kernel(lambda: layer.kernel(x_gpu, out))
     nbytes = layer.weight_bytes + x16.nbytes + batch * layer.shape[0] * 2

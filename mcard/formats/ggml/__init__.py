@@ -19,7 +19,7 @@ import math
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
@@ -81,65 +81,78 @@ def _tensor_bytes(type_name: str, n: int, magic: str, version: int) -> int:
     return kq.tensor_bytes(type_name, (n,))
 
 
+class BadGgml(UnusableInput):
+    """What :func:`walk` finds wrong with a GGML file (a reader's own refusal is another UnusableInput)."""
+
+
 def read(path: str | Path) -> GgmlFile:
     """Read a GGML header and tensor table without loading tensor data."""
     path = Path(path)
-    size = path.stat().st_size
     with path.open("rb") as fh:
-        def take(n: int, what: str) -> bytes:
-            b = fh.read(n)
-            if len(b) < n:
-                raise UnusableInput(f"GGML file truncated in the {what}", path)
-            return b
+        return walk(fh, path.stat().st_size, path)
 
-        magic = MAGICS.get(struct.unpack("<I", take(4, "magic"))[0])
-        if magic is None:
-            raise UnusableInput("not a GGML file: bad magic", path)
-        version = 0 if magic == "ggml" else struct.unpack("<I", take(4, "version"))[0]
-        if (magic == "ggmf" and version != 1) or (magic == "ggjt" and version not in (1, 2, 3)):
-            raise UnusableInput(f"{magic} version {version} is unknown", path)
-        keys = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
-        hp = dict(zip(keys, struct.unpack("<7i", take(28, "hparams"))))
-        if (not 0 < hp["n_vocab"] * 4 <= size or hp["n_vocab"] > MAX_VOCAB or hp["n_embd"] <= 0 or not 0 < hp["n_layer"] <= MAX_LAYERS
-                or hp["n_head"] <= 0 or hp["n_mult"] <= 0):
-            raise UnusableInput(f"implausible GGML hparams {hp}", path)
-        for i in range(hp["n_vocab"]):
-            n = struct.unpack("<I", take(4, f"vocab (token {i})"))[0]
-            if n > 1024:
-                raise UnusableInput(f"GGML vocab token {i} claims {n} bytes", path)
-            take(n + (0 if magic == "ggml" else 4), f"vocab (token {i})")
-        g = GgmlFile(path, magic, version, hp, size, fh.tell())
-        pos = fh.tell()
-        while pos < size:
-            head = fh.read(12)
-            if len(head) < 12:
-                g.truncated = f"tensor header at {pos}"
-                break
-            n_dims, name_len, ttype = struct.unpack("<3i", head)
-            if not 1 <= n_dims <= 4 or not 0 < name_len <= _MAX_NAME:
-                raise UnusableInput(f"corrupt GGML tensor header at offset {pos}", path)
-            rest = fh.read(4 * n_dims + name_len)
-            if len(rest) < 4 * n_dims + name_len:
-                g.truncated = f"tensor header at {pos}"
-                break
-            dims = struct.unpack(f"<{n_dims}i", rest[: 4 * n_dims])
-            name = rest[4 * n_dims:].decode("utf-8", errors="replace")
-            if any(d <= 0 for d in dims):
-                raise UnusableInput(f"GGML tensor {name!r} at offset {pos} has dims {list(dims)}", path)
-            try:
-                tname = GGMLQuantizationType(ttype).name
-            except ValueError:
-                raise UnusableInput(f"GGML tensor {name!r} has unknown type {ttype}", path) from None
-            data = fh.tell()
-            if magic == "ggjt":
-                data = -(-data // ALIGN) * ALIGN
-            nbytes = _tensor_bytes(tname, math.prod(dims), magic, version)
-            g.tensors.append(GgmlTensor(name, tname, tuple(dims), data, nbytes))
-            pos = data + nbytes
-            if pos > size:
-                g.truncated = f"data of {name}"
-                break
-            fh.seek(pos)
+
+def walk(fh: BinaryIO, size: int, path: str | Path) -> GgmlFile:
+    """Walk a GGML file's header, vocabulary and tensor headers, hopping over tensor data.
+
+    ``fh``: any seekable binary file (a local file, or remote validate's lazily fetched one: what
+    this reads is exactly the byte ranges validate needs); ``size``: the whole file's size.
+    Problems raise :class:`BadGgml` (an :class:`UnusableInput`) naming ``path``.
+    """
+    def take(n: int, what: str) -> bytes:
+        b = fh.read(n)
+        if len(b) < n:
+            raise BadGgml(f"GGML file truncated in the {what}", path)
+        return b
+
+    magic = MAGICS.get(struct.unpack("<I", take(4, "magic"))[0])
+    if magic is None:
+        raise BadGgml("not a GGML file: bad magic", path)
+    version = 0 if magic == "ggml" else struct.unpack("<I", take(4, "version"))[0]
+    if (magic == "ggmf" and version != 1) or (magic == "ggjt" and version not in (1, 2, 3)):
+        raise BadGgml(f"{magic} version {version} is unknown", path)
+    keys = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
+    hp = dict(zip(keys, struct.unpack("<7i", take(28, "hparams"))))
+    if (not 0 < hp["n_vocab"] * 4 <= size or hp["n_vocab"] > MAX_VOCAB or hp["n_embd"] <= 0
+            or not 0 < hp["n_layer"] <= MAX_LAYERS or hp["n_head"] <= 0 or hp["n_mult"] <= 0):
+        raise BadGgml(f"implausible GGML hparams {hp}", path)
+    for i in range(hp["n_vocab"]):
+        n = struct.unpack("<I", take(4, f"vocab (token {i})"))[0]
+        if n > 1024:
+            raise BadGgml(f"GGML vocab token {i} claims {n} bytes", path)
+        take(n + (0 if magic == "ggml" else 4), f"vocab (token {i})")
+    g = GgmlFile(Path(path), magic, version, hp, size, fh.tell())
+    pos = fh.tell()
+    while pos < size:
+        head = fh.read(12)
+        if len(head) < 12:
+            g.truncated = f"tensor header at {pos}"
+            break
+        n_dims, name_len, ttype = struct.unpack("<3i", head)
+        if not 1 <= n_dims <= 4 or not 0 < name_len <= _MAX_NAME:
+            raise BadGgml(f"corrupt GGML tensor header at offset {pos}", path)
+        rest = fh.read(4 * n_dims + name_len)
+        if len(rest) < 4 * n_dims + name_len:
+            g.truncated = f"tensor header at {pos}"
+            break
+        dims = struct.unpack(f"<{n_dims}i", rest[: 4 * n_dims])
+        name = rest[4 * n_dims:].decode("utf-8", errors="replace")
+        if any(d <= 0 for d in dims):
+            raise BadGgml(f"GGML tensor {name!r} at offset {pos} has dims {list(dims)}", path)
+        try:
+            tname = GGMLQuantizationType(ttype).name
+        except ValueError:
+            raise BadGgml(f"GGML tensor {name!r} has unknown type {ttype}", path) from None
+        data = fh.tell()
+        if magic == "ggjt":
+            data = -(-data // ALIGN) * ALIGN
+        nbytes = _tensor_bytes(tname, math.prod(dims), magic, version)
+        g.tensors.append(GgmlTensor(name, tname, tuple(dims), data, nbytes))
+        pos = data + nbytes
+        if pos > size:
+            g.truncated = f"data of {name}"
+            break
+        fh.seek(pos)
     return g
 
 

@@ -22,6 +22,8 @@ from ...core.errors import UnusableInput
 from ...core.variant import bad_magic
 from .. import ggml_types as gt
 
+MAGIC = b"GGUF"
+VERSIONS = (2, 3)  # the GGUF versions llama.cpp writes and mcard reads
 _SCALAR = {  # value type -> struct format
     GGUFValueType.UINT8: "<B", GGUFValueType.INT8: "<b", GGUFValueType.UINT16: "<H", GGUFValueType.INT16: "<h",
     GGUFValueType.UINT32: "<I", GGUFValueType.INT32: "<i", GGUFValueType.FLOAT32: "<f", GGUFValueType.BOOL: "<?",
@@ -138,10 +140,10 @@ def read(path: str | Path, file_size: int | None = None) -> GgufFile:
     with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mm:
         cur = _Cursor(mm, path)
         magic = cur.take(4, "magic")
-        if magic != b"GGUF":
-            raise UnusableInput(bad_magic(magic, b"GGUF", "GGUF"), path)
+        if magic != MAGIC:
+            raise UnusableInput(bad_magic(magic, MAGIC, "GGUF"), path)
         version = cur.unpack("<I", "version")
-        if version not in (2, 3):
+        if version not in VERSIONS:
             raise UnusableInput(f"GGUF version {version} is not supported (only 2 and 3)", path)
         n_tensors, n_kv = cur.unpack("<Q", "tensor count"), cur.unpack("<Q", "kv count")
         # a kv pair takes >= 13 bytes (key length, type, 1-byte value); a tensor info >= 28.
