@@ -16,6 +16,8 @@ from math import gcd
 import numpy as np
 
 WORD_BITS = 32
+# The group sizes vLLM's Marlin kernels take, for GPTQ (gptq_marlin) and AWQ (awq_marlin) alike.
+MARLIN_GROUPS = (-1, 32, 64, 128)
 
 
 def valid_group_size(group_size: object) -> bool:

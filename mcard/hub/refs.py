@@ -20,6 +20,7 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 from ..core.errors import UnusableInput
+from ..formats import quant_config
 
 _REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
@@ -230,16 +231,17 @@ def unusable_numbers(data: Any) -> list[str]:
     """Quant keys of a config mapping whose value is a number that is not finite (reported, then ignored)."""
     if not isinstance(data, dict):
         return []
-    return [key for key in ("bits", "w_bit", "group_size", "q_group_size", "head_bits")
+    return [key for key in ("bits", "group_size", "head_bits", *quant_config.ALIASES)
             if isinstance(data.get(key), (int, float)) and not isinstance(data.get(key), bool)
             and _as_number(data[key]) is None]
 
 
-def _params_from_mapping(data: dict[str, Any], default_method: str | None) -> QuantParams:
-    """Normalise GPTQ (bits/group_size/desc_act), AWQ (w_bit/q_group_size) and EXL2 (bits/head_bits) keys."""
-    bits = _as_number(data.get("bits", data.get("w_bit")))
-    group = _as_number(data.get("group_size", data.get("q_group_size")))
-    method = data.get("quant_method") or data.get("checkpoint_format") or default_method
+def _params_from_mapping(name: str, data: dict[str, Any]) -> QuantParams:
+    """GPTQ (bits/group_size/desc_act), AWQ and EXL2 (bits/head_bits) parameters of one source's mapping,
+    spellings already normalized (:func:`mcard.formats.quant_config.sources`)."""
+    bits = _as_number(data.get("bits"))
+    group = _as_number(data.get("group_size"))
+    method = data.get("quant_method") or data.get("checkpoint_format") or quant_config.IMPLIED_METHOD.get(name)
     extra = {}
     if _as_number(data.get("head_bits")) is not None:
         extra["head_bits"] = int(data["head_bits"])
@@ -255,15 +257,12 @@ def _params_from_mapping(data: dict[str, Any], default_method: str | None) -> Qu
 def params_from_configs(quantize_config: dict[str, Any] | None,
                         config: dict[str, Any] | None) -> dict[str, QuantParams]:
     """Parameters per source file: ``quantize_config.json`` and/or ``config.json`` (its quantization_config)."""
+    docs = {"quantize_config.json": quantize_config, "config.json": config}
     out: dict[str, QuantParams] = {}
-    if isinstance(quantize_config, dict):
-        params = _params_from_mapping(quantize_config, "gptq")
+    for name, mapping in quant_config.sources(docs.get, tuple(docs)).items():
+        params = _params_from_mapping(name, mapping)
         if not params.is_empty():
-            out["quantize_config.json"] = params
-    if isinstance(config, dict) and isinstance(config.get("quantization_config"), dict):
-        params = _params_from_mapping(config["quantization_config"], None)
-        if not params.is_empty():
-            out["config.json"] = params
+            out[name] = params
     return out
 
 

@@ -28,19 +28,17 @@ from ...core.report import Finding, Report, Runtime
 from ...core.safetensors_io import DTYPE_BYTES, write
 from ...core.size import SizeEstimate
 from ...core.variant import Variant
-from .. import common as _common, params as _params
-from ..packing import AWQ_ORDER, groups_of, pack_awq, pack_cols, unpack_awq, unpack_cols, valid_group_size
+from .. import common as _common, params as _params, quant_config
+from ..packing import AWQ_ORDER, MARLIN_GROUPS, groups_of, pack_awq, pack_cols, unpack_awq, unpack_cols, valid_group_size
 
 NAME = "awq"
 BITS = 4  # AutoAWQ and vLLM: "Only 4-bit are supported for now."
 PACK = 32 // BITS
 GEMM, GEMV = "gemm", "gemv"
 VERSIONS = (GEMM, GEMV)
-SOURCES = ("config.json", "quant_config.json")  # transformers reads config.json first
-ALIASES = {"w_bit": "bits", "q_group_size": "group_size"}
+SOURCES = ("config.json", "quant_config.json")  # transformers reads config.json first (spellings: quant_config)
 COMPARED = ("bits", "group_size", "zero_point", "version")
 DEFAULTS: dict[str, Any] = {"bits": BITS, "group_size": 128, "zero_point": True, "version": GEMM}
-MARLIN_GROUPS = (-1, 32, 64, 128)  # vLLM awq_marlin
 WEIGHTS_FILE = "model.safetensors"
 METADATA = {"format": "pt"}
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".bias")
@@ -94,24 +92,29 @@ def tensor_shapes(k: int, n: int, group_size: int, version: str = GEMM) -> dict[
 
 
 # -- detection and configs -----------------------------------------------------------
-def _load(variant: Variant, name: str, report: Report | None = None) -> dict[str, Any] | None:
-    try:
-        doc = variant.config(name)
-    except UnusableInput as exc:
-        if report is not None:
-            report.error("bad-config", name, "", f"cannot parse: {exc.message}")
-        return None
-    if doc is not None and name == "config.json":
-        qc = doc.get("quantization_config")
-        doc = qc if isinstance(qc, dict) and str(qc.get("quant_method", "")).lower() == NAME else None
-    return doc
+def _sources(variant: Variant, report: Report | None = None) -> dict[str, dict[str, Any]]:
+    """AWQ's quant config sources (:func:`mcard.formats.quant_config.sources`): config.json's section
+    when its quant_method is awq, and quant_config.json; spellings normalized."""
+    def load(name: str) -> Any:
+        try:
+            return variant.config(name)
+        except UnusableInput as exc:
+            if report is not None:
+                report.error("bad-config", name, "", f"cannot parse: {exc.message}")
+            return None
+
+    return {name: doc for name, doc in quant_config.sources(load, SOURCES).items()
+            if name != "config.json" or quant_config.method(name, doc) == NAME}
 
 
 def detect(variant: Variant) -> bool:
-    if _load(variant, "config.json") is not None:
+    found = _sources(variant)
+    if "config.json" in found:
         return True
-    qc = _load(variant, "quant_config.json")
-    if qc is not None and ("w_bit" in qc or "q_group_size" in qc) and ("version" in qc or qc.get("quant_method") == NAME):
+    qc = found.get("quant_config.json")
+    raw = variant.config("quant_config.json") if qc is not None else None
+    if qc is not None and any(k in (raw or {}) for k in quant_config.ALIASES) and (
+            "version" in qc or qc.get("quant_method") == NAME):  # AutoAWQ's own spelling
         return True
     names = variant.tensors
     has_q = any(n.endswith(".qweight") for n in names)
@@ -121,14 +124,10 @@ def detect(variant: Variant) -> bool:
 def read_quant_config(variant: Variant) -> tuple[dict[str, Any], str | None, list[Finding]]:
     """AWQ parameters, the source used, and findings (``bad-config``, ``config-conflict``)."""
     scratch = Report(path="")
-    found = {}
-    for name in SOURCES:
-        doc = _load(variant, name, scratch)
-        if doc is not None:
-            doc = {ALIASES.get(k, k): v for k, v in doc.items()}
-            if isinstance(doc.get("version"), str):
-                doc["version"] = doc["version"].lower()
-            found[name] = doc
+    found = _sources(variant, scratch)
+    for doc in found.values():
+        if isinstance(doc.get("version"), str):
+            doc["version"] = doc["version"].lower()
     if not found:
         return {}, None, scratch.findings
     primary, *others = list(found)

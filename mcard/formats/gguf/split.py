@@ -236,7 +236,7 @@ def write_shards(src: str | Path, out_prefix: str | Path, max_bytes: int | None 
     A writer that must keep files under the Hub's 50 GB (:data:`mcard.hub.rules.MAX_FILE_BYTES`) passes
     less than that as ``max_bytes``: the limit counts tensor data only, the header comes on top.
     """
-    from .header import read
+    from .header import MAGIC, VERSIONS, read
 
     src, out_prefix = Path(src), Path(out_prefix)
     g = read(src)
@@ -259,7 +259,7 @@ def write_shards(src: str | Path, out_prefix: str | Path, max_bytes: int | None 
                 infos += struct.pack(f"<{len(t.shape)}Q", *t.shape) + struct.pack("<IQ", t.type_id, offset)
                 offset += _pad(t.nbytes, g.alignment)
             shard_kv = (kv if i == 0 else b"") + split_kv(i, count, len(g.tensors))
-            meta = b"GGUF" + struct.pack("<IQQ", 3, len(idx), (n_kv if i == 0 else 0) + len(SPLIT_KEYS))
+            meta = MAGIC + struct.pack("<IQQ", VERSIONS[-1], len(idx), (n_kv if i == 0 else 0) + len(SPLIT_KEYS))
             meta += shard_kv + infos
             meta += bytes(_pad(len(meta), g.alignment) - len(meta))
             path = out_prefix.parent / shard_name(out_prefix.name, i, count)

@@ -25,14 +25,13 @@ from ...core.variant import Variant
 from .. import common as _common, params as _params
 from . import config as _gptq_config
 from .config import read_quant_config
-from ..packing import groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
+from ..packing import MARLIN_GROUPS, groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
 
 NAME = "gptq"
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".bias")
 # Tensors whose values `check` reads (_gptq_check._per_linear); `validate REPO` fetches only these.
 VALIDATE_READS = (".g_idx", ".qzeros")
 V1, V2 = _gptq_config.V1, _gptq_config.V2
-MARLIN_GROUPS = (-1, 32, 64, 128)  # vLLM gptq_marlin
 MARLIN_BITS = (4, 8)
 MACHETE_GROUPS = (-1, 128)  # vLLM machete_utils.MACHETE_SUPPORTED_GROUP_SIZES
 EXLLAMA_BITS = 4

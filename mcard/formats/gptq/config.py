@@ -1,8 +1,8 @@
-"""GPTQ quantization configs: where they live, how they are spelled, what values are valid.
+"""GPTQ quantization configs: which sources are GPTQ's, what values are valid, where two disagree.
 
-Sources, in the order a loader prefers them: ``quantize_config.json``
-(AutoGPTQ), ``config.json`` ``quantization_config`` (transformers
-``GPTQConfig``), ``quant_config.json`` (older: ``w_bit``, ``q_group_size``).
+The sources and their spellings are :mod:`mcard.formats.quant_config`'s (the one reader of
+quant configs): ``quantize_config.json`` (AutoGPTQ), ``config.json`` ``quantization_config``
+(transformers ``GPTQConfig``), ``quant_config.json`` (older: ``w_bit``, ``q_group_size``).
 """
 
 from __future__ import annotations
@@ -12,21 +12,18 @@ from typing import Any
 from ...core.errors import UnusableInput
 from ...core.report import Finding, Report
 from ...core.variant import Variant
+from .. import quant_config
 from ..packing import valid_group_size
 
 V1, V2 = "gptq", "gptq_v2"
 CHECKPOINT_FORMATS = (V1, V2)
 VALID_BITS = (2, 3, 4, 8)
-SOURCES = ("quantize_config.json", "config.json", "quant_config.json")
-# Older spellings -> canonical keys.
-ALIASES = {"w_bit": "bits", "q_group_size": "group_size"}
 # Keys whose disagreement between two sources changes how the tensors are read.
 COMPARED = ("bits", "group_size", "desc_act", "sym", "checkpoint_format")
 DEFAULTS: dict[str, Any] = {"group_size": -1, "desc_act": False, "sym": True, "checkpoint_format": V1}
 
 
-def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
-    out = {ALIASES.get(k, k): v for k, v in raw.items()}
+def _normalize(out: dict[str, Any]) -> dict[str, Any]:
     if out.get("is_marlin_format") and "checkpoint_format" not in out:
         out["checkpoint_format"] = "marlin"
     if isinstance(out.get("checkpoint_format"), str):
@@ -35,29 +32,25 @@ def _normalize(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _raw_sources(variant: Variant, report: Report) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for name in SOURCES:
+    """The sources that are GPTQ's: AutoGPTQ's file, config.json's section unless another method's,
+    quant_config.json unless AWQ's."""
+    def load(name: str) -> Any:
         try:
-            doc = variant.config(name)
+            return variant.config(name)
         except UnusableInput as exc:
             report.error("bad-config", name, "", f"cannot parse: {exc.message}")
-            continue
-        if doc is None:
-            continue
-        if name == "config.json":
-            doc = doc.get("quantization_config")
-            if not isinstance(doc, dict):
-                continue
-            if str(doc.get("quant_method", "gptq")).lower() != "gptq":
-                continue
-        elif name == "quant_config.json" and str(doc.get("quant_method", "")).lower() == "awq":
+            return None
+
+    found = {}
+    for name, doc in quant_config.sources(load).items():
+        method = quant_config.method(name, doc)
+        if (name == "config.json" and method not in (None, "gptq")) or (name == "quant_config.json" and method == "awq"):
             continue
         found[name] = _normalize(doc)
     return found
 
 
-def _where(name: str) -> str:
-    return "config.json quantization_config" if name == "config.json" else name
+_where = quant_config.where
 
 
 def _validate(params: dict[str, Any], source: str, report: Report) -> None:
@@ -81,7 +74,7 @@ def _validate(params: dict[str, Any], source: str, report: Report) -> None:
 def read_quant_config(variant: Variant) -> tuple[dict[str, Any], str | None, list[Finding]]:
     """The GPTQ parameters, the source they came from, and findings about the configs.
 
-    The first present source (in :data:`SOURCES` order) wins; defaults fill
+    The first present source (in :data:`mcard.formats.quant_config.SOURCES` order) wins; defaults fill
     keys it does not give. Two sources disagreeing on a :data:`COMPARED` key
     is a ``config-conflict`` error; invalid values are ``bad-config`` errors.
     """

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .. import quant_config
 from ..spec import CardSpec, FormatSpec
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ CARD = CardSpec(
              "Description"),
     tags=("gptq",), bits_tags=True, size_column="File Size")
 # Keys of a quantizer's config that are older spellings or flags the packaged config does not carry.
-_NOT_PACKAGED = ("w_bit", "q_group_size", "is_marlin_format")
+_NOT_PACKAGED = (*quant_config.ALIASES, "is_marlin_format")
 
 
 class GptqSpec(FormatSpec):
