@@ -15,7 +15,7 @@ safe on machines without a GPU; :func:`available` says whether kernels can run.
 from __future__ import annotations
 
 import functools
-from pathlib import Path
+from importlib import resources
 from typing import Any
 
 import numpy as np
@@ -23,7 +23,9 @@ import numpy as np
 from . import limits, pack
 from .pack import PackedInt4
 
-HERE = Path(__file__).resolve().parent
+# The sources are package data, found with importlib.resources (every install style); a Path in a
+# plain install. Tests point HERE at a copy (mutated kernels).
+HERE: Any = resources.files(__package__ or "cupy_kernels")
 SOURCES = {"int4": "int4.cu"}
 HEADERS = ("ptx.cuh",)  # included by the sources; inlined into the code CuPy compiles
 ROW_TILES = {8: 2, 16: 4, 32: 4}  # batch rows per block -> warps per block (int4.cu, I4Shape)
@@ -49,8 +51,8 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def source(name: str) -> Path:
-    """Path of a kernel source file, located next to this module."""
+def source(name: str) -> Any:
+    """A kernel source file (a Path in a plain install; an importlib.resources Traversable in any)."""
     return HERE / SOURCES[name]
 
 

@@ -14,26 +14,41 @@ footnote).
 from __future__ import annotations
 
 import re
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..core.errors import UnusableInput
 from .evals import EvalEntry, format_value
-from ..registry.entry import Entry, RegistryVariant, load_entry
+from ..registry.entry import Entry, load_entry
 from .rows import Row, build_rows, runtimes_cell, size_cell, target_modules_text
 from .. import formats
 from ..core.untrusted import read_text
-from ..core.report import Runtime
 
-def templates_dir() -> Path:
-    """The canonical templates: ``templates/`` of a checkout, else ``<prefix>/share/mcard/templates`` (wheel data files)."""
-    import sys
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parents[1] / "templates", Path(sys.prefix) / "share" / "mcard" / "templates"):
-        if (candidate / "_header.md.j2").is_file():
-            return candidate
-    raise UnusableInput("card templates not found (expected templates/ next to the mcard package)")
+TEMPLATES_PACKAGE = "mcard.card.templates"  # the top-level templates/ folder, as package data
+
+
+def templates() -> Traversable:
+    """The card templates, found with :mod:`importlib.resources` (every install style: editable, wheel,
+    ``--target``, ``--user``, a zip)."""
+    try:
+        return resources.files(TEMPLATES_PACKAGE)
+    except ModuleNotFoundError:
+        raise UnusableInput("card templates not found (mcard.card.templates is not installed: reinstall mcard)") from None
+
+
+def _package_loader() -> Any:
+    """A Jinja2 loader over :func:`templates` that needs no file system path."""
+    from jinja2 import FunctionLoader
+
+    def load(name: str) -> str | None:
+        found = templates().joinpath(name)
+        return found.read_text(encoding="utf-8") if found.is_file() else None
+
+    return FunctionLoader(load)
 
 
 # -- chat template from a tokenizer_config.json ----------------------------------------
@@ -144,7 +159,7 @@ def environment(extra_dir: Path | None = None) -> Any:
     from jinja2.sandbox import SandboxedEnvironment
 
     loaders = [FileSystemLoader(str(extra_dir))] if extra_dir is not None else []
-    loaders.append(FileSystemLoader(str(templates_dir())))
+    loaders.append(_package_loader())
     env = SandboxedEnvironment(
         loader=ChoiceLoader(loaders),
         undefined=StrictUndefined,
@@ -303,7 +318,7 @@ def render_card(entry_path: str | Path, variants_dir: str | Path | None = None, 
         t = Path(template)
         if t.is_file():
             extra_dir, name = t.resolve().parent, t.name
-        elif (templates_dir() / str(template)).is_file():
+        elif "/" not in str(template) and templates().joinpath(str(template)).is_file():
             name = str(template)
         else:
             raise UnusableInput("--template: no such template file", template)
