@@ -1,23 +1,20 @@
-"""The ``mcard`` command line: parses arguments, calls the library, prints.
+"""The ``mcard`` command line: parses arguments, calls the library, prints (``from mcard.cli import app, main``).
 
-Exit codes: 0 ok, 1 the check failed, 2 unusable input or bad usage, 3 no GPU
-where one was required.
+One module per command group (:mod:`.validate`, :mod:`.hub`, :mod:`.card`, :mod:`.smoke`,
+:mod:`.sync`, :mod:`.publish`), wired explicitly below; the options they share are
+:mod:`.options`; how every command fails is :mod:`.errors` (one table: 0 ok, 1 the check
+failed, 2 unusable input, bad usage or an internal error, 3 no GPU where one was required,
+130 interrupted); what they print goes through :mod:`.output` (one console, one size format).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from .. import __version__
-from .errors import command_errors, run_app
-from ..core.errors import EXIT_FAILED, UnusableInput
-
-if TYPE_CHECKING:
-    from ..formats import BadParam
+from .errors import run_app
 
 app = typer.Typer(
     help="Fetch, validate, size, smoke-test and document quantized LLM variants.",
@@ -46,145 +43,6 @@ def _root(
     ctx.call_on_close(redact_process_output())
 
 
-@app.command()
-def validate(
-    path: str = typer.Argument(..., help="A variant folder or model file, or a Hub REPO[:BRANCH] or URL (checked remotely)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="Hub branch, tag or commit (for a Hub repo)."),
-    mirror: Optional[Path] = typer.Option(None, "--mirror", help="Keep the sparse mirror of a Hub repo in this new folder."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Check a variant from its headers and configs: tensors, quant config, sizes, runtimes.
-
-    A Hub repo is checked remotely, reading only headers and the small tensors validate needs.
-    """
-    from . import output as _output
-    from ..core.validate import inspect
-
-    with command_errors(json_out):
-        if Path(path).exists():
-            if revision is not None or mirror is not None:
-                raise UnusableInput("--revision and --mirror apply to a Hub repo, not a local path", path)
-            report = inspect(path)
-        else:
-            report = _inspect_remote(path, revision, mirror)
-    if json_out:
-        _output.print_json(report.to_dict())
-    else:
-        _output.print_report(report)
-    raise typer.Exit(0 if report.ok else EXIT_FAILED)
-
-
-def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
-    """``validate REPO[:BRANCH]``: a missing local path that names a Hub repo is validated on the Hub."""
-    from ..hub.refs import parse_repo_spec
-    from ..hub.remote_validate import inspect_remote
-
-    from ..core.errors import McardError
-
-    try:
-        spec = parse_repo_spec(text, revision)
-    except UnusableInput:
-        if revision is not None or mirror is not None:
-            raise
-        raise UnusableInput("no such file or folder (nor a Hub REPO[:BRANCH])", text) from None
-    try:
-        return inspect_remote(spec, mirror=mirror)
-    except McardError as exc:
-        if "://" in text:  # a Hub URL is no local path: the Hub's answer alone
-            raise
-        # `org/name` is also a relative path: say both what is not here and what the Hub said
-        said = exc.message if exc.path in (text, spec.repo_id) else str(exc)
-        for prefix in (f"{text}: ", f"{spec.repo_id}: "):
-            said = said.removeprefix(prefix)
-        raise UnusableInput(f"no such file or folder; as a Hub repo: {said}", text) from None
-
-
-# `mcard size` options -> the format parameters they set (mcard.formats.<module>.PARAMS).
-SIZE_OPTIONS = {"bits": "--bits", "group_size": "--group-size", "desc_act": "--act-order", "type": "--type",
-                "double_quant": "--double-quant", "r": "--rank", "target_modules": "--target-modules",
-                "writer": "--writer", "split_max_size": "--split-max-size", "imatrix": "--imatrix"}
-
-
-def _expected(fmt: str, key: str) -> str:
-    """The valid values of a format's parameter, in words, from the format module's own PARAMS."""
-    from .. import formats
-
-    return formats.params_of(fmt)[key].expected
-
-
-def _size_formats() -> str:
-    from ..formats import aliases
-
-    return ", ".join(aliases())
-
-
-def _option_error(exc: BadParam, fmt: str) -> UnusableInput:
-    """A parameter problem in the words of the command line: option names, not parameter names."""
-    option = SIZE_OPTIONS.get(exc.key, exc.key)
-    takes = ", ".join(SIZE_OPTIONS.get(k, k) for k in exc.takes) or "no options"
-    if exc.reason == "not-applicable":
-        return UnusableInput(f"{option} does not apply to --format {fmt} (it takes {takes})")
-    return UnusableInput(f"{option}: {exc.problem}")
-
-
-@app.command()
-def size(
-    config: Path = typer.Argument(..., help="A model's config.json (or its folder)."),
-    fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {_size_formats()}."),
-    bits: Optional[int] = typer.Option(
-        None, help=f"gptq: {_expected('gptq', 'bits')} (default 4); awq: {_expected('awq', 'bits')}."),
-    group_size: Optional[int] = typer.Option(
-        None, "--group-size", "-g", help=f"gptq/awq group size: {_expected('gptq', 'group_size')} (default 128)."),
-    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="gptq: desc_act (no size change)."),
-    writer: Optional[str] = typer.Option(
-        None, "--writer", help=f"gptq: the writer whose layout to predict, {_expected('gptq', 'writer')} "
-        "(default autogptq: a bias on every linear; gptqmodel writes none)."),
-    qtype: Optional[str] = typer.Option(
-        None, "--type", "-t", help=f"gguf/ggml (required): the llama.cpp type; gguf: {_expected('gguf', 'type')}; "
-        f"ggml: {_expected('ggml', 'type')}."),
-    split_max_size: Optional[str] = typer.Option(
-        None, "--split-max-size",
-        help=f"gguf: the shard sizes gguf-split writes for this size, {_expected('gguf', 'split_max_size')}."),
-    imatrix: Optional[bool] = typer.Option(
-        None, "--imatrix/--no-imatrix", help="gguf: quantized with an importance matrix (a few tensor types differ)."),
-    double_quant: Optional[bool] = typer.Option(
-        None, "--double-quant/--no-double-quant", help="nf4/fp4: nested absmax (default: on)."),
-    rank: Optional[int] = typer.Option(None, "--rank", help=f"lora: the rank r, {_expected('lora', 'r')} (default 64)."),
-    target_modules: Optional[str] = typer.Option(
-        None, "--target-modules",
-        help=f"lora: comma-separated, {_expected('lora', 'target_modules')} (default: all of them)."),
-    per_tensor: bool = typer.Option(False, "--per-tensor", help="List every tensor."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Predict a variant's exact size from config.json and quant parameters, without weights.
-
-    An option that does not apply to the format, or a value the format cannot represent, is refused (exit 2).
-    """
-    from . import output as _output
-    from ..formats import BadParam
-    from ..core.size import predict_size
-
-    modules = None if target_modules is None else [m.strip() for m in target_modules.split(",") if m.strip()]
-    params = {
-        k: v
-        for k, v in {
-            "bits": bits, "group_size": group_size, "desc_act": act_order, "type": qtype, "double_quant": double_quant,
-            "r": rank, "target_modules": modules, "writer": writer, "split_max_size": split_max_size, "imatrix": imatrix,
-        }.items()
-        if v is not None
-    }
-    with command_errors(json_out):
-        try:
-            est = predict_size(config, fmt, **params)
-        except BadParam as exc:
-            raise _option_error(exc, fmt) from None
-    if json_out:
-        _output.print_json(est.to_dict(per_tensor=per_tensor))
-    else:
-        _output.print_size(est, per_tensor=per_tensor)
-
-
-@app.command()
 def version() -> None:
     """Print mcard's version."""
     typer.echo(__version__)
@@ -192,6 +50,11 @@ def version() -> None:
 
 # Explicit wiring: each command group is a module of this package.
 from . import card as _card, hub as _hub, publish as _publish, smoke as _smoke, sync as _sync  # noqa: E402
+from . import validate as _validate  # noqa: E402
+
+app.command("validate")(_validate.validate)
+app.command("size")(_validate.size)
+app.command("version")(version)
 
 app.command("branches")(_hub.branches)
 app.command("fetch")(_hub.fetch)

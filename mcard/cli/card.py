@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from .errors import command_errors
+from .options import JsonOpt, RegistryRootOpt
 from ..core.errors import EXIT_FAILED, UnusableInput
 
 card = typer.Typer(
@@ -27,8 +28,7 @@ def render(
         None, "--variants", help="Folder with one subfolder per branch (or the GGUF/GGML files): sizes are measured."
     ),
     template: Optional[str] = typer.Option(None, "--template", help="A template file (or a name in templates/)."),
-    registry_root: Optional[Path] = typer.Option(
-        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
+    registry_root: RegistryRootOpt = None,
 ) -> None:
     """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
     from ..card.render import render_card
@@ -49,17 +49,16 @@ def render(
 def check(
     card_path: Path = typer.Argument(..., metavar="README.md", help="A model card (README.md)."),
     registry: Optional[Path] = typer.Option(None, "--registry", help="Its registry entry: rows and sizes must agree."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    registry_root: Optional[Path] = typer.Option(
-        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
+    as_json: JsonOpt = False,
+    registry_root: RegistryRootOpt = None,
 ) -> None:
     """Check a card: metadata, model-index round trip and, with --registry, its provided-files table."""
     from . import output as _output
     from ..card.check import check_card
 
-    with command_errors(json_out):
+    with command_errors(as_json):
         report = check_card(card_path, registry_path=registry, registry_root=registry_root)
-    if json_out:
+    if as_json:
         _output.print_json(report.to_dict())
     else:
         _output.print_report(report)

@@ -15,19 +15,48 @@ for what the argument parser rejects before a command runs.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import NoReturn
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn, TypeVar
 
 import typer
 
 from ..core.errors import EXIT_FAILED, EXIT_UNUSABLE, McardError
 
+T = TypeVar("T")
 PREFIX = "mcard: "
 EXIT_INTERRUPTED = 130
-INTERNAL_ERROR_EXIT = EXIT_UNUSABLE
+INTERNAL_ERROR_EXIT = EXIT_UNUSABLE  # an unexpected error (a bug in mcard), in every command
+
+
+def failure_of(exc: BaseException, interrupted: str = "interrupted") -> tuple[str, int]:
+    """The error table: an exception -> (the one line to print, the exit code).
+
+    ================================  =====================================  =========
+    exception                         message                                exit code
+    ================================  =====================================  =========
+    :class:`McardError` (and kinds)   its message, naming the file           its ``exit_code`` (1, 2, 3)
+    the argument parser's errors      its message and where to get help      the parser's (2)
+    ``KeyboardInterrupt``             ``interrupted`` (and what is kept)     130
+    ``OSError``                       the file and the system's words        1
+    anything else                     ``internal error: ...`` (a bug)        2 (:data:`INTERNAL_ERROR_EXIT`)
+    ================================  =====================================  =========
+    """
+    if isinstance(exc, McardError):
+        return str(exc), exc.exit_code
+    if isinstance(exc, _click_exceptions()):
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        return f"{exc.format_message()}{where}", int(getattr(exc, "exit_code", EXIT_UNUSABLE))  # type: ignore[attr-defined]
+    if isinstance(exc, KeyboardInterrupt):
+        return interrupted, EXIT_INTERRUPTED
+    if isinstance(exc, OSError):
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        return f"{where}{exc.strerror or exc}", EXIT_FAILED
+    return internal_error_text(exc), INTERNAL_ERROR_EXIT
 
 
 def error_object(message: str, exit_code: int) -> dict[str, object]:
@@ -61,19 +90,20 @@ def command_errors(json_out: bool = False,
         yield
     except typer.Exit:
         raise
-    except McardError as exc:
-        fail(str(exc), exc.exit_code, json_out)
-    except KeyboardInterrupt:
-        fail(interrupted, EXIT_INTERRUPTED, json_out)
-    except OSError as exc:
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        fail(f"{where}{exc.strerror or exc}", EXIT_FAILED, json_out)
-    except Exception as exc:  # noqa: BLE001 - the user gets one line, not a traceback
-        if os.environ.get("MCARD_DEBUG"):
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+        if _debug(exc):
             raise
-        fail(internal_error_text(exc), INTERNAL_ERROR_EXIT, json_out)
+        fail(*failure_of(exc, interrupted), json_out)
 
 
+def guarded(json_out: bool, call: Callable[[], T], interrupted: str = "interrupted") -> T:
+    """``call()`` inside :func:`command_errors`: its result, or its failure reported and exited."""
+    with command_errors(json_out, interrupted=interrupted):
+        return call()
+    raise AssertionError("unreachable: command_errors exits on every failure")  # pragma: no cover
+
+
+@functools.cache
 def _click_exceptions() -> tuple[type[BaseException], ...]:
     """The argument parser's exception base class (typer vendors click in recent releases)."""
     found: list[type[BaseException]] = []
@@ -88,23 +118,20 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     """Run the CLI; a usage error the parser finds is reported like every other failure."""
     args = list(sys.argv[1:] if args is None else args)
     json_out = "--json" in args
-    parser_errors = _click_exceptions()
     try:
         code = app(args=args, prog_name="mcard", standalone_mode=False)
-    except parser_errors as exc:
+    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - never a traceback for users
         if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: nothing to add
             return EXIT_UNUSABLE
-        ctx = getattr(exc, "ctx", None)
-        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        code = int(getattr(exc, "exit_code", EXIT_UNUSABLE))
-        report_error(f"{exc.format_message()}{where}", code, json_out)  # type: ignore[attr-defined]
-        return code
-    except KeyboardInterrupt:
-        report_error("interrupted", EXIT_INTERRUPTED, json_out)
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - never a traceback for users
-        if os.environ.get("MCARD_DEBUG"):
+        if _debug(exc):
             raise
-        report_error(internal_error_text(exc), INTERNAL_ERROR_EXIT, json_out)
-        return INTERNAL_ERROR_EXIT
+        message, code = failure_of(exc)
+        report_error(message, code, json_out)
+        return code
     return int(code or 0)
+
+
+def _debug(exc: BaseException) -> bool:
+    """``MCARD_DEBUG=1`` shows the traceback of an unexpected error (a bug) instead of its one line."""
+    return bool(os.environ.get("MCARD_DEBUG")) and not isinstance(
+        exc, (McardError, KeyboardInterrupt, OSError, *_click_exceptions()))

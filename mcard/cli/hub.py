@@ -18,23 +18,19 @@ from typing import Annotated, Any, Callable
 
 import typer
 
-from .errors import PREFIX, command_errors
+from .errors import PREFIX, guarded
+from .output import console, print_json
+from .options import JsonOpt, RevisionOpt
 from ..core.errors import EXIT_FAILED
 from ..hub.branches import BranchListing, RefReport, list_branches
 from ..hub.download import FetchResult
 from ..hub.download import fetch as fetch_revision
 from ..hub.progress import NullReporter, Reporter, RichReporter
-from ..core.safetext import dumps_json, echo, plain
+from ..core.safetext import echo, plain
 from ..core.safetext import markup_safe as esc
 from ..core.units import format_size
 
 INTERRUPTED = "interrupted; partial downloads are kept and resume on the next run"
-
-
-def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
-    """Run ``call``; turn every failure into one line and an exit code (never a traceback)."""
-    with command_errors(as_json, interrupted=INTERRUPTED):
-        return call()
 
 
 # -- branches -------------------------------------------------------------------------------------
@@ -46,11 +42,10 @@ def _config_text(ref: RefReport) -> str:
     return "; ".join(f"{text} ({', '.join(sources)})" for text, sources in groups.items()) or "-"
 
 
-def _print_branches_table(listing: BranchListing, console: Any = None) -> None:
-    from rich.console import Console
+def _print_branches_table(listing: BranchListing, out: Any = None) -> None:
     from rich.table import Table
 
-    console = console or Console()
+    out = out or console()
     table = Table(title=f"{listing.repo_id}" + (" (offline, from the cache)" if listing.offline else ""))
     for column in ("ref", "kind", "commit", "from name", "from config", "check", "files", "size"):
         table.add_column(column, justify="right" if column in ("files", "size") else "left",
@@ -61,14 +56,14 @@ def _print_branches_table(listing: BranchListing, console: Any = None) -> None:
         table.add_row(esc(ref.name), esc(ref.kind), esc(ref.commit[:10]), esc(ref.name_params.describe()),
                       esc(_config_text(ref)), f"[{style}]{ref.status}[/]" if style else esc(ref.status),
                       str(ref.file_count), format_size(ref.total_size))
-    console.print(table)
+    out.print(table)
     for ref in listing.refs:  # in full below the table, never cut to fit a column
         for d in ref.disagreements:
-            console.print(f"[bold red]{esc(ref.name)}[/]: {esc(d)}", highlight=False, soft_wrap=True)
+            out.print(f"[bold red]{esc(ref.name)}[/]: {esc(d)}", highlight=False, soft_wrap=True)
         if ref.error:
-            console.print(f"[red]{esc(ref.name)}: error: {esc(ref.error)}[/]", highlight=False, soft_wrap=True)
+            out.print(f"[red]{esc(ref.name)}: error: {esc(ref.error)}[/]", highlight=False, soft_wrap=True)
         for note in ref.notes:
-            console.print(f"{plain(ref.name)}: {plain(note)}", highlight=False, soft_wrap=True, markup=False)
+            out.print(f"{plain(ref.name)}: {plain(note)}", highlight=False, soft_wrap=True, markup=False)
 
 
 def _print_branches_plain(listing: BranchListing) -> None:
@@ -81,13 +76,13 @@ def _print_branches_plain(listing: BranchListing) -> None:
 
 def branches(
     repo: Annotated[str, typer.Argument(help="Model repo: org/name or a Hub URL.")],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the listing as a JSON object.")] = False,
+    as_json: JsonOpt = False,
     no_tags: Annotated[bool, typer.Option("--no-tags", help="List branches only.")] = False,
 ) -> None:
     """List a repo's branches and tags: commit, files, size, and quant parameters from the name vs the config."""
-    listing: BranchListing = _guarded(as_json, lambda: list_branches(repo, include_tags=not no_tags))
+    listing: BranchListing = guarded(as_json, lambda: list_branches(repo, include_tags=not no_tags), INTERRUPTED)
     if as_json:
-        typer.echo(dumps_json(listing.to_dict(), indent=2))
+        print_json(listing.to_dict())
     elif sys.stdout.isatty():
         _print_branches_table(listing)
     else:
@@ -107,7 +102,6 @@ def _print_plan(result: FetchResult) -> None:
     rows = [(f.path, f.size, f.status + (f" (resume from {f.resumed_from})" if f.resumed_from else ""))
             for f in result.files]
     if sys.stdout.isatty():
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=esc(f"{result.repo_id}@{result.revision} (commit {result.commit[:10]}) -> {result.target}"))
@@ -116,7 +110,7 @@ def _print_plan(result: FetchResult) -> None:
         table.add_column("status")
         for path, size, status in rows:
             table.add_row(esc(path), format_size(size), esc(status))
-        Console().print(table)
+        console().print(table)
     else:
         for path, size, status in rows:
             echo(f"{path}\t{size}\t{status}")
@@ -138,25 +132,25 @@ def _summary(result: FetchResult) -> str:
 def fetch(
     repo: Annotated[str, typer.Argument(help="org/name, org/name:branch, or a Hub URL (.../tree/<branch>).")],
     files: Annotated[list[str] | None, typer.Argument(help="Only these files (paths in the repo).")] = None,
-    revision: Annotated[str | None, typer.Option("--revision", "-r", help="Branch, tag or commit.")] = None,
+    revision: RevisionOpt = None,
     include: Annotated[list[str] | None, typer.Option("--include", help="Only paths matching this glob.")] = None,
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Skip paths matching this glob.")] = None,
     local_dir: Annotated[Path | None, typer.Option("--local-dir", help="Write plain files here, not the HF cache.")] = None,
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="HF cache folder (default: HF_HUB_CACHE).")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; download nothing.")] = False,
     allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle-only weights.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
+    as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel downloads.")] = 8,
 ) -> None:
     """Download one revision, pinned to one commit, verifying every file's hash as it streams in."""
     reporter: Reporter = RichReporter() if sys.stderr.isatty() and not quiet and not dry_run else NullReporter()
-    result: FetchResult = _guarded(as_json, lambda: fetch_revision(
+    result: FetchResult = guarded(as_json, lambda: fetch_revision(
         repo, revision=revision, files=files or (), include=include or (), exclude=exclude or (),
         local_dir=local_dir, cache_dir=cache_dir, dry_run=dry_run, allow_pickle=allow_pickle, workers=workers,
-        reporter=reporter))
+        reporter=reporter), INTERRUPTED)
     if as_json:
-        typer.echo(dumps_json(result.to_dict(), indent=2))
+        print_json(result.to_dict())
     elif dry_run:
         _print_plan(result)
     else:

@@ -15,14 +15,14 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from .errors import command_errors
+from .errors import guarded
+from .output import print_json
+from .options import CreateOpt, EndpointOpt, JsonOpt, PrivateOpt, RegistryRootOpt, RepoOpt
 from ..core.errors import EXIT_FAILED, McardError
 from ..core.units import format_size as _size
 
 
-def _guarded(as_json: bool, call: Callable[[], Any]) -> Any:
-    with command_errors(as_json, interrupted="interrupted; run the same command again to continue"):
-        return call()
+INTERRUPTED = "interrupted; run the same command again to continue"
 
 
 def _size_option(text: str) -> int:
@@ -41,18 +41,20 @@ def package(
     base: Annotated[Optional[Path], typer.Option("--base", help="The base model's folder (config, tokenizer).")] = None,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Shard safetensors bigger than this.")] = "5GB",
     allow_failing: Annotated[bool, typer.Option("--allow-failing", help="Package variants that fail validate.")] = False,
-    registry_root: Annotated[Optional[Path], typer.Option(
-        "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the plan: per branch, each file's size, sha256, source.")] = False,
+    registry_root: RegistryRootOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
-    """Assemble each branch of the entry's repo (weights, configs, tokenizer, card) into a checked folder."""
+    """Assemble each branch of the entry's repo (weights, configs, tokenizer, card) into a checked folder.
+
+    With --json: the plan, per branch each file's size, sha256 and source.
+    """
     from ..pipeline.package import package as build
 
     shard = _size_option(max_shard_size)
-    pkg = _guarded(as_json, lambda: build(entry, from_dir, out, base_dir=base, max_shard_size=shard,
-                                          allow_failing=allow_failing, registry_root=registry_root))
+    pkg = guarded(as_json, lambda: build(entry, from_dir, out, base_dir=base, max_shard_size=shard,
+                                         allow_failing=allow_failing, registry_root=registry_root), INTERRUPTED)
     if as_json:
-        typer.echo(json.dumps(pkg.to_dict(), indent=2))
+        print_json(pkg.to_dict())
         return
     for b in pkg.branches:
         typer.echo(f"{b.branch}  ({', '.join(b.variants)})")
@@ -94,16 +96,15 @@ def publish(
     packaged: Annotated[Optional[Path], typer.Option("--packaged", help="Publish this package folder (mcard package --out).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="With --from: where the package goes (default packages/<repo>).")] = None,
     branch: Annotated[Optional[list[str]], typer.Option("--branch", help="Only this branch (repeatable).")] = None,
-    repo: Annotated[Optional[str], typer.Option("--repo", help="Publish to this repo instead of the entry's.")] = None,
+    repo: RepoOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print per branch what would be added, updated, deleted.")] = False,
-    create: Annotated[bool, typer.Option("--create", help="Create the repo when it does not exist.")] = False,
-    private: Annotated[bool, typer.Option("--private", help="With --create: a private repo.")] = False,
+    create: CreateOpt = False,
+    private: PrivateOpt = False,
     delete_extra: Annotated[bool, typer.Option("--delete-extra", help="Delete branch files the package does not have.")] = False,
-    endpoint: Annotated[Optional[str], typer.Option("--endpoint", help="Hub endpoint (default $HF_ENDPOINT).")] = None,
+    endpoint: EndpointOpt = None,
     xet: Annotated[bool, typer.Option("--xet", help="Let huggingface_hub upload through Xet storage (hf_xet).")] = False,
-    registry_root: Annotated[Optional[Path], typer.Option(
-        "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    registry_root: RegistryRootOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Push the packaged branches to the Hub: one commit per changed branch, nothing resent, read back and verified."""
     from ..pipeline.package import load_package
@@ -129,9 +130,9 @@ def publish(
         return push(pkg, repo=repo, endpoint=endpoint, branches=branch, dry_run=dry_run, create=create,
                     private=private, delete_extra=delete_extra, progress=progress, xet=xet)
 
-    result = _guarded(as_json, run)
+    result = guarded(as_json, run, INTERRUPTED)
     if as_json:
-        typer.echo(json.dumps(result.to_dict(), indent=2))
+        print_json(result.to_dict())
     else:
         _print_publish(result, dry_run)
     if not result.ok:

@@ -7,25 +7,26 @@ from pathlib import Path
 import typer
 
 from ..core.errors import EXIT_FAILED
+from .options import DeviceOpt, JsonOpt
 
 
 def smoke(
     path: Path = typer.Argument(..., help="A variant folder or a single model file."),
-    device: str = typer.Option("auto", "--device", help="auto, cuda or cpu."),
+    device: DeviceOpt = "auto",
     layers: str = typer.Option("4", "--layers", help="How many quantized linears (spread over the depth), or 'all'."),
     batch: str = typer.Option("1,16", "--batch", help="Comma-separated batch sizes, each 1..32."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random fp16 activations."),
     require_gpu: bool = typer.Option(False, "--require-gpu", help="Exit 3 when no GPU can run the kernels."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object with the per-layer table."),
+    as_json: JsonOpt = False,
 ) -> None:
     """Run quantized layers through the int4 CUDA kernels and compare with a float32 reference."""
     from .errors import command_errors
 
-    with command_errors(json_out):
+    with command_errors(as_json):
         from ..smoke.run import run
 
         result = run(path, device=device, layers=layers, batches=batch, seed=seed, require_gpu=require_gpu)
-    if json_out:
+    if as_json:
         from .output import print_json
 
         print_json(result.to_dict())

@@ -10,8 +10,10 @@ from typing import Optional
 import typer
 
 from .errors import command_errors
+from .options import CreateOpt, DeviceOpt, EndpointOpt, JsonOpt, PrivateOpt, RegistryRootOpt, RepoOpt
 from ..core.errors import EXIT_FAILED
-from ..core.safetext import dumps_json, plain
+from ..core.safetext import plain
+from .output import print_json
 from ..core.safetext import markup_safe as esc
 from ..pipeline.sync import MAX_MATRIX_JOBS
 
@@ -54,19 +56,18 @@ def sync(
     render: bool = typer.Option(False, "--render", help="Write the card (README.md) with measured sizes into the report folder."),
     report: Optional[Path] = typer.Option(None, "--report", help="Report folder (default reports/<repo>/)."),
     force: bool = typer.Option(False, "--force", help="Run variants unchanged since their last passing report too."),
-    device: str = typer.Option("auto", "--device", help="Smoke-test device: auto, cuda or cpu."),
+    device: DeviceOpt = "auto",
     batch: Optional[int] = typer.Option(None, "--batch", help="Only job N of `mcard plan TARGET` (what a CI matrix job runs)."),
     max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs", help="With --batch: the --max-jobs the plan was made with."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint (default $HF_ENDPOINT or huggingface.co)."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    endpoint: EndpointOpt = None,
+    as_json: JsonOpt = False,
     publish: bool = typer.Option(False, "--publish", help="Package -> validate -> smoke -> publish -> verify, from --from."),
     from_dir: Optional[Path] = typer.Option(None, "--from", help="With --publish: the quantizer outputs (DIR/<branch>/, DIR/<file>)."),
     out: Optional[Path] = typer.Option(None, "--out", help="With --publish: the package folder (default packages/<repo>)."),
-    create: bool = typer.Option(False, "--create", help="With --publish: create the repo when missing."),
-    private: bool = typer.Option(False, "--private", help="With --publish --create: a private repo."),
-    repo: Optional[str] = typer.Option(None, "--repo", help="With --publish: publish to this repo instead of the entry's."),
-    registry_root: Optional[Path] = typer.Option(
-        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
+    create: CreateOpt = False,
+    private: PrivateOpt = False,
+    repo: RepoOpt = None,
+    registry_root: RegistryRootOpt = None,
 ) -> None:
     """Fetch, validate and smoke-test every variant of a registry entry; report, and render its card.
 
@@ -80,14 +81,14 @@ def sync(
                           publish=publish, from_dir=from_dir, package_dir=out,
                           create=create, private=private, repo=repo, registry_root=registry_root)
     progress = None
-    if not json_out and sys.stderr.isatty():
+    if not as_json and sys.stderr.isatty():
         def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
             typer.echo(f"  {record.variant}: {record.status}", err=True)
-    with command_errors(json_out):
+    with command_errors(as_json):
         results = run_sync(target, options, progress=progress)
     ok = all(r.ok for r in results)
-    if json_out:
-        typer.echo(dumps_json({"ok": ok, "repos": [r.to_dict() for r in results]}, indent=2))
+    if as_json:
+        print_json({"ok": ok, "repos": [r.to_dict() for r in results]})
     else:
         _print_summary(results)
     raise typer.Exit(0 if ok else EXIT_FAILED)
@@ -98,8 +99,7 @@ def plan(
     fmt: str = typer.Option("github-matrix", "--format", help="github-matrix (one line for $GITHUB_OUTPUT) or json."),
     max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs",
                                  help="At most this many jobs (GitHub allows 256 a matrix); beyond, variants are batched."),
-    registry_root: Optional[Path] = typer.Option(
-        None, "--registry-root", help="Files named in the entry may lie anywhere in this folder (default: the entry's folder)."),
+    registry_root: RegistryRootOpt = None,
 ) -> None:
     """Emit the CI jobs: one per variant (batches beyond --max-jobs), as a GitHub Actions matrix or a JSON list."""
     from ..core.errors import UnusableInput
