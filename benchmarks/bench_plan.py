@@ -2,7 +2,7 @@
 
 Writes a synthetic registry (ENTRIES files x VARIANTS variants, half GPTQ branches of 3, 4 and
 8 bits, half GGUF files of five mixes, each with a 7B llama architecture), then times the library
-call (`mcard.pipeline.sync.plan_jobs`, imports done) and the whole `mcard plan` command (a fresh process:
+call (`mcard.pipeline.plan.plan_jobs`, imports done) and the whole `mcard plan` command (a fresh process:
 interpreter start, imports, TOML parsing, checks, batching), and compares with parsing the same
 TOML alone. Writes benchmarks/RESULTS_plan.md.
 
@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--variants", type=int, default=100)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_plan.md"))
     args = ap.parse_args()
-    from mcard.pipeline.sync import plan_jobs
+    from mcard.pipeline.plan import plan_jobs
 
     with tempfile.TemporaryDirectory() as tmp:
         reg = Path(tmp) / "registry"

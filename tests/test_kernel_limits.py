@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from cupy_kernels import limits, pack
-from mcard.pipeline.sync import plan_jobs
+from mcard.pipeline.plan import plan_jobs
 
 AWQ_GROUPS = {16: False, 48: False, 64: True, -1: True}  # group size -> served (multiples of 32, or one group)
 

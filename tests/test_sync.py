@@ -13,7 +13,8 @@ from mcard.pipeline import demo
 from mcard.core.errors import UnusableInput
 from mcard.card.rows import size_cell
 from mcard.card.check import check_card, markdown_tables
-from mcard.pipeline.sync import FAILED, PASSED, SKIPPED, SyncOptions, plan_jobs, sync
+from mcard.pipeline.plan import plan_jobs
+from mcard.pipeline.sync import FAILED, PASSED, SKIPPED, SyncOptions, sync
 from mcard.testing.hubserver import OlahServer, free_port
 from mcard.core.validate import inspect
 
@@ -330,7 +331,7 @@ def test_plan_batches_beyond_the_matrix_limit_and_stays_fast(tmp_path):
     import time
     import tomllib
 
-    from mcard.pipeline.sync import MAX_MATRIX_JOBS, batch_selection, plan_batches
+    from mcard.pipeline.plan import MAX_MATRIX_JOBS, batch_selection, plan_batches
 
     reg = tmp_path / "registry"
     _bench_plan().write_registry(reg, entries=40, variants=75)  # 3,000 variants

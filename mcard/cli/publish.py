@@ -8,10 +8,9 @@ a verification mismatch, a network failure or a full disk), 2 unusable input.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Callable, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 

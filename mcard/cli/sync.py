@@ -15,7 +15,7 @@ from ..core.errors import EXIT_FAILED
 from ..core.safetext import plain
 from .output import print_json
 from ..core.safetext import markup_safe as esc
-from ..pipeline.sync import MAX_MATRIX_JOBS
+from ..pipeline.plan import MAX_MATRIX_JOBS
 
 
 def _print_summary(results: list) -> None:
@@ -103,7 +103,7 @@ def plan(
 ) -> None:
     """Emit the CI jobs: one per variant (batches beyond --max-jobs), as a GitHub Actions matrix or a JSON list."""
     from ..core.errors import UnusableInput
-    from ..pipeline.sync import plan_jobs
+    from ..pipeline.plan import plan_jobs
 
     with command_errors():
         if fmt not in ("github-matrix", "json"):

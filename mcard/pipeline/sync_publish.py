@@ -18,18 +18,8 @@ from typing import Callable
 from ..core.errors import CheckFailed, McardError
 from .package import Package
 from ..registry.entry import Entry, load_entry
-from .sync import (
-    FAILED,
-    PASSED,
-    RepoSync,
-    SyncOptions,
-    VariantRecord,
-    _render,
-    _smoke,
-    _Store,
-    default_report_dir,
-    slug,
-)
+from .sync import _render, _smoke
+from .sync_report import FAILED, PASSED, ReportStore, RepoSync, SyncOptions, VariantRecord, default_report_dir, slug
 
 
 def _fail(record: VariantRecord, stage: str, reason: str) -> None:
@@ -48,7 +38,7 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
         report_dir = default_report_dir(entry.model.repo)
     else:
         report_dir = options.report_dir / slug(entry.model.repo) if one_of_many else options.report_dir
-    store = _Store(Path(report_dir))
+    store = ReportStore(Path(report_dir))
     repo = options.repo or entry.model.repo
     result = RepoSync(str(path), repo, str(report_dir))
     chosen = [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 from cupy_kernels import limits as kernel_limits  # no CuPy import
 
 from ...core.variant import Variant

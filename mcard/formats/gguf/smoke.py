@@ -12,11 +12,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from cupy_kernels import limits as kernel_limits  # no CuPy import
 
 from ...core.variant import Variant
-from ...smoke.layers import FLOAT_TYPES, Layer, by_depth, device_array as _cp, nbytes as _nbytes
+from ...smoke.layers import FLOAT_TYPES, Layer, by_depth, device_array as _cp
 from .. import gguf as mod
 
 
