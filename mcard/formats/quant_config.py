@@ -23,6 +23,13 @@ SECTION = "quantization_config"  # config.json's key for it
 ALIASES = {"w_bit": "bits", "q_group_size": "group_size"}
 # The method a source implies when its mapping names none: AutoGPTQ's file is GPTQ's.
 IMPLIED_METHOD = {"quantize_config.json": "gptq"}
+# Methods that name another method's checkpoints: Marlin is a GPTQ checkpoint format.
+SAME_METHOD = {"marlin": "gptq"}
+
+
+def same_method(a: str, b: str) -> bool:
+    """Whether two stated methods name the same checkpoints (``marlin`` and ``gptq`` do)."""
+    return SAME_METHOD.get(a, a) == SAME_METHOD.get(b, b)
 
 
 def normalize(raw: Mapping[str, Any]) -> dict[str, Any]:

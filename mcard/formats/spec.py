@@ -44,6 +44,12 @@ if TYPE_CHECKING:
     from .params import Param
 
 
+# The int4 kernels accumulate in fp32 and round once to fp16: their error against the float32
+# reference is fp16's rounding of the output, at most 2^-11 ~ 4.9e-4 relative per element; 2e-3 leaves
+# a 4x margin while a layout mistake (one nibble, one zero, one group) gives 1e-2 to 1.
+INT4_KERNEL_TOLERANCE = 2e-3
+
+
 @dataclass(frozen=True)
 class CardSpec:
     """How a family's model card looks: template, provided-files columns, tags.
@@ -207,4 +213,17 @@ class FormatSpec(ABC):
     def describe(self, variants: list[RegistryVariant]) -> str:
         """What a packaged commit of these variants holds, for its message."""
         return f"{variants[0].format} weights"
+
+
+class PerLinearSmoke(FormatSpec):
+    """A format whose quantized linears each make one smoke layer: ``quantized_linears(variant)`` in its
+    package, ``layer(variant, name)`` in its folder's ``smoke.py`` (GPTQ, AWQ, bitsandbytes)."""
+
+    def smoke_layers(self, variant: Variant, count: int | None, spread: Callable[..., list[str]]
+                     ) -> tuple[list[Any], str]:
+        from ..smoke.layers import by_depth
+
+        layer = importlib.import_module(f"mcard.formats.{self.folder}.smoke").layer
+        names = spread(by_depth(list(self.module.quantized_linears(variant))), count)
+        return [layer(variant, n) for n in names], ""
 

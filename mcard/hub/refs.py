@@ -289,8 +289,8 @@ def compare_params(left: QuantParams, right: QuantParams, left_source: str, righ
     out = []
     for key in ("method", "bits", "group_size", "desc_act"):
         a, b = getattr(left, key), getattr(right, key)
-        if key == "method" and a is not None and b is not None and {a, b} <= {"gptq", "marlin"}:
-            continue  # Marlin is a GPTQ checkpoint format
+        if key == "method" and a is not None and b is not None and quant_config.same_method(a, b):
+            continue  # e.g. Marlin is a GPTQ checkpoint format
         if a is not None and b is not None and a != b:
             out.append(Disagreement(key, a, b, left_source, right_source))
     for key, a in left.extra.items():

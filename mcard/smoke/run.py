@@ -9,11 +9,8 @@ CPU path still catches layout disagreements; it then says that no kernel ran.
 
 Pass/fail thresholds (relative error ``||out - ref|| / ||ref||``):
 
-* kernel vs reference, each format spec's ``kernel_tolerance`` (:func:`kernel_tolerances`,
-  2e-3 for every format today): the kernels accumulate in fp32 and
-  round once to fp16, so the error is the fp16 rounding of the output, at most
-  2^-11 ~ 4.9e-4 relative per element; 2e-3 leaves a 4x margin while any layout
-  mistake (one nibble, one zero, one group) gives errors of order 1e-2 to 1.
+* kernel vs reference, each format spec's ``kernel_tolerance`` (:func:`kernel_tolerances`):
+  :data:`mcard.formats.spec.INT4_KERNEL_TOLERANCE` (2e-3) for the int4 kernels, which says why.
 * reference vs numpy dequantization, :data:`REFERENCE_REL_TOL`: two float32
   dequantizations followed by a float64 product; 1e-5 allows summation order only.
 

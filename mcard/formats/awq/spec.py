@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..spec import CardSpec, FormatSpec
+from ..spec import CardSpec, INT4_KERNEL_TOLERANCE, PerLinearSmoke
 from . import DEFAULTS
 
 if TYPE_CHECKING:
@@ -23,7 +22,7 @@ CARD = CardSpec(
 _DEFAULT_VERSION = str(DEFAULTS["version"])
 
 
-class AwqSpec(FormatSpec):
+class AwqSpec(PerLinearSmoke):
     name = "awq"
     folder = "awq"
     aliases = {"awq": {}}
@@ -31,7 +30,7 @@ class AwqSpec(FormatSpec):
     required_keys = ("bits", "group_size")
     own_keys = ("version", "zero_point")
     compared_params = ("bits", "group_size")
-    kernel_tolerance = 2e-3  # fp16 rounding of an fp32 accumulation (2^-11 per element), a 4x margin
+    kernel_tolerance = INT4_KERNEL_TOLERANCE
 
     registry_defaults = {"version": _DEFAULT_VERSION}
 
@@ -51,14 +50,6 @@ class AwqSpec(FormatSpec):
         return [v.branch, v.bits, v.group_size, (v.version or _DEFAULT_VERSION).upper(), v.dataset or "-",
                 v.seq_len if v.seq_len is not None else "-", size_cell(row.size, row.predicted),
                 runtimes_cell(row.runtimes), v.made_with or "-", v.description]
-
-    def smoke_layers(self, variant: Variant, count: int | None, spread: Callable[..., list[str]]
-                     ) -> tuple[list[Any], str]:
-        from ...smoke.layers import by_depth
-        from .smoke import layer
-
-        names = spread(by_depth(list(self.module.quantized_linears(variant))), count)
-        return [layer(variant, n) for n in names], ""
 
     def kernel_runs(self, v: RegistryVariant, architecture: str | None = None) -> bool:
         from cupy_kernels import limits

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..spec import CardSpec, FormatSpec
+from ..spec import CardSpec, INT4_KERNEL_TOLERANCE, PerLinearSmoke
 
 if TYPE_CHECKING:
     from ...core.report import Runtime
@@ -18,13 +17,13 @@ CARD = CardSpec(
     tags=("bitsandbytes", "4-bit"), check_alias_column="Quant type")
 
 
-class BnbSpec(FormatSpec):
+class BnbSpec(PerLinearSmoke):
     name = "bnb"
     folder = "bnb"
     aliases = {"nf4": {"quant_type": "nf4"}, "fp4": {"quant_type": "fp4"}}  # the quant type is the alias
     card = CARD
     own_keys = ("double_quant",)
-    kernel_tolerance = 2e-3  # fp16 rounding of an fp32 accumulation (2^-11 per element), a 4x margin
+    kernel_tolerance = INT4_KERNEL_TOLERANCE
 
     def dequantize(self, variant: Variant, name: str) -> Any:
         return self.module.dequantize(variant, name)
@@ -40,14 +39,6 @@ class BnbSpec(FormatSpec):
 
         return [v.branch, v.format, v.double_quant, size_cell(row.size, row.predicted), runtimes_cell(row.runtimes),
                 v.description]
-
-    def smoke_layers(self, variant: Variant, count: int | None, spread: Callable[..., list[str]]
-                     ) -> tuple[list[Any], str]:
-        from ...smoke.layers import by_depth
-        from .smoke import layer
-
-        names = spread(by_depth(list(self.module.quantized_linears(variant))), count)
-        return [layer(variant, n) for n in names], ""
 
     def kernel_runs(self, v: RegistryVariant, architecture: str | None = None) -> bool:
         from cupy_kernels import limits

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..spec import CardSpec, FormatSpec
+from ..spec import CardSpec, FormatSpec, INT4_KERNEL_TOLERANCE
 from .remote import PREFIX_START
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class GgufSpec(FormatSpec):
     required_keys = ("file", "type")
     file_kinds = ("gguf",)
     remote_heads = ((".gguf", PREFIX_START),)  # a GGUF header holds the vocabulary: read 1 MiB first
-    kernel_tolerance = 2e-3  # fp16 rounding of an fp32 accumulation (2^-11 per element), a 4x margin
+    kernel_tolerance = INT4_KERNEL_TOLERANCE
 
     def dequantize(self, variant: Variant, name: str) -> Any:
         return self.module.dequantize(variant, name)

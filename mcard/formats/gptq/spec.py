@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import quant_config
-from ..spec import CardSpec, FormatSpec
+from ..spec import CardSpec, INT4_KERNEL_TOLERANCE, PerLinearSmoke
 
 if TYPE_CHECKING:
     from ...core.report import Runtime
@@ -22,14 +21,14 @@ CARD = CardSpec(
 _NOT_PACKAGED = (*quant_config.ALIASES, "is_marlin_format")
 
 
-class GptqSpec(FormatSpec):
+class GptqSpec(PerLinearSmoke):
     name = "gptq"
     folder = "gptq"
     aliases = {"gptq": {}}
     card = CARD
     required_keys = ("bits", "group_size")
     compared_params = ("bits", "group_size", "desc_act", "sym", "checkpoint_format")
-    kernel_tolerance = 2e-3  # fp16 rounding of an fp32 accumulation (2^-11 per element), a 4x margin
+    kernel_tolerance = INT4_KERNEL_TOLERANCE
     quant_config_file = "quantize_config.json"  # AutoGPTQ's, read beside config.json and packaged
 
     def dequantize(self, variant: Variant, name: str) -> Any:
@@ -49,14 +48,6 @@ class GptqSpec(FormatSpec):
 
         return [v.branch, v.bits, v.group_size, v.desc_act, size_cell(row.size, row.predicted),
                 exllama_cell(row.runtimes), v.made_with or "-", v.description]
-
-    def smoke_layers(self, variant: Variant, count: int | None, spread: Callable[..., list[str]]
-                     ) -> tuple[list[Any], str]:
-        from ...smoke.layers import by_depth
-        from .smoke import layer
-
-        names = spread(by_depth(list(self.module.quantized_linears(variant))), count)
-        return [layer(variant, n) for n in names], ""
 
     def kernel_runs(self, v: RegistryVariant, architecture: str | None = None) -> bool:
         from cupy_kernels import limits
