@@ -198,12 +198,6 @@ def table_rows(entry: Entry, rows: list[Row]) -> list[list[str]]:
     return [[_md_cell(c) for c in formats.by_alias(r.variant.format).card_cells(r.variant, r)] for r in rows]
 
 
-def split_display_name(name: str) -> str:
-    from ..formats.gguf.split import display_name
-
-    return display_name(name)
-
-
 # Metrics that are either fractions (lm-evaluation-harness: 0.527) or percentages (papers: 52.7).
 PERCENTABLE_METRICS = frozenset({"acc", "acc_norm", "accuracy", "exact_match", "em", "f1", "mc1", "mc2"})
 
@@ -247,7 +241,8 @@ def context(entry: Entry, variants_dir: Path | None = None, variant_paths: dict[
         v = r.variant
         variants.append({
             "key": v.key, "branch": v.branch, "file": v.file, "format": v.format, "bits": v.bits,
-            "split_name": split_display_name(v.file) if v.file and split_display_name(v.file) != v.file else None,
+            "split_name": v.spec.file_display_name(v.file) if v.file and v.spec.file_display_name(v.file) != v.file
+            else None,
             "group_size": v.group_size, "desc_act": v.desc_act, "sym": v.sym, "type": v.type,
             "version": v.version, "zero_point": v.zero_point, "double_quant": v.double_quant,
             "made_with": v.made_with, "description": v.description, "dataset": v.dataset,

@@ -2,7 +2,7 @@
 
 The checks shared by every safetensors-based format (header layout, shard
 index, duplicate tensors, pickle files) live here; everything specific to a
-format is asked of its module in :mod:`mcard.formats`.
+format is asked of its spec (:mod:`mcard.formats`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The parameters a format takes (for ``mcard size`` and registry entries), checked once.
 
 Each format module declares ``PARAMS``: name -> :class:`Param`, built from its own
-constants (``gptq.VALID_BITS``, ``awq.VERSIONS``, ``_kquant.FTYPES``...), so the
+constants (``gptq.VALID_BITS``, ``awq.VERSIONS``, ``kquant.FTYPES``...), so the
 valid values are stated in one place. :func:`check` is what ``mcard size`` and the
 registry loader both call; a :class:`BadParam` names the parameter and says what
 would be valid, and each caller words where it came from (``--bits``,

@@ -182,6 +182,10 @@ class FormatSpec(ABC):
         return None
 
     # -- cards --------------------------------------------------------------------
+    def file_display_name(self, file: str) -> str:
+        """How a card names a variant's file (a GGUF shard set: by the set, not its first shard)."""
+        return file
+
     def card_cells(self, v: RegistryVariant, row: Any) -> list[Any]:
         """The provided-files row of one variant, in :attr:`CardSpec.columns` order (``row``: a
         :class:`mcard.card.rows.Row`); values, made cell-safe by the caller."""

@@ -37,11 +37,15 @@ class GgufSpec(FormatSpec):
     def size_params(self, v: RegistryVariant) -> dict[str, Any]:
         return {"type": v.type}
 
+    def file_display_name(self, file: str) -> str:
+        from .split import display_name
+
+        return display_name(file)
+
     def card_cells(self, v: RegistryVariant, row: Any) -> list[Any]:
         from ...card.rows import size_cell
-        from ..gguf.split import display_name
 
-        return [display_name(v.file) if v.file else v.file, v.type, v.bits if v.bits is not None else "-",
+        return [self.file_display_name(v.file) if v.file else v.file, v.type, v.bits if v.bits is not None else "-",
                 size_cell(row.size, row.predicted), size_cell(row.ram, row.predicted), v.description]
 
     def smoke_layers(self, variant: Variant, count: int | None, spread: Callable[..., list[str]]
