@@ -115,3 +115,125 @@ def test_documented_defaults_are_what_the_loader_uses(tmp_path: Path) -> None:
                 checked += 1
     assert _load(tmp_path, "gptq").evaluations[0].task_type == "text-generation"
     assert checked >= 9
+
+
+# -- links --------------------------------------------------------------------------------------------------------
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_LINK = re.compile(r"(?<!\!)\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _prose(text: str) -> str:
+    """The text outside fenced blocks and inline code, where links and headings live."""
+    return re.sub(r"`[^`\n]*`", "``", _FENCE.sub("", text)) if text else text
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces as dashes, -1.. for repeats."""
+    seen: dict[str, int] = {}
+    out = set()
+    for line in _FENCE.sub("", path.read_text(encoding="utf-8")).splitlines():
+        found = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not found:
+            continue
+        slug = re.sub(r"[^\w\- ]", "", found.group(1).lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def _broken_links(page: Path) -> list[str]:
+    broken = []
+    for target in _LINK.findall(_prose(page.read_text(encoding="utf-8"))):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target):  # https:, mailto: ... not ours to check
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (page.parent / file).resolve() if file else page
+        if not dest.exists():
+            broken.append(f"{page.name}: {target} (no such file)")
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(f"{page.name}: {target} (no heading #{anchor} in {dest.name})")
+    return broken
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.name for p in PAGES])
+def test_relative_links_resolve(page: Path) -> None:
+    assert _broken_links(page) == []
+
+
+def test_link_check_catches_a_missing_file_and_a_missing_anchor(tmp_path: Path) -> None:
+    (tmp_path / "a.md").write_text("# A\n\n## `mcard fetch`\n\n```bash\n# not a heading\n```\n")
+    page = tmp_path / "b.md"
+    page.write_text("[ok](a.md#mcard-fetch) [x](a.md#not-a-heading) [y](nope.md) [z](#here) `[c](nope2.md)`\n"
+                    "[w](https://example.com/x)\n\n## Here\n")
+    assert _broken_links(page) == ["b.md: a.md#not-a-heading (no heading #not-a-heading in a.md)",
+                                   "b.md: nope.md (no such file)"]
+
+
+def test_docs_has_each_page_the_readme_promises() -> None:
+    names = {p.name for p in PAGES}
+    assert {"cli.md", "registry.md", "formats.md", "hub.md", "kernels.md", "ci.md", "changes.md",
+            "python-api.md"} <= names
+    assert len((ROOT / "README.md").read_text(encoding="utf-8").splitlines()) <= 220  # short: the reference is in docs/
+
+
+# -- finding codes --------------------------------------------------------------------------------------------------
+def _reported_codes() -> dict[str, dict[str, set[str]]]:
+    """file stem -> code -> severities, for every ``report.error/warning/info("code", ...)`` with a literal code."""
+    import ast
+
+    out: dict[str, dict[str, set[str]]] = {}
+    for path in sorted((ROOT / "mcard").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and len(node.args) >= 4):
+                continue
+            severity, code = node.func.attr, node.args[0]
+            if severity == "add" and isinstance(code, ast.Attribute) and code.attr in ("ERROR", "WARNING", "INFO"):
+                severity, code = code.attr.lower(), node.args[1]
+            if severity in ("error", "warning", "info") and isinstance(code, ast.Constant) and isinstance(code.value, str):
+                out.setdefault(path.stem, {}).setdefault(code.value, set()).add(severity)
+    return out
+
+
+def _code_table(page: str, heading: str) -> dict[str, str]:
+    """code -> severity cell of the finding-code table under ``heading`` in docs/<page>."""
+    text = (ROOT / "docs" / page).read_text(encoding="utf-8")
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
+    return dict(re.findall(r"^\| `([a-z_]+(?:-[a-z_]+)*)` \| ([^|]+) \|", section, re.M))
+
+
+def _literals() -> set[str]:
+    import ast
+
+    return {n.value for p in (ROOT / "mcard").rglob("*.py") for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+            if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+
+
+@pytest.mark.parametrize("page, heading, only", [("formats.md", "## Finding codes", False),
+                                                 ("cards.md", "## `card check`", True)])
+def test_every_finding_code_is_documented_with_its_severity(page: str, heading: str, only: bool) -> None:
+    table = _code_table(page, heading)
+    reported = {}
+    for stem, codes in _reported_codes().items():
+        if (stem == "card_check") == only:
+            for code, severities in codes.items():
+                reported.setdefault(code, set()).update(severities)
+    assert len(reported) >= (12 if only else 40)
+    missing = sorted(set(reported) - set(table))
+    assert not missing, f"finding codes reported by mcard but not documented in docs/{page}: {missing}"
+    for code, severities in reported.items():
+        assert severities <= set(re.findall(r"error|warning|info", table[code])), (code, severities, table[code])
+    unknown = sorted(set(table) - _literals())
+    assert not unknown, f"docs/{page} documents codes mcard never reports: {unknown}"
+
+
+# -- CI runs the README's test command ------------------------------------------------------------------------------
+def test_ci_runs_the_readmes_test_command() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    quickstart = readme.split("## Quickstart", 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+    commands = [line for line in quickstart.splitlines() if line and not line.startswith("#")]
+    assert len(commands) == 2 and "pytest" in commands[1]
+    ci = (ROOT / ".ci" / "run").read_text(encoding="utf-8")
+    ran = [line.replace("pip install -q ", "pip install ") for line in ci.splitlines() if "pytest" in line
+           and not line.startswith("#")]
+    assert ran == [commands[1]], f".ci/run runs {ran}, the README's Quickstart says {commands[1]!r}"
