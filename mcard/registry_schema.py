@@ -287,10 +287,8 @@ class SchemaReference:
 
 
 def _is_toml_value(text: str) -> bool:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
+    from .jsonio import tomllib  # tomllib, or tomli on Python 3.10
+
     try:
         tomllib.loads(f"x = {text}")
     except tomllib.TOMLDecodeError:

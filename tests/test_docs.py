@@ -118,7 +118,7 @@ def test_documented_defaults_are_what_the_loader_uses(tmp_path: Path) -> None:
 
 
 # -- links --------------------------------------------------------------------------------------------------------
-_FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
+_FENCE = re.compile(r"^(```|~~~).*?^\1", re.DOTALL | re.MULTILINE)
 _LINK = re.compile(r"(?<!\!)\[[^\]]*\]\(([^)\s]+)\)")
 
 
@@ -199,7 +199,7 @@ def _code_table(page: str, heading: str) -> dict[str, str]:
     """code -> severity cell of the finding-code table under ``heading`` in docs/<page>."""
     text = (ROOT / "docs" / page).read_text(encoding="utf-8")
     section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
-    return dict(re.findall(r"^\| `([a-z_]+(?:-[a-z_]+)*)` \| ([^|]+) \|", section, re.M))
+    return dict(re.findall(r"^\| `([a-z_]+(?:-[a-z_]+)*)` \| ([^|]+) \|", section, re.MULTILINE))
 
 
 def _literals() -> set[str]:

@@ -56,9 +56,9 @@ def _anchor(heading: str) -> str:
 def cli_markdown() -> str:
     pages = _help_pages()
     out = ["# Command-line reference", "", _NOTE, "",
-           "The `--help` of every mcard command, as `mcard COMMAND --help` prints it (without colours). Exit codes "
-           "and the error rule are in the [README](../README.md#exit-codes); what each command does in depth is in "
-           "the other pages of [docs/](../README.md#documentation).", ""]
+           ("The `--help` of every mcard command, as `mcard COMMAND --help` prints it (without colours). Exit codes "
+            "and the error rule are in the [README](../README.md#exit-codes); what each command does in depth is in "
+            "the other pages of [docs/](../README.md#documentation)."), ""]
     out += [f"- [`{name}`](#{_anchor(name)})" for name, _ in pages]
     for name, text in pages:
         out += ["", f"## `{name}`", "", "```text", text, "```"]
@@ -80,9 +80,9 @@ def registry_markdown() -> str:
 
     ref = reference()
     out = ["# The registry schema", "", _NOTE, "",
-           "Generated from the schema the loader checks (`mcard/registry_schema.py`) and each format's parameters "
-           "(`PARAMS`). What a rendered card holds is in [cards.md](cards.md); a commented entry is "
-           "[registry/examples/EXAMPLE.toml](../registry/examples/EXAMPLE.toml).", "", ref.rules.strip(), ""]
+           ("Generated from the schema the loader checks (`mcard/registry_schema.py`) and each format's parameters "
+            "(`PARAMS`). What a rendered card holds is in [cards.md](cards.md); a commented entry is "
+            "[registry/examples/EXAMPLE.toml](../registry/examples/EXAMPLE.toml)."), "", ref.rules.strip(), ""]
     for section in ref.sections:
         table, _, note = section.table.partition(" ")
         title = f"`{table}` {note}".strip() if table.startswith("[") else section.table.capitalize()
@@ -95,9 +95,9 @@ def registry_markdown() -> str:
                 for k in section.keys]
         out += [*_table(header, rows), ""]
     out += ["## Format parameters", "",
-            "The values each format accepts for its parameters: the format's own `PARAMS`, the same check "
-            "`mcard size` makes (a value outside them is exit 2). The last column marks the parameters that "
-            "`mcard size` also takes (the others do not change the file's size).", ""]
+            ("The values each format accepts for its parameters: the format's own `PARAMS`, the same check "
+             "`mcard size` makes (a value outside them is exit 2). The last column marks the parameters that "
+             "`mcard size` also takes (the others do not change the file's size)."), ""]
     rows = [[f"`{p.format}`", f"`{p.key}`", p.valid, "yes" if p.changes_size else ""] for p in ref.params]
     out += _table(["Format", "Key", "Valid values", "`mcard size`"], rows)
     return "\n".join(out) + "\n"
