@@ -3,10 +3,12 @@ the loader, links resolve, the README's test command is what CI runs. (Python bl
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -178,13 +180,20 @@ def test_docs_has_each_page_the_readme_promises() -> None:
 
 
 # -- finding codes --------------------------------------------------------------------------------------------------
+@functools.cache
+def _trees() -> list[tuple[Path, Any]]:
+    import ast
+
+    return [(p, ast.parse(p.read_text(encoding="utf-8"))) for p in sorted((ROOT / "mcard").rglob("*.py"))]
+
+
 def _reported_codes() -> dict[str, dict[str, set[str]]]:
     """file stem -> code -> severities, for every ``report.error/warning/info("code", ...)`` with a literal code."""
     import ast
 
     out: dict[str, dict[str, set[str]]] = {}
-    for path in sorted((ROOT / "mcard").rglob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for path, tree in _trees():
+        for node in ast.walk(tree):
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and len(node.args) >= 4):
                 continue
             severity, code = node.func.attr, node.args[0]
@@ -205,7 +214,7 @@ def _code_table(page: str, heading: str) -> dict[str, str]:
 def _literals() -> set[str]:
     import ast
 
-    return {n.value for p in (ROOT / "mcard").rglob("*.py") for n in ast.walk(ast.parse(p.read_text(encoding="utf-8")))
+    return {n.value for _, tree in _trees() for n in ast.walk(tree)
             if isinstance(n, ast.Constant) and isinstance(n.value, str)}
 
 
