@@ -1,7 +1,7 @@
 """ggml tensor types and llama.cpp file types ("ftypes"): ids, block sizes, default types.
 
-One place for these facts, shared by :mod:`.gguf`, :mod:`.ggml`, :mod:`._gguf_mix`
-and :mod:`._gguf_split`. Ids and block sizes come from the installed ``gguf``
+One place for these facts, shared by :mod:`.gguf`, :mod:`.ggml`, :mod:`.gguf.mix`
+and :mod:`.gguf.split`. Ids and block sizes come from the installed ``gguf``
 package; types newer than it (ggml ``ggml-common.h`` at the llama.cpp commit named
 in ``tests/fixtures/llamacpp/README.md``) are added from :data:`_NEWER_TYPES`, so a
 file that uses them is still sized and checked, and a type id neither knows is

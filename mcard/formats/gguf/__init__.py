@@ -4,8 +4,8 @@ The header (magic, version, kv pairs, tensor infos) is parsed by :mod:`._gguf_he
 (re-exported here as :func:`read`, :class:`GgufFile`, :class:`GgufTensor`) with every
 length checked against the file size, so a truncated data section still yields findings.
 Type and file-type facts come from :mod:`._ggml_types` (the ``gguf`` package plus the
-types newer than it), the type mixes from :mod:`._gguf_mix`, the split layouts (gguf-split
-shards, raw ``-split-a`` parts) from :mod:`._gguf_split`: a model split over several files
+types newer than it), the type mixes from :mod:`.mix`, the split layouts (gguf-split
+shards, raw ``-split-a`` parts) from :mod:`.split`: a model split over several files
 is validated (:mod:`._gguf_check`) and dequantized as one.
 """
 
