@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,7 @@ def make_formats(k: int, n: int, rng: np.random.Generator) -> dict[str, Callable
     cover only the matmul (for act-order, the column gather of x and the kernel).
     """
     import cupy
+
     import cupy_kernels as ck
 
     def w32(*shape: int) -> Any:
@@ -106,6 +108,7 @@ def _shapes(text: str) -> list[tuple[int, int]]:
 
 def main(argv: list[str] | None = None) -> None:
     import cupy
+
     import cupy_kernels as ck
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,14 +147,15 @@ def main(argv: list[str] | None = None) -> None:
             base_us = None
             if has_torch:
                 xt = torch.as_tensor(x, device="cuda")
-                base_us = timed(lambda i: torch.matmul(xt, dense[i].T), dense_copies, args.runs, args.warmup)
+                base_us = timed(lambda i, xt=xt, dense=dense: torch.matmul(xt, dense[i].T), dense_copies, args.runs, args.warmup)
             for name, make in formats.items():
                 first = make()
                 nbytes = first.nbytes
                 copies = max(2, -(-rotate // nbytes))
                 dev = [first] + [make() for _ in range(copies - 1)]
                 out = cupy.empty((m, n), dtype=cupy.float16)
-                t_us = timed(lambda i: ck.int4_matmul(x, dev[i], None, out), copies, args.runs, args.warmup)
+                t_us = timed(lambda i, x=x, dev=dev, out=out: ck.int4_matmul(x, dev[i], None, out),
+                             copies, args.runs, args.warmup)
                 moved = nbytes + x.nbytes + out.nbytes
                 gbps = moved / (t_us * 1e-6) / 1e9
                 rows.append((f"{k}x{n}", m, name, t_us, gbps, gbps / copy_bw,

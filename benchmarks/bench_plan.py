@@ -19,8 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
+
+import tomllib
 
 ARCH = ("[architecture]\nmodel_type = \"llama\"\nhidden_size = 4096\nintermediate_size = 11008\n"
         "num_hidden_layers = 32\nnum_attention_heads = 32\nnum_key_value_heads = 32\nvocab_size = 32000\n\n")

@@ -47,9 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from mcard.core.arch import ModelShape, tiny_config
+from mcard.core.safetensors_io import write
 from mcard.formats import common as _common
 from mcard.formats.gptq import config as _gptq_config
-from mcard.core.safetensors_io import write
 from mcard.testing.hub import LocalHub
 
 REPO, HF_REPO = "bench/Bench-GPTQ", "bench/Bench-GPTQ-hf-upload"
@@ -209,11 +209,11 @@ def main() -> None:
          f"{max(commits['mcard2'])} commits", f"{runs('hf2')} s (median {med('hf2'):.1f}); {max(sent['hf2']):,} B; "
          f"{max(commits['hf2'])} commits", f"{med('mcard2') / med('hf2'):.2f}"),
         (f"after re-quantizing `{changed}`", f"{runs('mcard3')} s (median {med('mcard3'):.1f}); "
-         + "; ".join(f"{b:,} B (weights file {w:,} B)" for b, w in zip(sent["mcard3"], sent["weights3"]))
+         + "; ".join(f"{b:,} B (weights file {w:,} B)" for b, w in zip(sent["mcard3"], sent["weights3"], strict=True))
          + f"; commits {commits['mcard3']}", "-", "-"),
     ]
-    extra = [b - w for b, w in zip(sent["mcard3"], sent["weights3"])]
-    lfs_only = all(lfs == w for lfs, w in zip(sent["lfs3"], sent["weights3"]))
+    extra = [b - w for b, w in zip(sent["mcard3"], sent["weights3"], strict=True)]
+    lfs_only = all(lfs == w for lfs, w in zip(sent["lfs3"], sent["weights3"], strict=True))
 
     lines = [
         "# `mcard publish` benchmark", "",

@@ -25,8 +25,8 @@ import numpy as np
 
 from mcard import api
 from mcard.core.arch import ModelShape
+from mcard.core.safetensors_io import _DTYPE_ORDER, DTYPE_BYTES
 from mcard.formats import gptq
-from mcard.core.safetensors_io import DTYPE_BYTES, _DTYPE_ORDER
 
 MODELS = {
     "Llama-2-13B": dict(model_type="llama", hidden_size=5120, intermediate_size=13824, num_hidden_layers=40,

@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cupy_kernels import _resources  # noqa: E402
-from cupy_kernels.launch import block_threads  # noqa: E402
+from cupy_kernels import _resources
+from cupy_kernels.launch import block_threads
 
 
 def main(argv: list[str] | None = None) -> int:

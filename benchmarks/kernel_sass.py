@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cupy_kernels import _sass  # noqa: E402
+from cupy_kernels import _sass
 
 ARCHS = ("sm_80", "sm_90")
 H200 = "H200: 4.8 TB/s HBM, 132 SMs at ~1.98 GHz, 4 warp-instructions issued per SM per cycle"

@@ -64,7 +64,8 @@ class KernelResources:
 def parse_ptxas(text: str) -> list[KernelResources]:
     """The kernels in ``nvcc -Xptxas -v`` output (entry functions only)."""
     out: list[KernelResources] = []
-    name = arch = None
+    name: str | None = None
+    arch = ""
     props: tuple[int, int, int] | None = None
     for line in text.splitlines():
         if m := _ENTRY.search(line):

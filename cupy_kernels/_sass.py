@@ -30,6 +30,7 @@ counted here.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import os
 import re
 import shutil
@@ -116,7 +117,7 @@ def parse_sass(text: str) -> dict[str, list[Insn]]:
     """``cuobjdump -sass`` output -> instructions per function."""
     out: dict[str, list[Insn]] = {}
     starts = [(m.start(), m.group(1)) for m in _FUNC.finditer(text)] + [(len(text), "")]
-    for (pos, name), (end, _) in zip(starts, starts[1:]):
+    for (pos, name), (end, _) in itertools.pairwise(starts):
         out[name] = [Insn(int(a, 16), t) for a, t in _INSN.findall(text[pos:end])]
     return out
 

@@ -72,7 +72,7 @@ def source_text(name: str) -> str:
     return "\n".join(out) + "\n"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _module(name: str, device_id: int) -> Any:
     import cupy
 

@@ -16,7 +16,7 @@ def tiny_cfg() -> dict:
 def pytest_collection_modifyitems(config, items):
     """Skip tests marked `gpu` unless CuPy sees a CUDA device."""
     try:
-        import cupy  # noqa: F401
+        import cupy
 
         has_gpu = cupy.cuda.runtime.getDeviceCount() > 0
     except Exception:  # noqa: BLE001 - no cupy, no driver, no device

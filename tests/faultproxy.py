@@ -73,9 +73,9 @@ class Logged:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    server: "_Server"
+    server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def do_GET(self) -> None:
@@ -99,7 +99,7 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             entry.done.set()
 
-    def _answer(self, proxy: "FaultProxy", entry: Logged, path: str, body: bytes | None) -> None:
+    def _answer(self, proxy: FaultProxy, entry: Logged, path: str, body: bytes | None) -> None:
         faults = proxy.faults
         matching = faults.match in urlparse(path).path
         if matching and proxy._take("status"):
@@ -187,7 +187,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
-    proxy: "FaultProxy"
+    proxy: FaultProxy
 
 
 class FaultProxy:
@@ -277,7 +277,7 @@ class FaultProxy:
                 self._bodies[key] = result
         return result
 
-    def __enter__(self) -> "FaultProxy":
+    def __enter__(self) -> FaultProxy:
         self._thread.start()
         return self
 

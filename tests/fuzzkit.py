@@ -30,8 +30,9 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mcard import api
 from mcard.core.arch import tiny_config
@@ -314,7 +315,7 @@ def _mutate_obj(obj: dict[str, Any], rnd: random.Random, depth: int = 0) -> None
 def mutate_json(data: bytes, rnd: random.Random) -> bytes:
     try:
         doc = json.loads(data)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - mutated bytes may fail to decode in any way: mutate them as bytes
         doc = None
     r = rnd.random()
     if r < 0.08 or not isinstance(doc, dict):
@@ -386,7 +387,7 @@ def mutate_gguf(data: bytes, rnd: random.Random, fields: list[tuple[int, int, st
         return mutate_bytes(data, rnd, region=len(data) if rnd.random() < 0.2 else 8192)
     try:
         fields = fields or gguf_fields(data)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a header mutated beyond parsing: mutate bytes instead
         return mutate_bytes(data, rnd)
     buf = bytearray(data)
     for _ in range(rnd.randint(1, 2)):
@@ -424,8 +425,9 @@ def ggml_fields(data: bytes) -> list[tuple[int, int, str]]:
         dims = struct.unpack_from(f"<{n_dims}i", data, pos + 12)
         pos += 12 + 4 * n_dims + name_len
         pos += -pos % 32
-        from mcard.formats.ggml import _tensor_bytes
         from gguf.constants import GGMLQuantizationType
+
+        from mcard.formats.ggml import _tensor_bytes
 
         n = 1
         for d in dims:
@@ -439,7 +441,7 @@ def mutate_ggml(data: bytes, rnd: random.Random, fields: list[tuple[int, int, st
         return mutate_bytes(data, rnd, region=len(data) if rnd.random() < 0.2 else 8192)
     try:
         fields = fields or ggml_fields(data)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - a header mutated beyond parsing: mutate bytes instead
         return mutate_bytes(data, rnd)
     buf = bytearray(data)
     for _ in range(rnd.randint(1, 2)):

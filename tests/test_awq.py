@@ -12,8 +12,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.formats import packing as _packing, awq
 from mcard.core.size import predict_size
+from mcard.formats import awq, packing as _packing
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN = "model.layers.1.mlp.down_proj"
@@ -154,7 +154,8 @@ def test_config_mismatch_version(tmp_path, tiny_cfg):
 
 def test_config_conflict(tmp_path, tiny_cfg):
     awq.write_variant(tmp_path, tiny_cfg)
-    (tmp_path / "quant_config.json").write_text(json.dumps({"w_bit": 4, "q_group_size": 64, "zero_point": True, "version": "GEMM"}))
+    conflicting = {"w_bit": 4, "q_group_size": 64, "zero_point": True, "version": "GEMM"}
+    (tmp_path / "quant_config.json").write_text(json.dumps(conflicting))
     report = api.inspect(tmp_path)
     assert "config-conflict" in report.codes() and not report.ok
 
@@ -168,8 +169,8 @@ def test_bad_config(tmp_path, tiny_cfg, field, value):
 
 
 def test_detection_does_not_confuse_gptq(tmp_path, tiny_cfg):
-    from mcard.formats import detect, gptq
     from mcard.core.variant import Variant
+    from mcard.formats import detect, gptq
 
     awq.write_variant(tmp_path / "a", tiny_cfg, config_style="quant_config.json")
     gptq.write_variant(tmp_path / "g", tiny_cfg, config_file="config.json")

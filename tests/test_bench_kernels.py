@@ -16,7 +16,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import cudahost  # noqa: E402
+import cudahost  # noqa: E402 - after the torch skip: it needs torch
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -11,8 +11,8 @@ from safetensors.numpy import load_file, save_file
 
 from mcard import api
 from mcard.core.arch import ModelShape
-from mcard.formats import bnb
 from mcard.core.variant import Variant
+from mcard.formats import bnb
 
 Q = "model.layers.0.self_attn.q_proj"
 

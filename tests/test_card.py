@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from mcard.core.arch import tiny_config
+from mcard.card.check import check_card, markdown_tables
 from mcard.card.render import render_card
 from mcard.card.rows import size_cell
-from mcard.card.check import check_card, markdown_tables
+from mcard.core.arch import tiny_config
 from mcard.core.errors import UnusableInput
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def needs(module: str, attr: str):
 def files_table(text: str, first: str) -> tuple[list[str], list[dict[str, str]]]:
     for header, rows in markdown_tables(text):
         if header and header[0] == first and len(header) > 2:
-            return header, [dict(zip(header, row)) for row in rows]
+            return header, [dict(zip(header, row, strict=False)) for row in rows]
     raise AssertionError(f"no table starting with {first!r}")
 
 
@@ -255,7 +255,7 @@ def test_variants_dir_measures_sizes_and_reads_chat_template(tmp_path: Path) -> 
     (vdir / "main" / "tokenizer_config.json").write_text(json.dumps({"chat_template": template}))
     text = render_card(entry, variants_dir=vdir)
     _, rows = files_table(text, "Branch")
-    for row, branch in zip(rows, ["main", "gptq-8bit-128g"]):
+    for row, branch in zip(rows, ["main", "gptq-8bit-128g"], strict=False):
         weights = sum(p.stat().st_size for p in (vdir / branch).glob("*.safetensors"))
         assert row["File Size"] == size_cell(weights)  # measured: no star
     assert [r["ExLlama Compatible"] for r in rows] == ["True", "False"]
@@ -474,8 +474,8 @@ def test_bnb_entry_predicted_sizes_and_runtimes(tmp_path: Path) -> None:
     assert rows["main"].size != predict_size(tiny_config(), "nf4", double_quant=False).total_bytes
     text = render_card(entry)
     header, table = files_table(text, "Branch")
-    assert header == list(formats.family("bnb").columns) == ["Branch", "Quant type", "Double quant", "Size", "Compatible runtimes",
-                                              "Description"]
+    assert header == list(formats.family("bnb").columns) == ["Branch", "Quant type", "Double quant", "Size",
+                                                             "Compatible runtimes", "Description"]
     assert [(r["Branch"], r["Quant type"], r["Double quant"]) for r in table] == [
         ("main", "nf4", "True"), ("fp4", "fp4", "False")]
     compatible = ", ".join(r.name for r in bnb.runtimes("nf4", True) if r.compatible)

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mcard.core.arch import tiny_config
 from mcard.cli import app
 from mcard.cli.errors import run_app
+from mcard.core.arch import tiny_config
+from mcard.core.units import format_size
 from mcard.formats import gptq
 from mcard.testing.hubserver import free_port
-from mcard.core.units import format_size
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ def test_size_lora_takes_rank_and_target_modules(capsys, config_json):
 
 def test_size_takes_every_file_type_issue_13_models(capsys, config_json):
     """The known GGUF types are #13's file-type facts (no second list): each one is sized, none refused."""
-    from mcard.formats import ggml_types as _ggml_types
     from mcard.core.size import predict_size
+    from mcard.formats import ggml_types as _ggml_types
 
     assert {predict_size(tiny_config(), "gguf", type=t).params["type"] for t in _ggml_types.FTYPES} == set(_ggml_types.FTYPES)
     code, out, _err = _run(capsys, ["size", str(config_json), "-f", "gguf", "--type", "iq4_nl", "--imatrix",

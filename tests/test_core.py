@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mcard.formats import hf
 from mcard.core.safetensors_io import write
+from mcard.formats import hf
 
 
 def run_validate(path: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -165,7 +165,7 @@ def test_huge_fake_70b_header(tmp_path):
         header[name] = {"dtype": "F16", "shape": shape, "data_offsets": [offset, offset + n]}
         offset += n
     assert offset > 100e9
-    f = _raw_safetensors(tmp_path / "model.safetensors", header, bytes(1024))
+    _raw_safetensors(tmp_path / "model.safetensors", header, bytes(1024))
     cfg = {"model_type": "llama", "hidden_size": h, "intermediate_size": m, "num_hidden_layers": layers,
            "num_attention_heads": 64, "num_key_value_heads": 8, "vocab_size": vocab, "torch_dtype": "float16"}
     (tmp_path / "config.json").write_text(json.dumps(cfg))

@@ -9,10 +9,9 @@ from __future__ import annotations
 from fractions import Fraction
 from pathlib import Path
 
+import cudahost
 import numpy as np
 import pytest
-
-import cudahost
 from cudahost import HostModule, KernelFault
 
 pytestmark = pytest.mark.skipif(not cudahost.available()[0], reason=f"host CUDA runtime: {cudahost.available()[1]}")
@@ -432,8 +431,8 @@ def test_cp_async_lands_only_at_the_wait() -> None:
         k((1,), (32,), (src, out, i32(mode)))
         return out.reshape(32, 3)
 
-    want = np.array([[src[4 * (32 * g + (l + 1) % 32)] for g in range(3)] for l in range(32)])
-    own = np.array([[src[4 * (32 * g + l)] for g in range(3)] for l in range(32)])
+    want = np.array([[src[4 * (32 * g + (lane + 1) % 32)] for g in range(3)] for lane in range(32)])
+    own = np.array([[src[4 * (32 * g + lane)] for g in range(3)] for lane in range(32)])
     assert np.array_equal(run(0), want)
     early = run(1)
     assert np.array_equal(early[:, :2], own[:, :2])

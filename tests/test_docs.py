@@ -189,7 +189,8 @@ def _trees() -> list[tuple[Path, Any]]:
 
 
 def _reported_codes() -> dict[str, dict[str, set[str]]]:
-    """module path (``card/check.py``) -> code -> severities, for every ``report.error/warning/info("code", ...)`` with a literal code."""
+    """module path (``card/check.py``) -> code -> severities, for every ``report.error/warning/info("code", ...)``
+    with a literal code."""
     import ast
 
     out: dict[str, dict[str, set[str]]] = {}

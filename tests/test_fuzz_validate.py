@@ -23,13 +23,12 @@ import tracemalloc
 import zipfile
 from pathlib import Path
 
-import numpy as np
-import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-
 import fuzzcli
 import fuzzkit
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
 from mcard import api
 from mcard.core.arch import tiny_config
 from mcard.core.errors import McardError, UnusableInput
@@ -379,7 +378,7 @@ def test_memory_bounded_for_huge_claims(tmp_path):
         data[off:off + 4] = struct.pack("<i", 2**30)
     m.write_bytes(bytes(data))
     for target in (tmp_path / "st", g1, g2, m):
-        assert _peak_mb(lambda: api.inspect(target)) < 200, target
+        assert _peak_mb(lambda target=target: api.inspect(target)) < 200, target
     assert _peak_mb(lambda: api.dequantize(g1, "blk.0.attn_q.weight")) < 200
     assert _peak_mb(lambda: api.dequantize(tmp_path / "st", fuzzkit.Q_PROJ)) < 200
 

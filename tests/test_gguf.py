@@ -16,8 +16,8 @@ from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 from mcard import api
 from mcard.core.arch import ModelShape
 from mcard.core.errors import UnusableInput
-from mcard.formats import kquant as kq
 from mcard.formats import gguf
+from mcard.formats.gguf import mix as gguf_mix
 
 LLAMA7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 11008, "num_hidden_layers": 32,
            "num_attention_heads": 32, "vocab_size": 32000}
@@ -201,7 +201,6 @@ def test_folder_with_several_files_has_parts(tmp_path, tiny_cfg):
 
 
 def test_predict_size_matches_quant_sizes_arithmetic():
-    shape = ModelShape.from_config(LLAMA7B)
     est = api.predict_size(LLAMA7B, format="gguf", type="Q4_0")
     h, m, v, n = 4096, 11008, 32000, 32
     q40 = GGML_QUANT_SIZES[GGMLQuantizationType.Q4_0]
@@ -224,8 +223,8 @@ def test_kquant_rules_7b():
     assert [t[f"blk.{i}.attn_v.weight"] for i in (0, 1, 2)] == ["Q5_K", "Q5_K", "Q4_K"]
     assert t["blk.1.ffn_down.weight"] == "Q5_K" and t["blk.2.ffn_down.weight"] == "Q4_K"
     assert gguf.expected_types(shape, "Q8_0")["output.weight"] == "Q8_0"
-    assert kq.role_type("ffn_down", 5, 32, "Q4_K_M", ne0=11008 + 32) == "Q5_0"  # fallback for odd rows
-    assert kq.role_type("ffn_down", 0, 32, "Q4_K_M", ne0=11008 + 32) == "Q8_0"  # Q6_K -> Q8_0
+    assert gguf_mix.role_type("ffn_down", 5, 32, "Q4_K_M", ne0=11008 + 32) == "Q5_0"  # fallback for odd rows
+    assert gguf_mix.role_type("ffn_down", 0, 32, "Q4_K_M", ne0=11008 + 32) == "Q8_0"  # Q6_K -> Q8_0
 
 
 def test_runtimes():

@@ -72,7 +72,7 @@ def test_write_shards_is_byte_identical_to_gguf_split(tmp_path):
     src = SHARDS[0].parent / "smol576-Q2_0.gguf"
     written = _gguf_split.write_shards(src, tmp_path / "smol576-Q2_0", max_tensors=4)
     assert [p.name for p in written] == [p.name for p in SHARDS]
-    for ours, theirs in zip(written, SHARDS):
+    for ours, theirs in zip(written, SHARDS, strict=True):
         assert ours.read_bytes() == theirs.read_bytes(), ours.name
     with pytest.raises(UnusableInput, match="already a shard"):
         _gguf_split.write_shards(SHARDS[0], tmp_path / "again", max_tensors=4)
@@ -105,8 +105,8 @@ def test_package_puts_the_whole_shard_set_on_the_branch(tmp_path):
     """mcard package of a variant named by its first shard: every shard, under its own name, validated as one."""
     import shutil
 
-    from mcard.pipeline.package import package
     from mcard.core.validate import inspect
+    from mcard.pipeline.package import package
 
     source = tmp_path / "from"
     source.mkdir()

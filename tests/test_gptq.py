@@ -13,9 +13,9 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from mcard import api
-from mcard.formats import packing as _packing, gptq
 from mcard.core.size import predict_size
 from mcard.core.variant import Variant
+from mcard.formats import gptq, packing as _packing
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN = "model.layers.1.mlp.down_proj"

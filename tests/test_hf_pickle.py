@@ -14,8 +14,7 @@ from safetensors.numpy import load_file, save_file
 
 from mcard import api
 from mcard.core.arch import ModelShape
-from mcard.formats import hf
-from mcard.formats import pickled as pickle_fmt
+from mcard.formats import hf, pickled as pickle_fmt
 
 
 def _rewrite(folder, edit) -> None:

@@ -19,9 +19,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mcard.cli import app
 from mcard.core import untrusted
 from mcard.core.arch import tiny_config
-from mcard.cli import app
 from mcard.formats import lora
 
 ROOT = Path(__file__).resolve().parent.parent

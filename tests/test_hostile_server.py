@@ -10,14 +10,15 @@ import json
 import struct
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
-from mcard.core.arch import tiny_config
 from mcard.cli import app
+from mcard.core.arch import tiny_config
 from mcard.formats import gptq
 from mcard.testing.hostile_hub import HostileHub, Sparse, Tricks
 

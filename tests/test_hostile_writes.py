@@ -11,14 +11,14 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from typer.testing import CliRunner
 
-from mcard.core.arch import tiny_config
 from mcard.cli import app
+from mcard.core.arch import tiny_config
 from mcard.formats import gptq
 from mcard.testing.hostile_hub import HostileHub, Sparse
 

@@ -10,12 +10,13 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import typer
-from faultproxy import Faults, FaultProxy
+from faultproxy import FaultProxy, Faults
 from rich.console import Console
 from typer.testing import CliRunner
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from faultproxy import Faults, FaultProxy
+from faultproxy import FaultProxy, Faults
 
 from mcard.core.errors import CheckFailed, UnusableInput
 from mcard.hub import RetryPolicy, fetch

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-from faultproxy import Faults, FaultProxy
+from faultproxy import FaultProxy, Faults
 
 from mcard.core.errors import McardError, UnusableInput
 from mcard.hub import RetryPolicy, fetch, list_branches
@@ -188,7 +189,8 @@ def test_offline_mode_resolves_from_the_cache(hub: dict[str, Any], tmp_path: Pat
     copied = fetch(REPO, endpoint=dead, local_dir=tmp_path / "copy", include=["*.json"])
     assert (tmp_path / "copy" / "config.json").read_bytes() == Path(online.target, "config.json").read_bytes()
     assert len(copied.files) == 3
-    with pytest.raises(McardError, match=r"not in the cache and HF_HUB_OFFLINE is set \(unset it to download\); cached refs: main$"):
+    with pytest.raises(McardError,
+                       match=r"not in the cache and HF_HUB_OFFLINE is set \(unset it to download\); cached refs: main$"):
         fetch(f"{REPO}:gptq-4bit-32g-actorder_True", endpoint=dead)
     with pytest.raises(McardError, match="not in the cache and HF_HUB_OFFLINE"):
         fetch("org/elsewhere", endpoint=dead)

@@ -8,8 +8,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi, constants, hf_hub_download
@@ -115,7 +115,7 @@ def test_lfs_objects_are_checked_as_they_arrive(hub: LocalHub) -> None:
     wrong = hashlib.sha256(b"something else").digest()
     op.upload_info.sha256 = wrong  # the client announces one object and sends other bytes
     hub.stats.clear()
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="Error while uploading"):  # huggingface_hub wraps the 400 it got
         api.create_commit("alice/checked", [op], commit_message="lie")
     assert ("PUT", f"/lfs/upload/alice%2Fchecked/{wrong.hex()}", 400) in hub.stats.log  # refused on arrival
     assert hub.stats.lfs_bytes == {wrong.hex(): len(data)} and not hub.stats.commits

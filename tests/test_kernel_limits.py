@@ -48,9 +48,9 @@ def test_packers_refuse_what_the_limits_refuse() -> None:
 def test_plan_and_smoke_agree_on_awq_group_sizes(tmp_path: Path) -> None:
     """A registry AWQ variant goes to a GPU runner exactly when smoke would run a kernel on its layers."""
     pytest.importorskip("torch")
-    from mcard.smoke import run as smoke
     from mcard.core.arch import tiny_config
     from mcard.formats import awq
+    from mcard.smoke import run as smoke
 
     reg = tmp_path / "registry"
     reg.mkdir()

@@ -25,13 +25,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import cudahost  # noqa: E402
-import cupy_kernels  # noqa: E402
-from cupy_kernels import launch  # noqa: E402
-from mcard.smoke import reference as ref
-from mcard.formats import kquant as _kquant, awq, gptq
+import cudahost
+from kernel_inputs import gguf_raw, rng, scales, words
+
+import cupy_kernels
+from cupy_kernels import launch
+from mcard.formats import awq, gptq, kquant as _kquant
 from mcard.formats.awq import AWQ_ORDER
-from kernel_inputs import gguf_raw, rng, scales, words  # noqa: E402
+from mcard.smoke import reference as ref
 
 TOL = 2e-3  # the formats' kernel_tolerance (mcard.smoke.run.kernel_tolerances): fp16 rounding of an fp32 accumulation, 4x margin
 GPU_BATCHES = [1, 2, 7, 8, 9, 16, 31, 32]

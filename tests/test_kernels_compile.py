@@ -22,7 +22,6 @@ NVCC = shutil.which("nvcc")
 
 def test_sources_exist_and_launcher_names_them() -> None:
     import cupy_kernels
-
     from cupy_kernels import launch
 
     assert {p.name for p in SOURCES} == set(cupy_kernels.SOURCES.values())

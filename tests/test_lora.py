@@ -12,8 +12,8 @@ from safetensors.numpy import load_file, save_file
 
 from mcard import api
 from mcard.core.arch import ModelShape
-from mcard.formats import lora
 from mcard.core.variant import Variant
+from mcard.formats import lora
 
 Q = "model.layers.0.self_attn.q_proj"
 QA = f"base_model.model.{Q}.lora_A.weight"

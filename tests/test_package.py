@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file
 
-from mcard.pipeline import demo
 from mcard.core.errors import CheckFailed, UnusableInput
+from mcard.core.validate import inspect
 from mcard.formats import gptq
+from mcard.pipeline import demo
 from mcard.pipeline.package import load_package, package
 from mcard.registry.entry import load_entry
-from mcard.core.validate import inspect
 
 ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
 

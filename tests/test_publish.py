@@ -9,17 +9,18 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, constants
 from test_package import _custom_entry
 
-from mcard.pipeline import demo
 from mcard.core.errors import McardError, UnusableInput
 from mcard.formats import gptq
 from mcard.hub import fetch
+from mcard.pipeline import demo
 from mcard.pipeline.package import load_package, package
 from mcard.pipeline.publish import publish
 from mcard.pipeline.sync import PASSED, SyncOptions, sync

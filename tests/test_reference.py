@@ -183,7 +183,8 @@ def np_q4_k(raw, rows, cols):
 
 
 @pytest.mark.parametrize(
-    "type_name,per,nbytes,halves,np_fn", [("Q4_0", 32, 18, 1, np_q4_0), ("Q4_1", 32, 20, 2, np_q4_1), ("Q4_K", 256, 144, 2, np_q4_k)]
+    "type_name,per,nbytes,halves,np_fn",
+    [("Q4_0", 32, 18, 1, np_q4_0), ("Q4_1", 32, 20, 2, np_q4_1), ("Q4_K", 256, 144, 2, np_q4_k)]
 )
 def test_gguf_reference(type_name, per, nbytes, halves, np_fn) -> None:
     rows, cols = 6, 512
@@ -259,8 +260,7 @@ NO_KERNEL_TYPES = {"Q5_0": (0,), "Q5_1": (0, 2), "Q8_0": (0,), "Q2_K": (80, 82),
 @pytest.mark.parametrize("type_name", sorted(NO_KERNEL_TYPES))
 def test_gguf_reference_for_types_without_kernel(type_name) -> None:
     """The torch reading of each ggml block struct equals gguf-py's on random blocks (every bit pattern)."""
-    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
-    from gguf import quants as gguf_quants
+    from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants as gguf_quants
 
     from mcard.smoke import reference_gguf
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from mcard.card import prompts
-from mcard.core.errors import UnusableInput
 from mcard.card.evals import load_lm_eval
+from mcard.core.errors import UnusableInput
 from mcard.registry.entry import load_entry
 from mcard.registry.schema import parse_size
 
@@ -308,7 +308,8 @@ def test_lora_size_params(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        (AWQ + 'version = "gemv2"\n', "variants[0].version: awq version must be gemm or gemv, not 'gemv2' (did you mean 'gemv'?)"),
+        (AWQ + 'version = "gemv2"\n',
+         "variants[0].version: awq version must be gemm or gemv, not 'gemv2' (did you mean 'gemv'?)"),
         (AWQ + 'version = "marlin"\n', "variants[0].version: awq version must be gemm or gemv, not 'marlin'"),
         (AWQ + "version = 2\n", "variants[0].version: expected a string, found an integer"),
         (AWQ.replace("bits = 4", "bits = 8"), "variants[0].bits: awq bits must be 4, not 8"),

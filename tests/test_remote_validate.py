@@ -8,17 +8,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from faultproxy import FaultProxy, Faults
 from typer.testing import CliRunner
 
-from mcard.core.arch import tiny_config
 from mcard.cli import app
+from mcard.core.arch import tiny_config
+from mcard.core.validate import inspect
+from mcard.core.variant import Variant
 from mcard.formats import bnb, ggml, gguf, gptq
 from mcard.hub.remote_validate import coalesce, inspect_remote
 from mcard.testing.hubserver import OlahServer, build_git_repo
-from mcard.core.validate import inspect
-from mcard.core.variant import Variant
-
-from faultproxy import FaultProxy, Faults
 
 REPO = "org/tiny-GPTQ"
 TOKEN = "hf_secret_token_never_shown"

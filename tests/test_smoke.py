@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from mcard.smoke import run as smoke
 from mcard.core.arch import tiny_config
 from mcard.core.errors import EXIT_FAILED, EXIT_NO_GPU, EXIT_OK, EXIT_UNUSABLE
+from mcard.smoke import run as smoke
 
 NO_GPU = not smoke.gpu_status()[0]
 needs_no_gpu = pytest.mark.skipif(not NO_GPU, reason="checks the no-GPU path")
@@ -164,7 +164,7 @@ def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, mo
 
         real = bnb_smoke.layer
 
-        def broken(variant, name):  # noqa: ANN001 - a layer whose format reading is off by a factor
+        def broken(variant, name):
             layer = real(variant, name)
             good = layer.numpy_weight
             layer.numpy_weight = lambda: good() * np.float32(1.1)
@@ -181,6 +181,7 @@ def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, mo
 def host_gpu(monkeypatch: pytest.MonkeyPatch):
     """Make ``mcard smoke`` see a "GPU": CuPy is the host runtime, so the real .cu kernels run on the CPU."""
     import cudahost
+
     from cupy_kernels import launch
 
     ok, why = cudahost.available()

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from mcard.pipeline import demo
-from mcard.core.errors import UnusableInput
-from mcard.card.rows import size_cell
 from mcard.card.check import check_card, markdown_tables
+from mcard.card.rows import size_cell
+from mcard.core.errors import UnusableInput
+from mcard.core.validate import inspect
+from mcard.pipeline import demo
 from mcard.pipeline.plan import plan_jobs
 from mcard.pipeline.sync import FAILED, PASSED, SKIPPED, SyncOptions, sync
 from mcard.testing.hubserver import OlahServer, free_port
-from mcard.core.validate import inspect
 
 GOOD = list(demo.GPTQ_BRANCHES)
 
@@ -329,6 +329,7 @@ def test_plan_batches_beyond_the_matrix_limit_and_stays_fast(tmp_path):
     """More variants than GitHub's 256 jobs a matrix: batches, each all-GPU or all-CPU, every variant once;
     and planning costs little more than parsing the TOML (a ratio, measured in one run)."""
     import time
+
     import tomllib
 
     from mcard.pipeline.plan import MAX_MATRIX_JOBS, batch_selection, plan_batches
@@ -352,7 +353,7 @@ def test_plan_batches_beyond_the_matrix_limit_and_stays_fast(tmp_path):
     batches = plan_batches(reg)
     seen = [(p.entry, p.variant) for b in batches for p in b]
     assert len(seen) == len(set(seen)) == 3000
-    for job, batch in zip(jobs, batches):
+    for job, batch in zip(jobs, batches, strict=False):
         assert {p.gpu for p in batch} == {job["gpu"]}
         assert job["command"] == f"mcard sync {reg.as_posix()} --batch {job['batch']}"
     # GPTQ 3/8-bit and GGUF Q8_0/Q6_K/Q5_K_M have no kernel: CPU jobs; 4-bit GPTQ, Q4_0, Q4_K_M: GPU

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mcard.formats import gptq, hf
 from mcard.core.validate import inspect
+from mcard.formats import gptq, hf
 
 
 def test_configs_without_weights_give_one_finding(tmp_path, tiny_cfg):

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from mcard import api
-from mcard.core.arch import ModelShape
 from mcard.cli import app
+from mcard.core.arch import ModelShape
 from mcard.formats import gptq
 
 HERE = Path(__file__).parent / "fixtures" / "gptqmodel"
@@ -72,8 +72,8 @@ def test_corrupted_gptqmodel_checkpoint_is_caught(tmp_path):
 
 
 def test_registry_made_with_gptqmodel_predicts_its_layout(tmp_path):
-    from mcard.registry.entry import load_entry
     from mcard.core.size import predict_size
+    from mcard.registry.entry import load_entry
 
     cfg = json.loads((HERE / "4bit-g32" / "config.json").read_text())
     arch = "\n".join(f"{k} = {json.dumps(cfg[k])}" for k in ("model_type", "hidden_size", "intermediate_size",

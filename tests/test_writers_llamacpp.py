@@ -21,8 +21,8 @@ import pytest
 from mcard import api
 from mcard.core.arch import ModelShape
 from mcard.core.errors import UnusableInput
-from mcard.formats.gguf import header as _gguf_header, split as _gguf_split
 from mcard.formats import gguf
+from mcard.formats.gguf import header as _gguf_header, split as _gguf_split
 from mcard.formats.gguf.mix import NoFallback
 
 HERE = Path(__file__).parent / "fixtures" / "llamacpp"

@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 
 from mcard import api
 from mcard.core.arch import ModelShape
-from mcard.formats import lora
 from mcard.core.variant import Variant
+from mcard.formats import lora
 
 BASE = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
             vocab_size=128, tie_word_embeddings=False)

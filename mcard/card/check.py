@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import formats
+from ..core.errors import UnusableInput
+from ..core.report import FileEntry, Report
+from ..core.units import UNITS, format_size
+from ..core.untrusted import MAX_TEXT_BYTES, load_yaml, read_text
+from ..registry.entry import Entry, load_entry
+from .evals import format_value
 from .render import eval_result
 from .rows import expected_size
-from ..core.units import UNITS, format_size
-from ..core.errors import UnusableInput
-from .evals import format_value
-from ..registry.entry import Entry, load_entry
-from ..core.report import FileEntry, Report
-from ..core.untrusted import MAX_TEXT_BYTES, load_yaml, read_text
-
 
 
 def quantized_tags() -> set[str]:
@@ -134,7 +133,7 @@ def _norm_index(value: Any) -> Any:
     out = []
     for model in value:
         if isinstance(model, dict) and isinstance(model.get("results"), list):
-            model = {**model, "results": sorted((json.dumps(r, sort_keys=True) for r in model["results"]))}
+            model = {**model, "results": sorted(json.dumps(r, sort_keys=True) for r in model["results"])}
         out.append(model)
     return out
 
@@ -242,15 +241,15 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
                          model_name: str | None, card_results: list[Any] | None) -> None:
     name = Path(report.path).name
     m = entry.model
-    for key, want in (("license", m.license), ("base_model", m.base_model)):
-        have = meta.get(key)
-        if want is None or have == want:
+    for field, wanted in (("license", m.license), ("base_model", m.base_model)):
+        have = meta.get(field)
+        if wanted is None or have == wanted:
             continue
         if have is None:  # missing, not a value "None"; said once
-            if not any(f.code == "missing-metadata" and f.where == key for f in report.findings):
-                report.error("missing-metadata", name, key, f"no {key} in the front matter; the registry says {want!r}")
+            if not any(f.code == "missing-metadata" and f.where == field for f in report.findings):
+                report.error("missing-metadata", name, field, f"no {field} in the front matter; the registry says {wanted!r}")
             continue
-        report.error("metadata-mismatch", name, key, f"card says {have!r}, registry says {want!r}")
+        report.error("metadata-mismatch", name, field, f"card says {have!r}, registry says {wanted!r}")
     if entry.evaluations:
         if model_name is not None and model_name != m.name:
             report.error("metadata-mismatch", name, "model-index[0].name",
@@ -258,10 +257,12 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
         if card_results is not None:
             want_keys = _eval_keys([eval_result(e) for e in entry.evaluations])
             have_keys = _eval_keys(card_results)
-            for key in sorted(want_keys - have_keys):
-                report.error("eval-mismatch", name, "model-index", f"registry result {key[0]} {key[2]}={key[3]} is not in the card")
-            for key in sorted(have_keys - want_keys):
-                report.error("eval-mismatch", name, "model-index", f"card result {key[0]} {key[2]}={key[3]} is not in the registry")
+            for result in sorted(want_keys - have_keys):
+                report.error("eval-mismatch", name, "model-index",
+                             f"registry result {result[0]} {result[2]}={result[3]} is not in the card")
+            for result in sorted(have_keys - want_keys):
+                report.error("eval-mismatch", name, "model-index",
+                             f"card result {result[0]} {result[2]}={result[3]} is not in the registry")
         elif "model-index" not in meta:
             report.error("eval-mismatch", name, "model-index", "registry has evaluations but the card has no model-index")
 
@@ -276,9 +277,9 @@ def _check_against_entry(report: Report, entry: Entry, meta: dict[str, Any], bod
         report.error("table-columns", name, "provided files", f"columns {header} differ from {columns}")
     col = {c: i for i, c in enumerate(header)}
     by_key: dict[str, list[str]] = {}
-    for row in rows:
-        if row:
-            by_key[_clean_key(row[0])] = row
+    for cells in rows:
+        if cells:
+            by_key[_clean_key(cells[0])] = cells
     variants = {v.key: v for v in entry.variants}
     for key in sorted(set(by_key) - set(variants)):
         report.error("unknown-row", name, f"provided files/{key}", "row for a variant the registry does not have")

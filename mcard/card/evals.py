@@ -98,8 +98,10 @@ def load_lm_eval(
     if tasks is not None and len(tasks) > MAX_EVAL_TASKS:
         raise UnusableInput(f"{len(tasks)} tasks asked for (limit {MAX_EVAL_TASKS}); refused", path)
     metrics = list(metrics or ["acc"])
-    n_shot = data.get("n-shot") if isinstance(data.get("n-shot"), dict) else {}
-    config = data.get("config") if isinstance(data.get("config"), dict) else {}
+    n_shot = data.get("n-shot")
+    n_shot = n_shot if isinstance(n_shot, dict) else {}
+    config = data.get("config")
+    config = config if isinstance(config, dict) else {}
     default_shots = config.get("num_fewshot") if isinstance(config.get("num_fewshot"), int) else None
 
     wanted = sorted(results) if tasks is None else list(tasks)

@@ -18,12 +18,12 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..core.errors import UnusableInput
-from .evals import EvalEntry, format_value
-from ..registry.entry import Entry, load_entry
-from .rows import Row, build_rows, runtimes_cell, size_cell, target_modules_text
 from .. import formats
+from ..core.errors import UnusableInput
 from ..core.untrusted import read_text
+from ..registry.entry import Entry, load_entry
+from .evals import EvalEntry, format_value
+from .rows import Row, build_rows, runtimes_cell, size_cell, target_modules_text
 
 if TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -259,7 +259,7 @@ def context(entry: Entry, variants_dir: Path | None = None, variant_paths: dict[
         "split": e.dataset_split or "", "metric": e.display_metric, "value": value,
         "stderr": stderr, "shots": "" if e.shots is None else e.shots,
         "source": e.source_name or "", "source_url": e.source_url or "",
-    } for e, (value, stderr) in zip(entry.evaluations, shown)]
+    } for e, (value, stderr) in zip(entry.evaluations, shown, strict=True)]
     return {
         "model": {
             "repo": m.repo, "name": m.name, "license": m.license, "creator": m.creator or "",

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UnusableInput
-from ..registry.entry import Entry, RegistryVariant
 from ..core.report import Runtime
 from ..core.units import format_size
+from ..registry.entry import Entry, RegistryVariant
 
 
 @dataclass

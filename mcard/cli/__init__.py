@@ -14,6 +14,7 @@ import sys
 import typer
 
 from .. import __version__
+from . import card as _card, hub as _hub, publish as _publish, smoke as _smoke, sync as _sync, validate as _validate
 from .errors import run_app
 
 app = typer.Typer(
@@ -49,9 +50,6 @@ def version() -> None:
 
 
 # Explicit wiring: each command group is a module of this package.
-from . import card as _card, hub as _hub, publish as _publish, smoke as _smoke, sync as _sync  # noqa: E402
-from . import validate as _validate  # noqa: E402
-
 app.command("validate")(_validate.validate)
 app.command("size")(_validate.size)
 app.command("version")(version)

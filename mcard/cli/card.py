@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from ..core.errors import EXIT_FAILED, UnusableInput
 from .errors import command_errors
 from .options import JsonOpt, RegistryRootOpt
-from ..core.errors import EXIT_FAILED, UnusableInput
 
 card = typer.Typer(
     help="Model cards from the registry: render them, check them.",
@@ -23,11 +22,11 @@ card = typer.Typer(
 @card.command("render")
 def render(
     entry: Path = typer.Argument(..., help="A registry entry, registry/NAME.toml."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the card here (default: stdout)."),
-    variants: Optional[Path] = typer.Option(
+    output: Path | None = typer.Option(None, "--output", "-o", help="Write the card here (default: stdout)."),
+    variants: Path | None = typer.Option(
         None, "--variants", help="Folder with one subfolder per branch (or the GGUF/GGML files): sizes are measured."
     ),
-    template: Optional[str] = typer.Option(None, "--template", help="A template file (or a name in templates/)."),
+    template: str | None = typer.Option(None, "--template", help="A template file (or a name in templates/)."),
     registry_root: RegistryRootOpt = None,
 ) -> None:
     """Render README.md for a repo from its registry entry (deterministic: same inputs, same bytes)."""
@@ -48,13 +47,13 @@ def render(
 @card.command("check")
 def check(
     card_path: Path = typer.Argument(..., metavar="README.md", help="A model card (README.md)."),
-    registry: Optional[Path] = typer.Option(None, "--registry", help="Its registry entry: rows and sizes must agree."),
+    registry: Path | None = typer.Option(None, "--registry", help="Its registry entry: rows and sizes must agree."),
     as_json: JsonOpt = False,
     registry_root: RegistryRootOpt = None,
 ) -> None:
     """Check a card: metadata, model-index round trip and, with --registry, its provided-files table."""
-    from . import output as _output
     from ..card.check import check_card
+    from . import output as _output
 
     with command_errors(as_json):
         report = check_card(card_path, registry_path=registry, registry_root=registry_root)

@@ -20,7 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import NoReturn, TypeVar
+from typing import Any, NoReturn, TypeVar, cast
 
 import typer
 
@@ -50,7 +50,8 @@ def failure_of(exc: BaseException, interrupted: str = "interrupted") -> tuple[st
     if isinstance(exc, _click_exceptions()):
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        return f"{exc.format_message()}{where}", int(getattr(exc, "exit_code", EXIT_UNUSABLE))  # type: ignore[attr-defined]
+        message = cast(Any, exc).format_message()  # a ClickException (typer's vendored one or click's)
+        return f"{message}{where}", int(getattr(exc, "exit_code", EXIT_UNUSABLE))
     if isinstance(exc, KeyboardInterrupt):
         return interrupted, EXIT_INTERRUPTED
     if isinstance(exc, OSError):
@@ -90,7 +91,7 @@ def command_errors(json_out: bool = False,
         yield
     except typer.Exit:
         raise
-    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the user gets one line, not a traceback
+    except (Exception, KeyboardInterrupt) as exc:
         if _debug(exc):
             raise
         fail(*failure_of(exc, interrupted), json_out)
@@ -120,7 +121,7 @@ def run_app(app: typer.Typer, args: Sequence[str] | None = None) -> int:
     json_out = "--json" in args
     try:
         code = app(args=args, prog_name="mcard", standalone_mode=False)
-    except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - never a traceback for users
+    except (Exception, KeyboardInterrupt) as exc:
         if type(exc).__name__ == "NoArgsIsHelpError":  # the help was printed: nothing to add
             return EXIT_UNUSABLE
         if _debug(exc):

@@ -18,17 +18,15 @@ from typing import Annotated, Any
 
 import typer
 
-from .errors import PREFIX, guarded
-from .output import console, print_json
-from .options import JsonOpt, RevisionOpt
 from ..core.errors import EXIT_FAILED
-from ..hub.branches import BranchListing, RefReport, list_branches
-from ..hub.download import FetchResult
-from ..hub.download import fetch as fetch_revision
-from ..hub.progress import NullReporter, Reporter, RichReporter
-from ..core.safetext import echo, plain
-from ..core.safetext import markup_safe as esc
+from ..core.safetext import echo, markup_safe as esc, plain
 from ..core.units import format_size
+from ..hub.branches import BranchListing, RefReport, list_branches
+from ..hub.download import FetchResult, fetch as fetch_revision
+from ..hub.progress import NullReporter, Reporter, RichReporter
+from .errors import PREFIX, guarded
+from .options import JsonOpt, RevisionOpt
+from .output import console, print_json
 
 INTERRUPTED = "interrupted; partial downloads are kept and resume on the next run"
 

@@ -14,8 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..core.report import WEIGHT_KINDS, Report, Severity
-from ..core.safetext import dumps_json, plain
-from ..core.safetext import markup_safe as esc
+from ..core.safetext import dumps_json, markup_safe as esc, plain
 from ..core.size import SizeEstimate
 from ..core.units import format_size
 
@@ -44,8 +43,8 @@ def print_report(report: Report, out: Console | None = None) -> None:
     out.print(f"\n{verdict}: {errors} error(s), {warnings} warning(s)")
     if report.remote is not None:
         r = report.remote
-        out.print(f"remote: {esc(r['repo'])}@{esc(r['revision'])} (commit {esc(r['commit'][:10])}): read {format_size(r['bytes_read'])} "
-                  f"of {format_size(r['total_bytes'])} in {r['requests']} requests"
+        out.print(f"remote: {esc(r['repo'])}@{esc(r['revision'])} (commit {esc(r['commit'][:10])}): "
+                  f"read {format_size(r['bytes_read'])} of {format_size(r['total_bytes'])} in {r['requests']} requests"
                   + ("" if r.get("range_supported", True) else " (the server ignored Range: reads streamed through)"))
         if r.get("mirror"):
             out.print(f"sparse mirror kept in {esc(r['mirror'])}")

@@ -1,4 +1,5 @@
-"""CLI for ``mcard package`` and ``mcard publish``: parse, call :mod:`mcard.pipeline.package` / :mod:`mcard.pipeline.publish`, print.
+"""CLI for ``mcard package`` and ``mcard publish``: parse, call :mod:`mcard.pipeline.package` /
+:mod:`mcard.pipeline.publish`, print.
 
 Errors are one line on stderr (with ``--json``, also ``{"ok": false, "error",
 "exit_code"}`` on stdout) and the shared exit codes: 0 ok, 1 a check failed
@@ -10,16 +11,15 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 
-from .errors import guarded
-from .output import print_json
-from .options import CreateOpt, EndpointOpt, JsonOpt, PrivateOpt, RegistryRootOpt, RepoOpt
 from ..core.errors import EXIT_FAILED, McardError
 from ..core.units import format_size as _size
-
+from .errors import guarded
+from .options import CreateOpt, EndpointOpt, JsonOpt, PrivateOpt, RegistryRootOpt, RepoOpt
+from .output import print_json
 
 INTERRUPTED = "interrupted; run the same command again to continue"
 
@@ -35,9 +35,9 @@ def _size_option(text: str) -> int:
 
 def package(
     entry: Annotated[Path, typer.Argument(help="The registry entry (.toml) of the repo to package.")],
-    from_dir: Annotated[Optional[Path], typer.Option("--from", help="Quantizer outputs: DIR/<branch>/ or DIR/<file>.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Package folder (default packages/<repo>).")] = None,
-    base: Annotated[Optional[Path], typer.Option("--base", help="The base model's folder (config, tokenizer).")] = None,
+    from_dir: Annotated[Path | None, typer.Option("--from", help="Quantizer outputs: DIR/<branch>/ or DIR/<file>.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Package folder (default packages/<repo>).")] = None,
+    base: Annotated[Path | None, typer.Option("--base", help="The base model's folder (config, tokenizer).")] = None,
     max_shard_size: Annotated[str, typer.Option("--max-shard-size", help="Shard safetensors bigger than this.")] = "5GB",
     allow_failing: Annotated[bool, typer.Option("--allow-failing", help="Package variants that fail validate.")] = False,
     registry_root: RegistryRootOpt = None,
@@ -91,10 +91,12 @@ def _print_publish(result: Any, dry_run: bool) -> None:
 
 def publish(
     entry: Annotated[Path, typer.Argument(help="The registry entry (.toml) of the repo.")],
-    from_dir: Annotated[Optional[Path], typer.Option("--from", help="Package from these quantizer outputs first.")] = None,
-    packaged: Annotated[Optional[Path], typer.Option("--packaged", help="Publish this package folder (mcard package --out).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="With --from: where the package goes (default packages/<repo>).")] = None,
-    branch: Annotated[Optional[list[str]], typer.Option("--branch", help="Only this branch (repeatable).")] = None,
+    from_dir: Annotated[Path | None, typer.Option("--from", help="Package from these quantizer outputs first.")] = None,
+    packaged: Annotated[Path | None,
+                        typer.Option("--packaged", help="Publish this package folder (mcard package --out).")] = None,
+    out: Annotated[Path | None,
+                   typer.Option("--out", help="With --from: where the package goes (default packages/<repo>).")] = None,
+    branch: Annotated[list[str] | None, typer.Option("--branch", help="Only this branch (repeatable).")] = None,
     repo: RepoOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print per branch what would be added, updated, deleted.")] = False,
     create: CreateOpt = False,
@@ -106,8 +108,7 @@ def publish(
     as_json: JsonOpt = False,
 ) -> None:
     """Push the packaged branches to the Hub: one commit per changed branch, nothing resent, read back and verified."""
-    from ..pipeline.package import load_package
-    from ..pipeline.package import package as build
+    from ..pipeline.package import load_package, package as build
     from ..pipeline.publish import publish as push
     from ..registry.entry import load_entry
 

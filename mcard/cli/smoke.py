@@ -35,7 +35,7 @@ def smoke(
     raise typer.Exit(0 if result.ok else EXIT_FAILED)
 
 
-def _print(result) -> None:  # noqa: ANN001 - mcard.smoke.run.SmokeResult, imported lazily
+def _print(result) -> None:
     from rich.table import Table
 
     from .output import console

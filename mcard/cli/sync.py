@@ -5,26 +5,23 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
+from ..core.errors import EXIT_FAILED
+from ..core.safetext import markup_safe as esc, plain
+from ..pipeline.plan import MAX_MATRIX_JOBS
 from .errors import command_errors
 from .options import CreateOpt, DeviceOpt, EndpointOpt, JsonOpt, PrivateOpt, RegistryRootOpt, RepoOpt
-from ..core.errors import EXIT_FAILED
-from ..core.safetext import plain
 from .output import print_json
-from ..core.safetext import markup_safe as esc
-from ..pipeline.plan import MAX_MATRIX_JOBS
 
 
 def _print_summary(results: list) -> None:
     from rich.table import Table
 
-    from ..pipeline.sync import FAILED
-
-    from .output import console as make_console
     from ..core.units import format_size
+    from ..pipeline.sync import FAILED
+    from .output import console as make_console
 
     console = make_console()
     for res in results:
@@ -51,19 +48,20 @@ def _print_summary(results: list) -> None:
 
 def sync(
     target: Path = typer.Argument(..., help="A registry entry (.toml) or a registry folder."),
-    variant: Optional[str] = typer.Option(None, "--variant", help="Only this variant (branch, or file for GGUF)."),
+    variant: str | None = typer.Option(None, "--variant", help="Only this variant (branch, or file for GGUF)."),
     no_smoke: bool = typer.Option(False, "--no-smoke", help="Skip the smoke test."),
     render: bool = typer.Option(False, "--render", help="Write the card (README.md) with measured sizes into the report folder."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Report folder (default reports/<repo>/)."),
+    report: Path | None = typer.Option(None, "--report", help="Report folder (default reports/<repo>/)."),
     force: bool = typer.Option(False, "--force", help="Run variants unchanged since their last passing report too."),
     device: DeviceOpt = "auto",
-    batch: Optional[int] = typer.Option(None, "--batch", help="Only job N of `mcard plan TARGET` (what a CI matrix job runs)."),
+    batch: int | None = typer.Option(None, "--batch", help="Only job N of `mcard plan TARGET` (what a CI matrix job runs)."),
     max_jobs: int = typer.Option(MAX_MATRIX_JOBS, "--max-jobs", help="With --batch: the --max-jobs the plan was made with."),
     endpoint: EndpointOpt = None,
     as_json: JsonOpt = False,
     publish: bool = typer.Option(False, "--publish", help="Package -> validate -> smoke -> publish -> verify, from --from."),
-    from_dir: Optional[Path] = typer.Option(None, "--from", help="With --publish: the quantizer outputs (DIR/<branch>/, DIR/<file>)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="With --publish: the package folder (default packages/<repo>)."),
+    from_dir: Path | None = typer.Option(None, "--from",
+                                         help="With --publish: the quantizer outputs (DIR/<branch>/, DIR/<file>)."),
+    out: Path | None = typer.Option(None, "--out", help="With --publish: the package folder (default packages/<repo>)."),
     create: CreateOpt = False,
     private: PrivateOpt = False,
     repo: RepoOpt = None,
@@ -73,8 +71,7 @@ def sync(
 
     With --publish: package the variants from --from, validate, smoke-test, publish and fetch them back.
     """
-    from ..pipeline.sync import SyncOptions
-    from ..pipeline.sync import sync as run_sync
+    from ..pipeline.sync import SyncOptions, sync as run_sync
 
     options = SyncOptions(variant=variant, smoke=not no_smoke, render=render, report_dir=report, force=force,
                           endpoint=endpoint, device=device, batch=batch, max_jobs=max_jobs,
@@ -82,7 +79,7 @@ def sync(
                           create=create, private=private, repo=repo, registry_root=registry_root)
     progress = None
     if not as_json and sys.stderr.isatty():
-        def progress(record) -> None:  # noqa: ANN001 - a VariantRecord
+        def progress(record) -> None:
             typer.echo(f"  {record.variant}: {record.status}", err=True)
     with command_errors(as_json):
         results = run_sync(target, options, progress=progress)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,15 +18,15 @@ if TYPE_CHECKING:
 def validate(
     path: str = typer.Argument(..., help="A variant folder or model file, or a Hub REPO[:BRANCH] or URL (checked remotely)."),
     revision: RevisionOpt = None,
-    mirror: Optional[Path] = typer.Option(None, "--mirror", help="Keep the sparse mirror of a Hub repo in this new folder."),
+    mirror: Path | None = typer.Option(None, "--mirror", help="Keep the sparse mirror of a Hub repo in this new folder."),
     as_json: JsonOpt = False,
 ) -> None:
     """Check a variant from its headers and configs: tensors, quant config, sizes, runtimes.
 
     A Hub repo is checked remotely, reading only headers and the small tensors validate needs.
     """
-    from . import output as _output
     from ..core.validate import inspect
+    from . import output as _output
 
     with command_errors(as_json):
         if Path(path).exists():
@@ -42,12 +42,11 @@ def validate(
     raise typer.Exit(0 if report.ok else EXIT_FAILED)
 
 
-def _inspect_remote(text: str, revision: Optional[str], mirror: Optional[Path]):
+def _inspect_remote(text: str, revision: str | None, mirror: Path | None):
     """``validate REPO[:BRANCH]``: a missing local path that names a Hub repo is validated on the Hub."""
+    from ..core.errors import McardError
     from ..hub.refs import parse_repo_spec
     from ..hub.remote_validate import inspect_remote
-
-    from ..core.errors import McardError
 
     try:
         spec = parse_repo_spec(text, revision)
@@ -98,26 +97,26 @@ def _option_error(exc: BadParam, fmt: str) -> UnusableInput:
 def size(
     config: Path = typer.Argument(..., help="A model's config.json (or its folder)."),
     fmt: str = typer.Option(..., "--format", "-f", help=f"One of: {_size_formats()}."),
-    bits: Optional[int] = typer.Option(
+    bits: int | None = typer.Option(
         None, help=f"gptq: {_expected('gptq', 'bits')} (default 4); awq: {_expected('awq', 'bits')}."),
-    group_size: Optional[int] = typer.Option(
+    group_size: int | None = typer.Option(
         None, "--group-size", "-g", help=f"gptq/awq group size: {_expected('gptq', 'group_size')} (default 128)."),
-    act_order: Optional[bool] = typer.Option(None, "--act-order/--no-act-order", help="gptq: desc_act (no size change)."),
-    writer: Optional[str] = typer.Option(
+    act_order: bool | None = typer.Option(None, "--act-order/--no-act-order", help="gptq: desc_act (no size change)."),
+    writer: str | None = typer.Option(
         None, "--writer", help=f"gptq: the writer whose layout to predict, {_expected('gptq', 'writer')} "
         "(default autogptq: a bias on every linear; gptqmodel writes none)."),
-    qtype: Optional[str] = typer.Option(
+    qtype: str | None = typer.Option(
         None, "--type", "-t", help=f"gguf/ggml (required): the llama.cpp type; gguf: {_expected('gguf', 'type')}; "
         f"ggml: {_expected('ggml', 'type')}."),
-    split_max_size: Optional[str] = typer.Option(
+    split_max_size: str | None = typer.Option(
         None, "--split-max-size",
         help=f"gguf: the shard sizes gguf-split writes for this size, {_expected('gguf', 'split_max_size')}."),
-    imatrix: Optional[bool] = typer.Option(
+    imatrix: bool | None = typer.Option(
         None, "--imatrix/--no-imatrix", help="gguf: quantized with an importance matrix (a few tensor types differ)."),
-    double_quant: Optional[bool] = typer.Option(
+    double_quant: bool | None = typer.Option(
         None, "--double-quant/--no-double-quant", help="nf4/fp4: nested absmax (default: on)."),
-    rank: Optional[int] = typer.Option(None, "--rank", help=f"lora: the rank r, {_expected('lora', 'r')} (default 64)."),
-    target_modules: Optional[str] = typer.Option(
+    rank: int | None = typer.Option(None, "--rank", help=f"lora: the rank r, {_expected('lora', 'r')} (default 64)."),
+    target_modules: str | None = typer.Option(
         None, "--target-modules",
         help=f"lora: comma-separated, {_expected('lora', 'target_modules')} (default: all of them)."),
     per_tensor: bool = typer.Option(False, "--per-tensor", help="List every tensor."),
@@ -127,9 +126,9 @@ def size(
 
     An option that does not apply to the format, or a value the format cannot represent, is refused (exit 2).
     """
-    from . import output as _output
-    from ..formats import BadParam
     from ..core.size import predict_size
+    from ..formats import BadParam
+    from . import output as _output
 
     modules = None if target_modules is None else [m.strip() for m in target_modules.split(",") if m.strip()]
     params = {

@@ -73,7 +73,7 @@ class ModelShape:
     extra_norms: tuple[str, ...] = ()
 
     @classmethod
-    def from_config(cls, cfg: dict[str, Any], source: str | Path = "config.json") -> "ModelShape":
+    def from_config(cls, cfg: dict[str, Any], source: str | Path = "config.json") -> ModelShape:
         model_type = str(cfg.get("model_type", "llama"))
         if model_type not in FAMILIES:
             raise UnusableInput(
@@ -104,7 +104,7 @@ class ModelShape:
         return shape
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "ModelShape":
+    def from_file(cls, path: str | Path) -> ModelShape:
         return cls.from_config(load_json_object(path), path)
 
     # -- structure ------------------------------------------------------------

@@ -96,7 +96,7 @@ class Target:
                 raise UnusableInput(f"refusing to open a symlink for writing ({os.readlink(path)!r})", path) from None
             raise
 
-    def open(self, path: str | Path, mode: str = "wb"):  # noqa: ANN201 - a binary file object
+    def open(self, path: str | Path, mode: str = "wb"):
         """A binary file object for ``"rb"``, ``"wb"``, ``"ab"`` or ``"r+b"``, opened without following symlinks."""
         flags = {"rb": os.O_RDONLY, "wb": os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                  "ab": os.O_WRONLY | os.O_CREAT | os.O_APPEND, "r+b": os.O_RDWR}[mode]

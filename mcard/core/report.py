@@ -6,7 +6,6 @@ import enum
 from dataclasses import dataclass, field
 from typing import Any
 
-
 # File kinds that hold weights: what a variant's size (measured and predicted) counts.
 WEIGHT_KINDS = ("safetensors", "gguf", "ggml", "pickle")
 
@@ -80,7 +79,7 @@ class Report:
     runtimes: list[Runtime] = field(default_factory=list)
     predicted_bytes: int | None = None
     # Sub-reports, e.g. one per GGUF file of a folder holding many quant files.
-    parts: list["Report"] = field(default_factory=list)
+    parts: list[Report] = field(default_factory=list)
     # Set by ``validate REPO`` (mcard.hub.remote_validate): repo, revision, commit, bytes_read, requests...
     remote: dict[str, Any] | None = None
 

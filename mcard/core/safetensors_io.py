@@ -174,10 +174,12 @@ def _check_layout(h: SafetensorsHeader) -> None:
             h.problems.append((t.name, f"data_offsets [{t.begin}, {t.end}] end before they begin"))
             continue
         if t.end > data_len:
-            h.problems.append((t.name, f"data_offsets [{t.begin}, {t.end}] run past the data buffer of {data_len} bytes (file truncated?)"))
+            h.problems.append((t.name, f"data_offsets [{t.begin}, {t.end}] run past the data buffer of {data_len} bytes "
+                                       "(file truncated?)"))
         expected = t.nbytes_expected
         if expected is not None and expected != t.nbytes_declared:
-            h.problems.append((t.name, f"{t.dtype}{list(t.shape)} needs {expected} bytes but its offsets span {t.nbytes_declared}"))
+            h.problems.append((t.name, f"{t.dtype}{list(t.shape)} needs {expected} bytes but its offsets span "
+                                       f"{t.nbytes_declared}"))
         if t.begin < cursor:
             h.problems.append((t.name, f"data_offsets [{t.begin}, {t.end}] overlap the previous tensor (ends at {cursor})"))
         elif t.begin > cursor:

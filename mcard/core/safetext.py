@@ -21,7 +21,8 @@ import os
 import re
 import sys
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import quote
 
 _SECRETS: set[str] = set()
@@ -134,9 +135,9 @@ def redact_process_output() -> Callable[[], None]:
 
     saved = sys.stdout, sys.stderr
     if not isinstance(sys.stdout, RedactingWriter):
-        sys.stdout = RedactingWriter(sys.stdout)  # type: ignore[assignment]
+        sys.stdout = RedactingWriter(sys.stdout)
     if not isinstance(sys.stderr, RedactingWriter):
-        sys.stderr = RedactingWriter(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = RedactingWriter(sys.stderr)
     # huggingface_hub's warnings (retries, URLs) go through the same step, to the stderr of this command
     handlers = [h for h in logging.getLogger("huggingface_hub").handlers if type(h) is logging.StreamHandler]
     streams = [h.stream for h in handlers]
@@ -144,7 +145,7 @@ def redact_process_output() -> Callable[[], None]:
         handler.stream = sys.stderr  # no flush of the old stream: it may be closed (in-process test runs)
 
     def restore() -> None:
-        for handler, stream in zip(handlers, streams):
+        for handler, stream in zip(handlers, streams, strict=True):
             handler.stream = stream
         sys.stdout, sys.stderr = saved
 

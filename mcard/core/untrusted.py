@@ -98,7 +98,7 @@ def load_yaml(text: str, where: str | Path, max_nodes: int = MAX_YAML_NODES, max
             finally:
                 _Bounded.depth -= 1
 
-    return yaml.load(text, Loader=_Bounded)  # noqa: S506 - a SafeLoader subclass
+    return yaml.load(text, Loader=_Bounded)
 
 
 # -- regular expressions from files ------------------------------------------------------------

@@ -114,5 +114,6 @@ def _check_pickles(variant: Variant, report: Report) -> None:
         if has_safe:
             report.warning(
                 "pickle-file", rel, "",
-                "pickle weights next to safetensors: loaders prefer safetensors; this file is obsolete and unsafe to load (never unpickled here)",
+                "pickle weights next to safetensors: loaders prefer safetensors; this file is obsolete and unsafe to load "
+                "(never unpickled here)",
             )

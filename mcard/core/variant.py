@@ -59,7 +59,7 @@ def bad_magic(head: bytes, expected: bytes, kind: str) -> str:
     return f"not a {kind} file: bad magic, it starts with {head[:4]!r} ({seen}), a {kind} file starts with {expected!r}"
 
 
-def misnamed_files(variant: "Variant") -> list[tuple[str, str]]:
+def misnamed_files(variant: Variant) -> list[tuple[str, str]]:
     """(file, problem) for files named like a model file (``*.gguf``) whose bytes are not one."""
     out = []
     for rel, kind in variant.kinds.items():
@@ -105,7 +105,7 @@ class Variant:
     _configs: dict[str, dict[str, Any] | None] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def open(cls, path: str | Path) -> "Variant":
+    def open(cls, path: str | Path) -> Variant:
         path = Path(path)
         if not path.exists():
             raise UnusableInput("no such file or folder", path)

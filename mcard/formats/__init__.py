@@ -113,5 +113,5 @@ def params_of(alias: str) -> dict[str, Any]:
     return dict(by_alias(alias).params)
 
 
-__all__ = ["BadParam", "CardSpec", "DETECT_ORDER", "FormatSpec", "SPEC_MODULES", "aliases", "detection_order", "by_alias", "check_params", "detect",
-           "family", "implied_params", "params_of", "spec", "specs"]
+__all__ = ["BadParam", "CardSpec", "DETECT_ORDER", "FormatSpec", "SPEC_MODULES", "aliases", "by_alias", "check_params",
+           "detect", "detection_order", "family", "implied_params", "params_of", "spec", "specs"]

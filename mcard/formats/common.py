@@ -114,7 +114,8 @@ def file_parts(variant: Variant, report: Report, parts: dict[str, list[str]],
         report.parts.append(part)
         check_part(variant, name, part)
     predicted = [p.predicted_bytes for p in report.parts]
-    report.predicted_bytes = sum(predicted) if predicted and None not in predicted else None  # type: ignore[arg-type]
+    known = [p for p in predicted if p is not None]
+    report.predicted_bytes = sum(known) if predicted and len(known) == len(predicted) else None
 
 
 def linear_weight_dtype(cfg: dict[str, Any] | None) -> str:

@@ -1,27 +1,12 @@
-"""Round-to-nearest k-quant packers (format-exact ggml block layouts) and the names other modules share.
+"""Round-to-nearest k-quant packers (format-exact ggml block layouts), for the GGUF and GGML builders.
 
-The type and file-type facts live in :mod:`._ggml_types`, llama.cpp's per-tensor
-type rules in :mod:`._gguf_mix`; both are re-exported here for :mod:`.gguf` and
-:mod:`.ggml`.
+The type and file-type facts live in :mod:`.ggml_types`, llama.cpp's per-tensor
+type rules in :mod:`.gguf.mix`; their users import them from there.
 """
 
 from __future__ import annotations
 
 import numpy as np
-
-from .ggml_types import FTYPE_BY_ID, FTYPES, QK_K, UnknownType, block, canonical_ftype, row_bytes, tensor_bytes
-from .gguf.mix import (
-    LAYER_ROLES,
-    NORM_ROLES,
-    RULE_LABELS,
-    RULES,
-    NoFallback,
-    fallback,
-    is_quantized_tensor,
-    requires_imatrix,
-    role_type,
-    use_more_bits,
-)
 
 # --- round-to-nearest k-quant packers (format-exact ggml block layouts) ------------------
 # Simple RTN, not llama.cpp's error-minimising search: the bytes follow ggml's block_qN_K

@@ -154,7 +154,9 @@ class FormatSpec(ABC):
 
     def remote_reads(self, mirror: Any, remote_file: Any, head: bytes, scratch: Path) -> None:
         """Fetch into ``mirror`` the byte ranges of one of this format's files (of a kind in
-        :attr:`file_kinds`) that :meth:`check` will read; ``head`` is the first bytes, already fetched."""
+        :attr:`file_kinds`) that :meth:`check` will read; ``head`` is the first bytes, already fetched.
+        The default fetches nothing: a format that owns no file kind is never asked."""
+        return None
 
     # -- parameters and sizes -----------------------------------------------------
     @property

@@ -24,8 +24,17 @@ from ..core.units import format_size
 from .cache import cached_revision, repo_folder_name
 from .env import resolve_env
 from .model import RemoteFile, Revision
-from .refs import Disagreement, QuantParams, RepoSpec, compare_params, params_from_branch, params_from_configs
-from .refs import COMMIT_RE, parse_repo_spec, unusable_numbers
+from .refs import (
+    COMMIT_RE,
+    Disagreement,
+    QuantParams,
+    RepoSpec,
+    compare_params,
+    params_from_branch,
+    params_from_configs,
+    parse_repo_spec,
+    unusable_numbers,
+)
 from .remote import HubClient
 from .transfer import RetryPolicy
 
@@ -105,6 +114,8 @@ def _check(report: RefReport, configs: dict[str, dict[str, Any] | None]) -> None
     """Fill the parameter fields and disagreements of ``report`` from the parsed configs."""
     for source, cfg in configs.items():
         section = cfg.get("quantization_config") if source == "config.json" and isinstance(cfg, dict) else cfg
+        if not isinstance(section, dict):  # unusable_numbers finds nothing in it
+            continue
         for key in unusable_numbers(section):
             report.notes.append(f"{source}: {key} is not a finite number ({str(section[key])[:20]}); ignored")
     report.name_params = params_from_branch(report.name)

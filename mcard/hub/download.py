@@ -19,15 +19,16 @@ import hashlib
 import os
 import shutil
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from ..core.errors import CheckFailed, McardError
+from ..core.pathguard import Target
 from .cache import CacheLayout, LocalDirLayout, cached_revision, prepare_final
 from .env import resolve_env
-from ..core.pathguard import Target
 from .model import RemoteFile
 from .progress import NullReporter, Reporter
 from .refs import parse_repo_spec

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 
 from ..core.errors import McardError, UnusableInput
-from ..net import stream
 from ..core.pathguard import Target
+from ..net import stream
 from .model import RemoteFile, Revision
 from .remote import HubClient
 from .transfer import Transient, check_status

@@ -37,12 +37,13 @@ stream through (counted in ``bytes_read``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import struct
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..core.errors import McardError, UnusableInput
 from ..core.report import Report
@@ -51,8 +52,8 @@ from ..core.variant import PICKLE_SUFFIXES
 from ..formats.spec import FormatSpec
 from .env import resolve_env
 from .model import RemoteFile, Revision
-from .refs import RepoSpec, parse_repo_spec
 from .ranges import COALESCE_GAP, HEAD_BYTES, RangeReader, SparseMirror, coalesce
+from .refs import RepoSpec, parse_repo_spec
 from .remote import HubClient
 
 SMALL_WHOLE = 10 * 1000 * 1000  # non-weights files below this are downloaded whole
@@ -97,7 +98,7 @@ def _is_sparse(rf: RemoteFile) -> bool:
     return rf.path.endswith(WEIGHT_SUFFIXES) or rf.size >= SMALL_WHOLE
 
 
-def _run(pool: ThreadPoolExecutor, tasks: list[Callable[[], Any]]) -> list[Any]:
+def _run(pool: ThreadPoolExecutor, tasks: Sequence[Callable[[], Any]]) -> list[Any]:
     futures = [pool.submit(t) for t in tasks]
     return [f.result() for f in futures]
 
@@ -125,16 +126,16 @@ def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root
         heads[rf.path] = mirror.fetch(rf, 0, _head_bytes(rf.path))
 
     with ThreadPoolExecutor(WORKERS, thread_name_prefix="mcard-range") as pool:
-        _run(pool, [lambda rf=rf: get_whole(rf) for rf in whole if rf.size]
-             + [lambda rf=rf: get_head(rf) for rf in sparse if rf.size])
+        _run(pool, [functools.partial(get_whole, rf) for rf in whole if rf.size]
+             + [functools.partial(get_head, rf) for rf in sparse if rf.size])
         tasks: list[Callable[[], Any]] = []
         for rf in sparse:
             head = heads.get(rf.path, b"")
             kind = sniff(mirror.path(rf))
             if kind == "safetensors":
-                tasks.append(lambda rf=rf, head=head: _safetensors_header(mirror, rf, head))
+                tasks.append(functools.partial(_safetensors_header, mirror, rf, head))
             elif kind in readers:
-                tasks.append(lambda rf=rf, head=head, spec=readers[kind]: spec.remote_reads(mirror, rf, head, scratch))
+                tasks.append(functools.partial(readers[kind].remote_reads, mirror, rf, head, scratch))
         _run(pool, tasks)
 
         # the small tensors the owning format's check reads, by the format module's own list
@@ -145,17 +146,17 @@ def build_mirror(client: HubClient, rev: Revision, files: list[RemoteFile], root
         except McardError:  # an unreadable header or config: validate reports it next
             return
         by_path = {rf.path: rf for rf in files}
-        jobs = []
+        jobs: list[Callable[[], Any]] = []
         for rel, ranges in wanted.items():
-            header, rf = variant.headers[rel], by_path.get(rel)
-            if rf is None:
+            header, found = variant.headers[rel], by_path.get(rel)
+            if found is None:
                 continue
             # a server that ignores Range streams from byte 0 anyway: then one request per file
-            gap = rf.size if reader.ignored_range else COALESCE_GAP
-            todo = [m for a, b in ranges for m in mirror.missing(rf, header.data_start + a, header.data_start + b)]
+            gap = found.size if reader.ignored_range else COALESCE_GAP
+            todo = [m for a, b in ranges for m in mirror.missing(found, header.data_start + a, header.data_start + b)]
             for a, b in coalesce(todo, gap):
-                if a < rf.size:
-                    jobs.append(lambda rf=rf, a=a, b=b: mirror.fetch(rf, a, b))
+                if a < found.size:
+                    jobs.append(functools.partial(mirror.fetch, found, a, b))
         _run(pool, jobs)
 
 

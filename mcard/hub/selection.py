@@ -13,8 +13,8 @@ A named shard of a gguf-split set (``-00001-of-00003.gguf``) or a raw
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from ..core.errors import UnusableInput
 from ..core.variant import PICKLE_SUFFIXES

@@ -25,15 +25,15 @@ import random
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
 from ..core.errors import CheckFailed, McardError
-from ..net import stream
 from ..core.pathguard import Target
+from ..net import stream
 from .model import RemoteFile
 
 CHUNK = 1 << 16  # hash and write in 64 KiB batches: few calls, little lost if the process is killed

@@ -36,8 +36,9 @@ import functools
 import threading
 import time
 import zlib
+from collections.abc import Callable, Iterator
 from types import ModuleType
-from typing import Any, Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 from ..core.errors import McardError, UnusableInput
@@ -180,11 +181,11 @@ def _decoder(encoding: str) -> Callable[[bytes, int], bytes] | None:
     return decode
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _classes(module: ModuleType) -> tuple[type, type]:
     """The capped stream and the transport, built on ``module``'s base classes (httpx or httpx2)."""
 
-    class CappedStream(module.SyncByteStream):  # type: ignore[misc, name-defined]
+    class CappedStream(module.SyncByteStream):  # type: ignore[name-defined]  # httpx or httpx2, chosen at run time
         def __init__(self, inner: Any, session: NetSession, where: str, cap: int, seconds: float | None,
                      decode: Callable[[bytes, int], bytes] | None) -> None:
             self.inner, self.session, self.where = inner, session, where
@@ -212,7 +213,7 @@ def _classes(module: ModuleType) -> tuple[type, type]:
         def close(self) -> None:
             self.inner.close()
 
-    class GuardedTransport(module.BaseTransport):  # type: ignore[misc, name-defined]
+    class GuardedTransport(module.BaseTransport):  # type: ignore[name-defined]  # as above
         def __init__(self, inner: Any, session_of: Callable[[], NetSession]) -> None:
             self.inner, self.session_of = inner, session_of
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, replace
+from typing import Any
 
 from ..core.errors import UnusableInput
 
@@ -31,7 +32,7 @@ class NetLimits:
     max_requests: int = 200_000  # requests of one session
 
     @classmethod
-    def from_env(cls) -> "NetLimits":
+    def from_env(cls) -> NetLimits:
         """The defaults, with ``MCARD_CONNECT_TIMEOUT``, ``MCARD_READ_TIMEOUT`` and ``MCARD_DEADLINE`` applied."""
         out = cls()
         for var, name in (("MCARD_CONNECT_TIMEOUT", "connect_timeout"), ("MCARD_READ_TIMEOUT", "read_timeout"),
@@ -45,5 +46,6 @@ class NetLimits:
                 value = -1.0
             if not math.isfinite(value) or value <= 0:
                 raise UnusableInput(f"{var}={text!r}: expected a positive number of seconds")
-            out = replace(out, **{name: value})
+            changes: dict[str, Any] = {name: value}
+            out = replace(out, **changes)
         return out

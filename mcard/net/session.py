@@ -26,9 +26,9 @@ import math
 import os
 import sys
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import replace
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 
@@ -108,7 +108,8 @@ def hf_http_module() -> Any:
     """The httpx-like module huggingface_hub's client is built on (``httpx2`` in 2.x, ``httpx`` in 1.x)."""
     from huggingface_hub.utils import _http
 
-    return getattr(_http, "httpx2", None) or getattr(_http, "httpx")
+    found = vars(_http)  # huggingface_hub imports one of the two
+    return found.get("httpx2") or found["httpx"]
 
 
 def install_hf_client() -> None:

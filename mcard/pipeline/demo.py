@@ -148,7 +148,8 @@ def _model(repo: str, name: str, description: str, prompt: str = "alpaca") -> st
 
 def _write_registry(registry: Path, config: dict[str, Any], broken: bool) -> None:
     arch = _architecture(config)
-    gptq_text = _model(GPTQ_REPO, "Tiny Llama GPTQ", "A tiny llama-shaped model quantized with GPTQ, one branch per parameter set.") + arch
+    gptq_text = _model(GPTQ_REPO, "Tiny Llama GPTQ",
+                       "A tiny llama-shaped model quantized with GPTQ, one branch per parameter set.") + arch
     for name, (bits, group, act) in GPTQ_BRANCHES.items():
         gptq_text += _table("variants", {
             "branch": name, "format": "gptq", "bits": bits, "group_size": group, "desc_act": act,
@@ -177,7 +178,8 @@ def _write_registry(registry: Path, config: dict[str, Any], broken: bool) -> Non
     lora_text = _model(LORA_REPO, "Tiny Llama QLoRA adapter", "A LoRA adapter (r 8) over all linears of the tiny llama.",
                        prompt="guanaco") + arch
     lora_text += _table("variants", {"branch": "main", "format": "lora", "r": 8, "alpha": 16,
-                                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                     "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                                        "down_proj"],
                                      "description": "adapter weights only"}, array=True)
     (registry / "tiny-llama-qlora.toml").write_text(lora_text)
 
@@ -195,9 +197,9 @@ def run_demo(out: str | Path, broken: bool = False, smoke: bool = True,
     still running (``mcard demo --serve`` blocks there until Ctrl-C); the server stops when it returns.
     Downloaded variants stay in ``out/hf-cache`` (the Hugging Face cache layout).
     """
+    from ..testing.hub import LocalHub
     from .demo_publish import DEMO_TOKEN, publish_step
     from .sync import SyncOptions, sync
-    from ..testing.hub import LocalHub
 
     out = Path(out).resolve()
     out.mkdir(parents=True, exist_ok=True)

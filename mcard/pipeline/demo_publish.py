@@ -35,9 +35,9 @@ def _from_dir(staging: Path, name: str, links: Path) -> Path:
 def publish_step(workdir: Path, out: Path, endpoint: str, smoke: bool, progress: Any = None) -> tuple[list[Any], list[Any]]:
     """``sync --publish`` of every demo entry, then an unchanged republish; returns (sync results, republish results)."""
     from ..core.arch import tiny_config
+    from ..registry.entry import load_entry
     from .demo import _write_registry
     from .publish import publish
-    from ..registry.entry import load_entry
     from .sync import SyncOptions, slug, sync
 
     registry = out / "registry-published"

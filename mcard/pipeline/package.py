@@ -37,6 +37,8 @@ from typing import Any
 
 from .. import __version__
 from ..core.errors import CheckFailed, McardError, UnusableInput
+from ..core.jsonio import load_json_object
+from ..core.pathguard import Target
 from ..hub.rules import (
     DEFAULT_LFS_PATTERNS,
     MAX_FILE_BYTES,
@@ -48,9 +50,8 @@ from ..hub.rules import (
     matches,
     upload_mode,
 )
-from ..core.jsonio import load_json_object
+from ..registry.entry import RegistryVariant, load_entry
 from .package_configs import describe, registry_mismatches
-from ..core.pathguard import Target
 from .package_plan import (
     Item,
     branch_folder,
@@ -61,7 +62,6 @@ from .package_plan import (
     plan_file_variant,
     source_of,
 )
-from ..registry.entry import RegistryVariant, load_entry
 
 MANIFEST = "mcard-package.json"
 DEFAULT_MAX_SHARD_BYTES = 5 * 10**9  # transformers' default max_shard_size, "5GB"
@@ -148,7 +148,7 @@ class Package:
             folder = target.check(self.root / b.folder / "_").parent  # not a symlink out of the package
             want = {f.path: f for f in b.files}
             found = _files_in(folder)
-            for rel, path in found.items():
+            for path in found.values():
                 if path.is_symlink():  # mcard never writes one: what it points at is not what was packaged
                     raise UnusableInput("a symlink in the package folder; run `mcard package` again", path)
                 target.check(path)
@@ -342,8 +342,9 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
     license_file = license_item(entry)
     for branch, variants in groups.items():
         check_branch(branch)
+        ignored: list[tuple[str, str]] = []
         if variants[0].spec.files_are_variants:
-            items, ignored = [item for v in variants for item in plan_file_variant(v, sources[v.key], max_file_size)], []
+            items = [item for v in variants for item in plan_file_variant(v, sources[v.key], max_file_size)]
         else:
             items, ignored = plan_branch_variant(entry, variants[0], sources[variants[0].key], base,
                                                  max_shard_size, max_file_size)
@@ -389,7 +390,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
         failing = [c for c in checks.values() if c.package_errors]
         if failing and not allow_failing:
             raise CheckFailed(f"the packaged variant {failing[0].variant} fails validate: "
-                              f"{_first(failing[0].package_errors)}")
+                              f"{_first(failing[0].package_errors or [])}")
         pkg.root = staging
         pkg.save()
         _move_into_place(staging, out_path)

@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from ..core.errors import UnusableInput
-from ..hub.rules import check_path
 from ..core.jsonio import load_json_object
-from .package_configs import TOKENIZER_FILES, model_config, quantization_config
+from ..hub.rules import check_path
 from ..registry.entry import Entry, RegistryVariant
+from .package_configs import TOKENIZER_FILES, model_config, quantization_config
 
 GENERATED = ("README.md", ".gitattributes")  # written after planning, for every branch
 
@@ -54,7 +54,9 @@ def source_of(entry: Entry, v: RegistryVariant, from_dir: Path | None) -> Path:
     elif from_dir is None:
         raise UnusableInput(f"variant {v.key}: no --from DIR given and no `source` for it in the entry", entry.path)
     else:
-        path = from_dir / (v.file if v.spec.files_are_variants else v.branch)
+        name = v.file if v.spec.files_are_variants else v.branch
+        assert name is not None, "a file variant has `file`: its format requires the key"
+        path = from_dir / name
         how = "DIR/<file>" if v.spec.files_are_variants else "DIR/<branch>/"
     if not path.exists():
         raise UnusableInput(f"variant {v.key}: its quantized output is missing (expected {how})", path)
@@ -165,8 +167,8 @@ def plan_file_variant(v: RegistryVariant, src: Path, limit: int) -> list[Item]:
     A split variant is named by one of its files (the first shard); the whole set goes on the
     branch under its own names, as llama.cpp finds the shards by name.
     """
-    from ..formats.gguf.split import expand, is_split_name
     from ..core.variant import sniff
+    from ..formats.gguf.split import expand, is_split_name
 
     if not src.is_file():
         raise UnusableInput(f"variant {v.key}: a {v.format} variant is one file, not a folder", src)

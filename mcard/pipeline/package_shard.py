@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from ..core.safetensors_io import SafetensorsHeader, TensorInfo
 
@@ -63,7 +64,7 @@ def write_shards(header: SafetensorsHeader, out_dir: Path, stem: str, max_shard_
     weight_map: dict[str, str] = {}
     metadata = {"format": "pt", **header.metadata}
     with header.path.open("rb") as src:
-        for name, tensors in zip(names, groups):
+        for name, tensors in zip(names, groups, strict=True):
             path = out_dir / name
             with (opener(path) if opener is not None else path.open("wb")) as dst:
                 dst.write(_header_bytes(tensors, metadata))

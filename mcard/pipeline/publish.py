@@ -132,6 +132,7 @@ def _hub(env: HubEnv, what: str) -> Iterator[None]:
     except McardError:
         raise
     except (HfHubHTTPError, httpx2.HTTPError, OSError, RuntimeError, ValueError) as exc:
+        # Each refusal below is raised `from None`: the line says it all, and the chained cause's text is unscrubbed.
         cause = _root_cause(exc)
         if isinstance(cause, McardError):  # the net guard's refusal or deadline, raised inside an upload thread
             raise type(cause)(env.scrub(f"{what}: {cause.message}"), cause.path) from None
@@ -141,19 +142,20 @@ def _hub(env: HubEnv, what: str) -> Iterator[None]:
             url = getattr(getattr(cause.response, "request", None), "url", None)
             if status == 401 and url is not None and origin(url) != origin(env.endpoint):
                 raise CheckFailed(env.scrub(f"{what}: {origin(url)[1]}:{origin(url)[2]} asked for a token (401), "
-                                            f"which goes to {env.endpoint} only: {detail}"))
+                                            f"which goes to {env.endpoint} only: {detail}")) from None
             if status == 401:
-                raise CheckFailed(env.scrub(f"{what}: the Hub rejected the token from {_token_source()} (401): {detail}"))
+                raise CheckFailed(env.scrub(f"{what}: the Hub rejected the token from {_token_source()} (401): "
+                                            f"{detail}")) from None
             if status == 403:
-                raise CheckFailed(env.scrub(f"{what}: not allowed (403): {detail}"))
+                raise CheckFailed(env.scrub(f"{what}: not allowed (403): {detail}")) from None
             if status == 412:
-                raise CheckFailed(f"{what}: the branch moved while publishing (412); run publish again")
-            raise CheckFailed(env.scrub(f"{what}: the Hub answered {status}: {detail}"))
+                raise CheckFailed(f"{what}: the branch moved while publishing (412); run publish again") from None
+            raise CheckFailed(env.scrub(f"{what}: the Hub answered {status}: {detail}")) from None
         if isinstance(cause, (httpx2.HTTPError, OSError)):
             raise McardError(env.scrub(f"{what}: network failure ({type(cause).__name__}: {cause}); nothing was "
                                        "committed by this step, run publish again to continue (objects already "
-                                       "uploaded are not sent again)"))
-        raise McardError(env.scrub(f"{what}: {type(cause).__name__}: {cause}"))
+                                       "uploaded are not sent again)")) from None
+        raise McardError(env.scrub(f"{what}: {type(cause).__name__}: {cause}")) from None
 
 
 @contextlib.contextmanager

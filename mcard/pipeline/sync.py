@@ -17,9 +17,10 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from .. import __version__
 from ..core.errors import McardError, UnusableInput
@@ -27,9 +28,18 @@ from ..registry.entry import Entry, RegistryVariant, load_entry
 from .package_configs import registry_mismatches
 from .plan import batch_selection, entry_paths
 from .sync_report import (
-    FAILED, PASSED, SKIPPED, ReportStore, RepoSync, SyncOptions, VariantRecord, default_report_dir, slug,
+    FAILED,
+    PASSED,
+    SKIPPED,
+    ReportStore,
+    RepoSync,
+    SyncOptions,
+    VariantRecord,
+    default_report_dir,
+    slug,
     write_report_file,
 )
+
 
 def sync(target: str | Path, options: SyncOptions | None = None,
          progress: Callable[[VariantRecord], None] | None = None) -> list[RepoSync]:
@@ -112,7 +122,7 @@ def requested_stages(options: SyncOptions) -> list[str]:
     return ["fetch", "validate"] + (["smoke"] if options.smoke else [])
 
 
-def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "ReportStore") -> VariantRecord:
+def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store: ReportStore) -> VariantRecord:
     from ..card.rows import predict
 
     started = time.monotonic()
@@ -130,12 +140,12 @@ def _sync_variant(entry: Entry, v: RegistryVariant, options: SyncOptions, store:
     return record
 
 
-def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "ReportStore",
+def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: ReportStore,
                 record: VariantRecord) -> None:
-    from ..hub.download import fetch
     from ..core.validate import inspect
+    from ..hub.download import fetch
 
-    hub = {"endpoint": options.endpoint, "token": options.token, "cache_dir": options.cache_dir}
+    hub: dict[str, Any] = {"endpoint": options.endpoint, "token": options.token, "cache_dir": options.cache_dir}
     files = [v.file] if v.file else []
     # Resolve the commit first (metadata only) to skip unchanged, passing variants.
     record.stage = "fetch"
@@ -177,7 +187,7 @@ def _run_stages(entry: Entry, v: RegistryVariant, options: SyncOptions, store: "
     record.status, record.stage, record.reason = PASSED, "", record.reason or ""
 
 
-def _skippable(store: "ReportStore", record: VariantRecord) -> VariantRecord | None:
+def _skippable(store: ReportStore, record: VariantRecord) -> VariantRecord | None:
     """The last passing record when this run may be skipped, else None.
 
     Skipped only when the latest run did not fail and the last pass ran on the same commit,
@@ -196,8 +206,8 @@ def _skippable(store: "ReportStore", record: VariantRecord) -> VariantRecord | N
 
 
 def _smoke(local: Path, options: SyncOptions, record: VariantRecord) -> None:
-    from ..smoke.run import run
     from .. import formats
+    from ..smoke.run import run
 
     if formats.by_alias(record.format).kernel_tolerance is None:  # the format has no smoke layers
         record.smoke = "n/a"

@@ -12,12 +12,12 @@ pinned to the new commit) and compares every file's sha256 with the package.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from ..core.errors import CheckFailed, McardError
-from .package import Package
 from ..registry.entry import Entry, load_entry
+from .package import Package
 from .sync import _render, _smoke
 from .sync_report import FAILED, PASSED, ReportStore, RepoSync, SyncOptions, VariantRecord, default_report_dir, slug
 
@@ -98,8 +98,8 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
                               create=options.create, private=options.private)
                 published = {b.branch: (b.commit or "", b.uploaded_bytes, b.commit != b.head) for b in res.branches}
             except McardError as exc:
-                for b in ready:
-                    for k in pkg.branch(b).variants:
+                for name in ready:
+                    for k in pkg.branch(name).variants:
                         if k in records:
                             _fail(records[k], "publish", str(exc))
                             records[k].publish = "failed"

@@ -61,7 +61,7 @@ class VariantRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Any) -> "VariantRecord | None":
+    def from_dict(cls, data: Any) -> VariantRecord | None:
         """A record from its JSON form; None when it is not one (a field of the wrong type, missing keys)."""
         if not isinstance(data, dict):
             return None

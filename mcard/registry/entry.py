@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import UnusableInput
 from ..card.evals import EvalEntry, load_lm_eval
-from ..hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
-from ..formats import BadParam, FormatSpec, aliases, by_alias, check_params, params_of
+from ..core.errors import UnusableInput
 from ..core.jsonio import load_json_object, load_toml
+from ..formats import BadParam, FormatSpec, aliases, by_alias, check_params, params_of
+from ..hub.refs import validate_ref_name, validate_repo_file, validate_repo_id
 from .schema import (
     EVAL_FILE_SPEC,
     EVAL_INLINE_SPEC,

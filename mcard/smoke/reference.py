@@ -128,7 +128,7 @@ def awq_gemv_dequantize(qweight: Any, qzeros: Any, scales: Any, group_size: int)
     and scales [N, 8Z] zero-padded per row; returns [N, K] float32."""
     qweight = _t(qweight)
     dev = qweight.device
-    n, k = qweight.shape[0], qweight.shape[1] * 8
+    k = qweight.shape[1] * 8
     q = unpack_bitstream(qweight.T.contiguous(), 4, k).T  # [N, K]
     zw = _t(qzeros, dev)
     z = unpack_bitstream(zw.T.contiguous(), 4, zw.shape[1] * 8).T  # [N, 8Z]

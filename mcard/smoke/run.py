@@ -188,14 +188,16 @@ def _kernel_check(layer: Layer, x16: np.ndarray, batch: int, fmt: str) -> LayerR
     y_ref = reference.linear(torch.from_numpy(x16).to(dev), layer.reference_weight(dev), layer.bias).cpu().numpy()
     x_gpu = cupy.asarray(x16)
     out = cupy.full((batch, layer.shape[0]), cupy.nan, dtype=cupy.float16)  # an unwritten element fails
-    layer.kernel(x_gpu, out)
+    kernel = layer.kernel
+    assert kernel is not None, "run() checks kernels only for layers that have one"
+    kernel(x_gpu, out)
     cupy.cuda.Device().synchronize()
     y = cupy.asnumpy(out).astype(np.float32)
     finite = bool(np.isfinite(y).all())
     err = rel_error(y, y_ref)
     tol = kernel_tolerances()[fmt]
     ok = finite and err <= tol
-    t_us = time_kernel(lambda: layer.kernel(x_gpu, out))
+    t_us = time_kernel(lambda: kernel(x_gpu, out))
     nbytes = layer.weight_bytes + x16.nbytes + batch * layer.shape[0] * 2
     note = "" if ok else ("non-finite output" if not finite else "kernel disagrees with the reference")
     return LayerResult(layer.name, layer.kind, layer.shape, batch, "kernel", err, tol, finite, ok, note,

@@ -49,7 +49,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, unquote, urlsplit
 
 LFS_SUFFIXES = (".safetensors", ".bin", ".gguf", ".ggml", ".pt", ".pth", ".ckpt", ".pkl", ".zip")
@@ -134,6 +134,7 @@ def _entry(path: str, data: bytes | Sparse) -> dict[str, Any]:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    owner: Any = None  # the _Base that started it, for its handlers (self.server.owner)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that hangs up mid-answer is what these tests provoke
@@ -146,7 +147,7 @@ class _Base:
 
     def __init__(self, host: str = "127.0.0.1") -> None:
         self.httpd = _Server((host, 0), self.handler)
-        self.httpd.owner = self  # type: ignore[attr-defined]
+        self.httpd.owner = self
         self.endpoint = f"http://{host}:{self.httpd.server_address[1]}"
         self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.stopping = threading.Event()
@@ -165,7 +166,7 @@ class _Quiet(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out at once: no 40 ms delayed-ACK stalls
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+    def log_message(self, format: str, *args: Any) -> None:
         pass
 
     def _send(self, status: int, body: bytes, headers: dict[str, str] | None = None, reason: str | None = None) -> None:
@@ -180,7 +181,7 @@ class _Quiet(BaseHTTPRequestHandler):
 
 class _RecorderHandler(_Quiet):
     def _handle(self) -> None:
-        owner: TokenRecorder = self.server.owner  # type: ignore[attr-defined]
+        owner: TokenRecorder = cast(_Server, self.server).owner
         with owner.lock:
             owner.seen.append((self.command, self.path, self.headers.get("Authorization")))
         if owner.forward is not None:
@@ -195,7 +196,7 @@ class _RecorderHandler(_Quiet):
     def _body(self) -> bytes:
         if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
             return self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        out = []
+        out: list[bytes] = []
         while True:
             size = int(self.rfile.readline(1024).split(b";")[0].strip() or b"0", 16)
             if size == 0:
@@ -210,6 +211,7 @@ class _RecorderHandler(_Quiet):
 
         body = self._body()
         parts = urlsplit(target)
+        assert parts.hostname, target  # the target is the server this proxy was started for
         conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=60)
         skip = {"host", "connection", "transfer-encoding", "content-length", "keep-alive"}
         headers = {k: v for k, v in self.headers.items() if k.lower() not in skip}
@@ -254,7 +256,7 @@ class _HubHandler(_Quiet):
         self._handle()
 
     def _handle(self) -> None:
-        hub: HostileHub = self.server.owner  # type: ignore[attr-defined]
+        hub: HostileHub = cast(_Server, self.server).owner
         tricks = hub.tricks
         url = urlsplit(self.path)
         path = unquote(url.path)
@@ -297,7 +299,7 @@ class _HubHandler(_Quiet):
         self.end_headers()
         chunk = b" " * 65536
         try:
-            while not self.server.owner.stopping.is_set():  # type: ignore[attr-defined]
+            while not cast(_Server, self.server).owner.stopping.is_set():
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         except OSError:
             pass
@@ -306,7 +308,7 @@ class _HubHandler(_Quiet):
         body = json.dumps(value, default=str).encode()  # hostile values too (a date as a size)
         self._send(200, body, {"Content-Type": "application/json", **(headers or {})})
 
-    def _api(self, hub: "HostileHub", parts: list[str], query: dict[str, list[str]]) -> None:
+    def _api(self, hub: HostileHub, parts: list[str], query: dict[str, list[str]]) -> None:
         if len(parts) < 3:
             self._send(404, b"not found")
             return
@@ -340,7 +342,7 @@ class _HubHandler(_Quiet):
             return
         self._send(404, b"not found")
 
-    def _resolve(self, hub: "HostileHub", parts: list[str]) -> None:
+    def _resolve(self, hub: HostileHub, parts: list[str]) -> None:
         if len(parts) < 5 or parts[2] != "resolve":
             self._send(404, b"not found")
             return
@@ -380,7 +382,7 @@ class HostileHub(_Base):
         self.other = TokenRecorder()
         super().__init__()
 
-    def __enter__(self) -> "HostileHub":
+    def __enter__(self) -> HostileHub:
         self.other.__enter__()
         return super().__enter__()
 

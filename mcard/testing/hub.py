@@ -69,7 +69,7 @@ class LocalHub:
         self.writer.faults.release.set()
         self.writer.faults = WriteFaults()
 
-    def start(self) -> "LocalHub":
+    def start(self) -> LocalHub:
         if self.writer is not None:
             return self
         writer = HubWriteServer(self.root, self._tokens, host=self._host, port=self._port)
@@ -90,7 +90,7 @@ class LocalHub:
             self.olah.stop()
             self.olah = None
 
-    def __enter__(self) -> "LocalHub":
+    def __enter__(self) -> LocalHub:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

@@ -26,9 +26,9 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from ..hub.rules import (
     DEFAULT_LFS_PATTERNS,
@@ -92,7 +92,7 @@ class GitStore:
     def path(self, repo_id: str) -> Path:
         try:
             check_repo_id(repo_id)
-        except Exception:
+        except Exception:  # noqa: BLE001 - any refusal of a client's name (a non-string one too) is its 404
             raise HubError(404, "Repository not found", "RepoNotFound") from None
         return self.mirrors / "models" / repo_id
 
@@ -169,8 +169,8 @@ class GitStore:
             if not item:
                 continue
             meta, path = item.split("\t", 1)
-            mode, _kind, blob, size = meta.split()
-            small.append((path, mode, blob, int(size)))
+            mode, _kind, blob, size_text = meta.split()
+            small.append((path, mode, blob, int(size_text)))
         pointers = [s for s in small if 100 <= s[3] <= 200]
         decoded: dict[str, bytes] = {}
         if pointers:
@@ -179,9 +179,9 @@ class GitStore:
             pos = 0
             for s in pointers:
                 header_end = out.index(b"\n", pos)
-                size = int(out[pos:header_end].split()[2])
-                decoded[s[2]] = out[header_end + 1:header_end + 1 + size]
-                pos = header_end + 1 + size + 1
+                length = int(out[pos:header_end].split()[2])
+                decoded[s[2]] = out[header_end + 1:header_end + 1 + length]
+                pos = header_end + 1 + length + 1
         for path, mode, blob, size in small:
             found = _POINTER.match(decoded.get(blob, b""))
             if found:
@@ -255,7 +255,7 @@ class GitStore:
     def create_branch(self, repo_id: str, branch: str, start: str) -> None:
         try:
             check_branch(branch)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any refusal of a client's name (a non-string one too) is its 400
             raise HubError(400, str(exc)) from None
         repo = self.path(repo_id)
         with self.lock(repo_id):
@@ -295,11 +295,11 @@ class GitStore:
             if regular:
                 blobs = _git(repo, "hash-object", "-w", "--stdin-paths",
                              stdin="".join(f"{op.content}\n" for op in regular).encode()).split()
-            blob_of = {id(op): b for op, b in zip(regular, blobs)}
+            blob_of = {id(op): b for op, b in zip(regular, blobs, strict=True)}
             for op in ops:
                 try:
                     check_path(op.path)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - any refusal of a client's path (a non-string one too) is its 400
                     raise HubError(400, str(exc)) from None
                 if op.kind == "file":
                     index_lines.append(f"100644 {blob_of[id(op)]}\t{op.path}")

@@ -50,10 +50,11 @@ import socket
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import ThreadingHTTPServer
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..hub.rules import MAX_FILE_BYTES, REGULAR_FILE_LIMIT, upload_mode
@@ -148,9 +149,10 @@ class HubWriteServer(ThreadingHTTPServer):
     @property
     def endpoint(self) -> str:
         host, port = self.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server: the address it was bound to
         return f"http://{host}:{port}"
 
-    def start(self) -> "HubWriteServer":
+    def start(self) -> HubWriteServer:
         if self._thread is None:
             self._thread = threading.Thread(target=self.serve_forever, name="mcard-hub-write", daemon=True)
             self._thread.start()
@@ -452,7 +454,9 @@ class _Handler(HubHandler):
         read = self._reader()
         faults = self.server.faults
         with tempfile.TemporaryDirectory(prefix="mcard-hub-commit-") as tmp:
-            header, ops, total = {}, [], 0
+            header: dict[str, Any] = {}
+            ops: list[Any] = []
+            total = 0
             with tempfile.TemporaryFile() as body:
                 while chunk := read(1 << 20):
                     body.write(chunk)

@@ -38,9 +38,9 @@ import http.client
 import json
 import os
 import random
-import struct
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -48,6 +48,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 #: Patterns committed as LFS whatever their size (a subset of the Hub's default .gitattributes).
 LFS_PATTERNS: tuple[str, ...] = (
@@ -317,7 +318,7 @@ class OlahServer:
         self._own_workdir = workdir is None
         self.workdir = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="mcard-olah-"))
         self._proc: subprocess.Popen[bytes] | None = None
-        self._log: object | None = None
+        self._log: BinaryIO | None = None
 
     @property
     def endpoint(self) -> str:
@@ -345,7 +346,7 @@ class OlahServer:
         )
         return config
 
-    def start(self) -> "OlahServer":
+    def start(self) -> OlahServer:
         """Start the server and block until it answers; raise RuntimeError with its log if it cannot."""
         if self._proc is not None:
             return self
@@ -375,12 +376,12 @@ class OlahServer:
             _stop(self._proc)
             self._proc = None
         if self._log is not None:
-            self._log.close()  # type: ignore[attr-defined]
+            self._log.close()
             self._log = None
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "OlahServer":
+    def __enter__(self) -> OlahServer:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

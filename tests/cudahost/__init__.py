@@ -39,9 +39,10 @@ import subprocess
 import tempfile
 import time
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,7 @@ class KernelFault(RuntimeError):
     """A launch on the host runtime went wrong; the message says how, in the kernel's terms."""
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def available() -> tuple[bool, str]:
     """(usable, reason): the host runtime needs fork() and a g++ that links UBSan into a shared library."""
     if CXX is None:
@@ -187,7 +188,8 @@ class HostModule:
             parts = line.split()
             if len(parts) == 3 and parts[2] == "cch_alloc":
                 base = ctypes.cast(self.lib.cch_alloc, ctypes.c_void_p).value - int(parts[0], 16)
-            if len(parts) == 4 and parts[2] in ("b", "B", "d", "D", "u", "V", "v") and parts[3].startswith("_ZZ") and not parts[3].startswith("_ZZN3cch"):
+            if (len(parts) == 4 and parts[2] in ("b", "B", "d", "D", "u", "V", "v") and parts[3].startswith("_ZZ")
+                    and not parts[3].startswith("_ZZN3cch")):
                 offsets.append(int(parts[0], 16))
                 sizes.append(int(parts[1], 16))
         if base is None:
@@ -200,7 +202,7 @@ class HostModule:
         size = (ctypes.c_ulonglong * max(n, 1))(*sizes)
         self.lib.cch_set_shared(addr, size, n)
 
-    def get_function(self, name: str) -> "HostKernel":
+    def get_function(self, name: str) -> HostKernel:
         if name not in self.kernels:
             raise KernelFault(f"no extern \"C\" __global__ function {name!r} (have {sorted(self.kernels)})")
         return self._functions.setdefault(name, HostKernel(self, name, self.kernels[name]))
@@ -273,7 +275,7 @@ class HostKernel:
         buffers: list[_Buffer] = []
         holders: list[Any] = []
         try:
-            for p, a in zip(self.params, args):
+            for p, a in zip(self.params, args, strict=True):
                 if p.pointer:
                     buffers.append(_Buffer(self.module.lib, self._array(p, a), p))
                     holders.append(ctypes.c_void_p(buffers[-1].addr))
@@ -290,7 +292,7 @@ class HostKernel:
                 if first is None:
                     first = got
                 elif got != first:
-                    diff = [buf.param.name for buf, x, y in zip(outputs, first, got) if x != y]
+                    diff = [buf.param.name for buf, x, y in zip(outputs, first, got, strict=True) if x != y]
                     raise KernelFault(f"{self.name}: `{', '.join(diff)}` differ between thread orders {self.orders[0]} "
                                       f"and {order} (a data race: a missing __syncthreads or a shared word written "
                                       "by two threads)")

@@ -357,7 +357,8 @@ def check(variant: Variant, report: Report) -> None:
     else:
         report.predicted_bytes = est.total_bytes
     report.params.update(group_size=gs, version=version)
-    report.runtimes = runtimes(params["bits"] if isinstance(params["bits"], int) else BITS, gs, version, bool(params["zero_point"]))
+    bits = params["bits"] if isinstance(params["bits"], int) else BITS
+    report.runtimes = runtimes(bits, gs, version, bool(params["zero_point"]))
 
 
 # -- writing ------------------------------------------------------------------------------

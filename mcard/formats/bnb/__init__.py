@@ -48,7 +48,6 @@ from ...core.size import SizeEstimate
 from ...core.variant import Variant
 from .. import common as _common, params as _params
 from .quant import (
-    CODE_BOOKS,
     DEFAULT_BLOCKSIZE,
     DYNAMIC_MAP,
     FP4_CODE,

@@ -13,13 +13,33 @@ from ...core.report import Report
 from ...core.variant import Variant
 from .. import common as _common
 from . import (
-    NAME, SAFETENSORS_METADATA, TORCH_DTYPES, _fp_entries, _kept_linear_entries, _linear_entries, _parse_state,
-    _quant_config, _skip_list, _state_key, _state_len, _storage, load_linear, predict_size, quantized_linears,
-    runtimes, skipped,
+    NAME,
+    SAFETENSORS_METADATA,
+    TORCH_DTYPES,
+    _fp_entries,
+    _kept_linear_entries,
+    _linear_entries,
+    _parse_state,
+    _quant_config,
+    _skip_list,
+    _state_key,
+    _state_len,
+    _storage,
+    load_linear,
+    predict_size,
+    quantized_linears,
+    runtimes,
+    skipped,
 )
 from .quant import (
-    CODE_BOOKS, DEFAULT_BLOCKSIZE, DYNAMIC_MAP, NESTED_BLOCKSIZE, QUANT_TYPES, SUFFIX_NESTED_ABSMAX,
-    SUFFIX_NESTED_QUANT_MAP, SUFFIX_QUANT_MAP,
+    CODE_BOOKS,
+    DEFAULT_BLOCKSIZE,
+    DYNAMIC_MAP,
+    NESTED_BLOCKSIZE,
+    QUANT_TYPES,
+    SUFFIX_NESTED_ABSMAX,
+    SUFFIX_NESTED_QUANT_MAP,
+    SUFFIX_QUANT_MAP,
 )
 
 

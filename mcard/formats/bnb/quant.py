@@ -121,8 +121,9 @@ class Bnb4Linear:
         p = f"{self.name}."
         out = {p + SUFFIX_WEIGHT: self.weight, p + SUFFIX_ABSMAX: self.absmax, p + SUFFIX_QUANT_MAP: self.quant_map}
         if self.double_quant:
-            out[p + SUFFIX_NESTED_ABSMAX] = self.nested_absmax  # type: ignore[assignment]
-            out[p + SUFFIX_NESTED_QUANT_MAP] = self.nested_quant_map  # type: ignore[assignment]
+            assert self.nested_absmax is not None and self.nested_quant_map is not None  # double quant keeps both
+            out[p + SUFFIX_NESTED_ABSMAX] = self.nested_absmax
+            out[p + SUFFIX_NESTED_QUANT_MAP] = self.nested_quant_map
         out[p + SUFFIX_QUANT_STATE + self.quant_type] = pack_json(self.quant_state_json())
         if self.bias is not None:
             out[p + "bias"] = self.bias

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..spec import CardSpec, INT4_KERNEL_TOLERANCE, PerLinearSmoke
+from ..spec import INT4_KERNEL_TOLERANCE, CardSpec, PerLinearSmoke
 
 if TYPE_CHECKING:
     from ...core.report import Runtime

@@ -29,9 +29,8 @@ from ...core.errors import UnusableInput
 from ...core.report import Report, Runtime
 from ...core.size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ...core.variant import Variant
-from .. import common as _common, params as _params
-from .. import ggml_types as gt
-from .. import kquant as kq
+from .. import common as _common, ggml_types as gt, params as _params
+from ..gguf import mix as gguf_mix
 
 NAME = "ggml"
 MAGICS = {0x67676D6C: "ggml", 0x67676D66: "ggmf", 0x67676A74: "ggjt"}
@@ -43,7 +42,7 @@ MAX_VOCAB = 1 << 22  # 4M tokens: 16 times the largest vocabulary in use
 # predict_size's estimate of the vocabulary text: bytes of token text per token (LLaMA's
 # SentencePiece vocab with ▁ written as a space averages about 5.5); lengths and scores are exact.
 _VOCAB_TEXT_BYTES_PER_TOKEN = 5.5
-_ROLE_OF = {v: k for k, v in kq.LAYER_ROLES.items()}
+_ROLE_OF = {v: k for k, v in gguf_mix.LAYER_ROLES.items()}
 # What `mcard size --format ggml` and a registry variant may set: the llama.cpp type of the mix.
 # GGML files hold only the file types of their era (gt.GGML_FTYPES); newer ones exist only as GGUF.
 PARAMS = {"type": _params.Param("str", "one of " + ", ".join(gt.GGML_FTYPES), lambda t: t in gt.GGML_FTYPES,
@@ -72,13 +71,13 @@ class GgmlFile:
 
     @property
     def ftype(self) -> str | None:
-        return kq.FTYPE_BY_ID.get(self.hparams["ftype"])
+        return gt.FTYPE_BY_ID.get(self.hparams["ftype"])
 
 
 def _tensor_bytes(type_name: str, n: int, magic: str, version: int) -> int:
     if type_name in _OLD_BLOCKS and not (magic == "ggjt" and version >= 3):
         return n // 32 * _OLD_BLOCKS[type_name]
-    return kq.tensor_bytes(type_name, (n,))
+    return gt.tensor_bytes(type_name, (n,))
 
 
 class BadGgml(UnusableInput):
@@ -112,7 +111,7 @@ def walk(fh: BinaryIO, size: int, path: str | Path) -> GgmlFile:
     if (magic == "ggmf" and version != 1) or (magic == "ggjt" and version not in (1, 2, 3)):
         raise BadGgml(f"{magic} version {version} is unknown", path)
     keys = ("n_vocab", "n_embd", "n_mult", "n_head", "n_layer", "n_rot", "ftype")
-    hp = dict(zip(keys, struct.unpack("<7i", take(28, "hparams"))))
+    hp = dict(zip(keys, struct.unpack("<7i", take(28, "hparams")), strict=True))
     if (not 0 < hp["n_vocab"] * 4 <= size or hp["n_vocab"] > MAX_VOCAB or hp["n_embd"] <= 0
             or not 0 < hp["n_layer"] <= MAX_LAYERS or hp["n_head"] <= 0 or hp["n_mult"] <= 0):
         raise BadGgml(f"implausible GGML hparams {hp}", path)
@@ -175,24 +174,24 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[tuple[int, ...], str,
             "ffn_gate": (h, m), "ffn_down": (m, h), "ffn_up": (h, m), "ffn_norm": (h,)}
     for i in range(shape.num_layers):
         for role in ("attn_q", "attn_k", "attn_v", "attn_output", "attn_norm", "ffn_gate", "ffn_down", "ffn_up", "ffn_norm"):
-            out[f"layers.{i}.{kq.LAYER_ROLES[role]}.weight"] = (dims[role], role, i)
+            out[f"layers.{i}.{gguf_mix.LAYER_ROLES[role]}.weight"] = (dims[role], role, i)
     return out
 
 
 def expected_types(shape: ModelShape, ftype: str) -> dict[str, str]:
-    """The mid-2023 llama.cpp mix (:func:`._kquant.role_type` with ``rules="2023"``)."""
-    return {n: kq.role_type(role, layer, shape.num_layers, ftype, ne0=dims[0], rules="2023")
+    """The mid-2023 llama.cpp mix (:func:`..gguf.mix.role_type` with ``rules="2023"``)."""
+    return {n: gguf_mix.role_type(role, layer, shape.num_layers, ftype, ne0=dims[0], rules="2023")
             for n, (dims, role, layer) in expected_tensors(shape).items()}
 
 
 def _layout(shape: ModelShape, types: dict[str, str], start: int) -> tuple[int, dict[str, int]]:
     """End offset of a ggjt v3 tensor section starting at ``start``, and bytes per role."""
-    pos, parts = start, {}
+    pos, parts = start, dict[str, int]()
     for name, (dims, role, _l) in expected_tensors(shape).items():
         pos += 12 + 4 * len(dims) + len(name)
         pad = -pos % ALIGN
-        nb = kq.tensor_bytes(types[name], dims)
-        kind = "norms" if role in kq.NORM_ROLES else role
+        nb = gt.tensor_bytes(types[name], dims)
+        kind = "norms" if role in gguf_mix.NORM_ROLES else role
         parts[kind] = parts.get(kind, 0) + nb
         parts["tensor_headers"] = parts.get("tensor_headers", 0) + 12 + 4 * len(dims) + len(name) + pad
         pos += pad + nb
@@ -205,12 +204,12 @@ def predict_size(shape: ModelShape, type: str = "q4_0", **_: Any) -> SizeEstimat
     Exact except the vocabulary's token text (``_VOCAB_TEXT_BYTES_PER_TOKEN`` per token).
     Types follow the June 2023 mix (output.weight keeps the base type).
     """
-    ftype = kq.canonical_ftype(type)
+    ftype = gt.canonical_ftype(type)
     types = expected_types(shape, ftype)
     vocab = shape.vocab_size * 8 + int(shape.vocab_size * _VOCAB_TEXT_BYTES_PER_TOKEN)
     end, parts = _layout(shape, types, 36 + vocab)
     parts["header_vocab"] = 36 + vocab
-    tensors = [(n, types[n], kq.tensor_bytes(types[n], d)) for n, (d, _r, _l) in expected_tensors(shape).items()]
+    tensors = [(n, types[n], gt.tensor_bytes(types[n], d)) for n, (d, _r, _l) in expected_tensors(shape).items()]
     return SizeEstimate(NAME, {"type": ftype[:2].lower() + ftype[2:]}, end, parts, tensors, ram_bytes=end + RAM_OVERHEAD_BYTES)
 
 
@@ -267,7 +266,8 @@ def _check_file(variant: Variant, rel: str, report: Report) -> None:
     diffs = sorted(n for n, t in have.items() if n in mix and mix[n] != t.type)
     if diffs:
         report.warning("mix-mismatch", rel, ", ".join(diffs[:5]),
-                       f"{len(diffs)} tensors differ from the June 2023 {g.ftype} mix (e.g. {have[diffs[0]].type} vs {mix[diffs[0]]})")
+                       f"{len(diffs)} tensors differ from the June 2023 {g.ftype} mix "
+                       f"(e.g. {have[diffs[0]].type} vs {mix[diffs[0]]})")
     if g.magic == "ggjt" and g.version == 3:
         predicted, _parts = _layout(shape, mix, g.vocab_end)
         report.predicted_bytes = predicted
@@ -289,25 +289,26 @@ def write_variant(path: str | Path, config: dict[str, Any], ftype: str = "q4_0",
     n_mult = next((m for m in (256, 128, 64, 32, 16, 8, 4, 2, 1) if n_ff(shape.hidden_size, m) == shape.intermediate_size), None)
     if n_mult is None or shape.num_kv_heads != shape.num_heads:
         raise ValueError("GGML v3 llama needs intermediate_size from n_mult and no GQA")
-    key = kq.canonical_ftype(ftype)
+    key = gt.canonical_ftype(ftype)
     types = expected_types(shape, key)
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     with path.open("wb") as fh:
         fh.write(struct.pack("<II7i", 0x67676A74, 3, shape.vocab_size, shape.hidden_size, n_mult, shape.num_heads,
-                             shape.num_layers, shape.head_dim, kq.FTYPES[key][0]))
+                             shape.num_layers, shape.head_dim, gt.FTYPES[key][0]))
         for i in range(shape.vocab_size):
             text = f"<t{i}>".encode()
             fh.write(struct.pack("<I", len(text)) + text + struct.pack("<f", 0.0))
         for name, (dims, role, _l) in expected_tensors(shape).items():
-            x = np.ones((1, dims[0]), np.float32) if role in kq.NORM_ROLES else (
+            x = np.ones((1, dims[0]), np.float32) if role in gguf_mix.NORM_ROLES else (
                 rng.standard_normal((int(np.prod(dims)) // dims[0], dims[0])) * 0.02).astype(np.float32)
             t = types[name]
             raw = x if t == "F32" else quantize_rows(x, t)
             fh.write(struct.pack(f"<3i{len(dims)}i", len(dims), len(name), int(GGMLQuantizationType[t]), *dims) + name.encode())
             fh.write(b"\0" * (-fh.tell() % ALIGN))
             fh.write(np.ascontiguousarray(raw).tobytes())
-            out[name] = x if t == "F32" else np.asarray(quants.dequantize(raw, GGMLQuantizationType[t]), np.float32).reshape(x.shape)
+            out[name] = (x if t == "F32"
+                         else np.asarray(quants.dequantize(raw, GGMLQuantizationType[t]), np.float32).reshape(x.shape))
     return out
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from ..gguf.spec import CARD, GgufSpec
 
@@ -33,7 +33,7 @@ class GgmlSpec(GgufSpec):
 
         f = LazyRemoteFile(mirror, remote_file, head)
         try:
-            walk(f, remote_file.size, remote_file.path)
+            walk(cast(BinaryIO, f), remote_file.size, remote_file.path)  # a read-only binary file
         except (BadGgml, struct.error):
             pass  # validate reports what is wrong from the bytes fetched so far
         finally:

@@ -3,7 +3,7 @@
 The header (magic, version, kv pairs, tensor infos) is parsed by :mod:`._gguf_header`
 (re-exported here as :func:`read`, :class:`GgufFile`, :class:`GgufTensor`) with every
 length checked against the file size, so a truncated data section still yields findings.
-Type and file-type facts come from :mod:`._ggml_types` (the ``gguf`` package plus the
+Type and file-type facts come from :mod:`..ggml_types` (the ``gguf`` package plus the
 types newer than it), the type mixes from :mod:`.mix`, the split layouts (gguf-split
 shards, raw ``-split-a`` parts) from :mod:`.split`: a model split over several files
 is validated (:mod:`._gguf_check`) and dequantized as one.
@@ -24,10 +24,8 @@ from ...core.report import Report, Runtime
 from ...core.size import RAM_OVERHEAD_BYTES, SizeEstimate
 from ...core.units import format_size
 from ...core.variant import Variant
-from .. import ggml_types as gt
-from . import split
-from .. import params as _params
-from .. import kquant as kq
+from .. import ggml_types as gt, kquant as kq, params as _params
+from . import mix as gguf_mix, split
 from .header import GgufFile, GgufTensor, read
 
 NAME = "gguf"
@@ -127,7 +125,7 @@ def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
     """Quantize float32 [rows, cols] into ggml blocks: uint8 [rows, bytes_per_row].
 
     Legacy types, F16, BF16 use gguf.quants.quantize; Q2_K..Q6_K use mcard's
-    round-to-nearest packers (:data:`._kquant.PACKERS`), format-exact.
+    round-to-nearest packers (:data:`..kquant.PACKERS`), format-exact.
     """
     x = np.ascontiguousarray(x, np.float32)
     rows, cols = x.shape
@@ -143,12 +141,13 @@ def quantize_rows(x: np.ndarray, type_name: str) -> np.ndarray:
 # -- expectations ---------------------------------------------------------------------------
 def expected_tensors(shape: ModelShape) -> dict[str, tuple[tuple[int, ...], str, int]]:
     """llama.cpp's tensor names -> (ne dims ne0 first, role, layer) for a llama-family model."""
-    h, q, kv, m = shape.hidden_size, shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim, shape.intermediate_size
+    h, m = shape.hidden_size, shape.intermediate_size
+    q, kv = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
     out: dict[str, tuple[tuple[int, ...], str, int]] = {"token_embd.weight": ((h, shape.vocab_size), "token_embd", -1)}
     dims = {"attn_norm": (h,), "attn_q": (h, q), "attn_k": (h, kv), "attn_v": (h, kv), "attn_output": (q, h),
             "ffn_norm": (h,), "ffn_gate": (h, m), "ffn_up": (h, m), "ffn_down": (m, h)}
     for i in range(shape.num_layers):
-        for role in kq.LAYER_ROLES:
+        for role in gguf_mix.LAYER_ROLES:
             out[f"blk.{i}.{role}.weight"] = (dims[role], role, i)
     out["output_norm.weight"] = ((h,), "output_norm", -1)
     if not shape.tie_word_embeddings:
@@ -157,16 +156,16 @@ def expected_tensors(shape: ModelShape) -> dict[str, tuple[tuple[int, ...], str,
 
 
 def expected_types(shape: ModelShape, ftype: str, rules: str = "current", has_imatrix: bool = False) -> dict[str, str]:
-    """Tensor name -> ggml type per llama.cpp's rules (:func:`._gguf_mix.role_type`).
+    """Tensor name -> ggml type per llama.cpp's rules (:func:`.mix.role_type`).
 
-    Raises :class:`._gguf_mix.NoFallback` where llama-quantize refuses ``ftype`` for these rows.
+    Raises :class:`.mix.NoFallback` where llama-quantize refuses ``ftype`` for these rows.
     """
     gqa = max(1, shape.num_heads // max(1, shape.num_kv_heads))
     # llama.cpp's LLM_TYPE_70B: 80 layers with grouped-query attention (80 layers without it are 65B)
     is_70b = shape.model_type == "llama" and shape.num_layers == 80 and shape.num_heads != shape.num_kv_heads
     has_output = not shape.tie_word_embeddings
     return {
-        name: kq.role_type(role, layer, shape.num_layers, ftype, ne0=dims[0], n_gqa=gqa, is_70b=is_70b,
+        name: gguf_mix.role_type(role, layer, shape.num_layers, ftype, ne0=dims[0], n_gqa=gqa, is_70b=is_70b,
                            has_output=has_output, rules=rules, has_imatrix=has_imatrix)
         for name, (dims, role, layer) in expected_tensors(shape).items()
     }
@@ -202,14 +201,15 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
     """Predicted GGUF file size for ``shape`` quantized as ``type`` (an ftype: Q4_K_M, Q8_0...).
 
     Exact: tensor data bytes with 32-byte alignment padding, and the tensor-info table.
-    The kv section is exact when ``kv_bytes`` gives it (see :func:`._gguf_kv.kv_bytes`, from
+    The kv section is exact when ``kv_bytes`` gives it (see :func:`.kv.kv_bytes`, from
     the tokenizer files); otherwise estimated (:func:`kv_estimate`), and ``params`` says so
     with the bounds. ``imatrix``: quantized with an importance matrix (a few choices
-    differ; the kv section then names its files, so it stays an estimate). ``model_dir``/``config_doc``: the model's folder and config.json, whose
-    tokenizer files make the kv section exact where :mod:`._gguf_kv` models them. ``split_max_size`` (``50G``, ``1M`` or bytes): the shard sizes
-    ``gguf-split --split-max-size`` writes, in ``params["shards"]``.
+    differ; the kv section then names its files, so it stays an estimate).
+    ``model_dir``/``config_doc``: the model's folder and config.json, whose tokenizer files make
+    the kv section exact where :mod:`.kv` models them. ``split_max_size`` (``50G``, ``1M`` or
+    bytes): the shard sizes ``gguf-split --split-max-size`` writes, in ``params["shards"]``.
     """
-    ftype = kq.canonical_ftype(type)
+    ftype = gt.canonical_ftype(type)
     types = expected_types(shape, ftype, has_imatrix=imatrix)
     layout = expected_tensors(shape)
     parts: dict[str, int] = {}
@@ -219,7 +219,7 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
     for name in quantize_order(list(layout)):
         dims, role, _layer = layout[name]
         nb = gt.tensor_bytes(types[name], dims)
-        kind = "norms" if role in kq.NORM_ROLES else role
+        kind = "norms" if role in gguf_mix.NORM_ROLES else role
         parts[kind] = parts.get(kind, 0) + _pad(nb, GGUF_DEFAULT_ALIGNMENT)
         tensors.append((name, types[name], nb))
         info += split.tensor_info_bytes(name, len(dims))
@@ -346,7 +346,7 @@ def write_variant(
     ``path_or_folder``: a ``.gguf`` path, or a folder (the file is ``model-<ftype>.gguf``).
     ``types`` overrides per-tensor types (for tests that break the mix).
     """
-    ftype = kq.canonical_ftype(ftype)
+    ftype = gt.canonical_ftype(ftype)
     path = Path(path_or_folder)
     if path.suffix != ".gguf":
         path.mkdir(parents=True, exist_ok=True)
@@ -364,7 +364,7 @@ def write_variant(
     w.add_head_count_kv(shape.num_kv_heads)
     w.add_rope_dimension_count(shape.head_dim)
     w.add_layer_norm_rms_eps(float(config.get("rms_norm_eps", 1e-5)))
-    w.add_file_type(kq.FTYPES[ftype][0])
+    w.add_file_type(gt.FTYPES[ftype][0])
     w.add_quantization_version(2)
     w.add_tokenizer_model("llama")
     w.add_token_list([f"<t{i}>" for i in range(shape.vocab_size)])
@@ -373,7 +373,8 @@ def write_variant(
     out: dict[str, np.ndarray] = {}
     for tname, (dims, role, _layer) in expected_tensors(shape).items():
         rows_cols = tuple(reversed(dims))
-        x = np.ones(rows_cols, np.float32) if role in kq.NORM_ROLES else (rng.standard_normal(rows_cols) * 0.02).astype(np.float32)
+        x = (np.ones(rows_cols, np.float32) if role in gguf_mix.NORM_ROLES
+             else (rng.standard_normal(rows_cols) * 0.02).astype(np.float32))
         t = chosen[tname]
         if t == "F32":
             w.add_tensor(tname, x)

@@ -12,12 +12,9 @@ from typing import Any
 from ...core.arch import ModelShape
 from ...core.report import FileEntry, Report
 from ...core.variant import Variant, sniff
-from .. import common as _common
-from .. import ggml_types as gt
-from . import split
-from .. import kquant as kq
+from .. import common as _common, ggml_types as gt
+from . import NAME, _models, _pad, expected_tensors, expected_types, mix as gguf_mix, runtimes, shape_from_kv, split
 from .header import GgufFile, GgufTensor, read
-from . import NAME, _models, _pad, expected_tensors, expected_types, runtimes, shape_from_kv
 
 
 def check(variant: Variant, report: Report) -> None:
@@ -55,7 +52,8 @@ def _open_model(variant: Variant, m: split.GgufModel, report: Report) -> _Model 
         for name in m.missing:
             report.error("missing-part", name, "", f"raw part {name} of {m.name} is missing: `cat` cannot join the file")
         first = m.files[0]
-        if split.parse_raw_part(first)[1] != 0 or sniff(variant.abspath(first)) != "gguf":  # type: ignore[index]
+        part = split.parse_raw_part(first)
+        if part is None or part[1] != 0 or sniff(variant.abspath(first)) != "gguf":
             report.error("missing-part", f"{m.name}-split-a", "", f"the first part of {m.name} (with its GGUF header) is missing")
             return None
         total = sum(variant.size(rel) for rel in m.files)
@@ -82,7 +80,9 @@ def _check_shards(m: split.GgufModel, files: list[tuple[str, GgufFile]], report:
         report.error("missing-shard", name, "", f"shard {name} of {m.name} is missing: llama.cpp needs all {m.count}")
     total = sum(len(g.tensors) for _rel, g in files)
     for rel, g in files:
-        _prefix, index, count = split.parse_shard_name(rel)  # type: ignore[misc]
+        shard = split.parse_shard_name(rel)
+        assert shard is not None, rel  # split.group made this model of files named as shards
+        _prefix, index, count = shard
         info = g.split
         if info is None:
             report.error("bad-split", rel, "split.no", f"named as shard {index + 1} of {count} but has no "
@@ -90,7 +90,8 @@ def _check_shards(m: split.GgufModel, files: list[tuple[str, GgufFile]], report:
             continue
         no, n, n_tensors = info
         if no != index:
-            report.error("bad-split", rel, split.KV_SPLIT_NO, f"split.no {no}, but the name says shard {index + 1} (split.no {index})")
+            report.error("bad-split", rel, split.KV_SPLIT_NO,
+                         f"split.no {no}, but the name says shard {index + 1} (split.no {index})")
         if n != count:
             report.error("bad-split", rel, split.KV_SPLIT_COUNT, f"split.count {n}, but the name says {count} shards")
         if not m.missing and n_tensors != total:
@@ -110,7 +111,8 @@ def _check_model(variant: Variant, m: split.GgufModel, report: Report) -> None:
     if model is None:
         return
     kv = model.kv
-    ftype = gt.FTYPE_BY_ID.get(kv.get("general.file_type")) if isinstance(kv.get("general.file_type"), int) else None
+    file_type = kv.get("general.file_type")
+    ftype = gt.FTYPE_BY_ID.get(file_type) if isinstance(file_type, int) else None
     report.params = {"version": model.files[0][1].version, "architecture": kv.get("general.architecture"),
                      "file_type": ftype or kv.get("general.file_type"), "tensors": len(model.tensors)}
     if len(m.files) > 1:
@@ -158,7 +160,8 @@ def _check_layout(g: GgufFile, rel: str, report: Report) -> None:
         if prev is not None and t.offset < prev.offset + prev.nbytes:
             report.error("bad-offsets", rel, t.name, f"data overlaps {prev.name}")
         if t.offset + t.nbytes > g.file_size:
-            report.error("bad-offsets", rel, t.name, f"data ends at {t.offset + t.nbytes}, past the end of the file ({g.file_size})")
+            report.error("bad-offsets", rel, t.name,
+                         f"data ends at {t.offset + t.nbytes}, past the end of the file ({g.file_size})")
         end = max(end, t.offset + t.nbytes)
         prev = t
     padded = g.data_start + _pad(end - g.data_start, g.alignment)
@@ -186,15 +189,15 @@ def _check_tensor_set(model: _Model, shape: ModelShape, report: Report) -> None:
 
 
 def _rule_sets(shape: ModelShape, ftype: str, imatrix: bool) -> list[tuple[str, dict[str, str]]]:
-    """(label, expected types) per rule version llama.cpp has used, newest first (see :mod:`._gguf_mix`)."""
+    """(label, expected types) per rule version llama.cpp has used, newest first (see :mod:`.mix`)."""
     out = []
-    for rules in kq.RULES:
+    for rules in gguf_mix.RULES:
         for with_imatrix in (imatrix, not imatrix):
             try:
                 types = expected_types(shape, ftype, rules, has_imatrix=with_imatrix)
-            except kq.NoFallback:
+            except gguf_mix.NoFallback:
                 continue
-            label = ("" if rules == "current" else "older ") + kq.RULE_LABELS[rules] + ("" if with_imatrix == imatrix else
+            label = ("" if rules == "current" else "older ") + gguf_mix.RULE_LABELS[rules] + ("" if with_imatrix == imatrix else
                                             " with an importance matrix" if with_imatrix else " without an importance matrix")
             out.append((label, types))
             if rules == "2023" and "output.weight" in types:  # early GGUF: 2023 mixes with a Q6_K output
@@ -238,11 +241,11 @@ def _check_predicted(model: _Model, shape: ModelShape, ftype: str, report: Repor
     """Each file's own header size plus its tensors' data at the mix's types, padded."""
     try:
         mix = expected_types(shape, ftype, has_imatrix=_has_imatrix(model.kv))
-    except kq.NoFallback:
+    except gguf_mix.NoFallback:
         return
     dims = {n: d for n, (d, _r, _l) in expected_tensors(shape).items()}
     predicted = with_own = 0
-    for rel, g in model.files:
+    for _rel, g in model.files:
         predicted += g.data_start
         with_own += g.data_start
         for t in g.tensors:

@@ -81,8 +81,8 @@ class GgufFile:
     def split(self) -> tuple[int, int, int] | None:
         """(split.no, split.count, split.tensors.count) of a gguf-split shard, or None."""
         keys = ("split.no", "split.count", "split.tensors.count")
-        vals = [self.kv.get(k) for k in keys]
-        return tuple(vals) if all(isinstance(v, int) and not isinstance(v, bool) for v in vals) else None  # type: ignore[return-value]
+        ints = [v for v in (self.kv.get(k) for k in keys) if isinstance(v, int) and not isinstance(v, bool)]
+        return (ints[0], ints[1], ints[2]) if len(ints) == len(keys) else None
 
 
 class _Cursor:
@@ -148,7 +148,8 @@ def read(path: str | Path, file_size: int | None = None) -> GgufFile:
         n_tensors, n_kv = cur.unpack("<Q", "tensor count"), cur.unpack("<Q", "kv count")
         # a kv pair takes >= 13 bytes (key length, type, 1-byte value); a tensor info >= 28.
         if n_kv * 13 > size or n_tensors * 28 > size:
-            raise UnusableInput(f"GGUF header claims {n_tensors} tensors and {n_kv} kv pairs: implausible for a {size}-byte file", path)
+            raise UnusableInput(f"GGUF header claims {n_tensors} tensors and {n_kv} kv pairs: implausible for a "
+                                f"{size}-byte file", path)
         kv: dict[str, Any] = {}
         for i in range(n_kv):
             key = cur.string(f"kv #{i} key")

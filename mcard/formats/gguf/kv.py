@@ -91,9 +91,15 @@ def sentencepiece_pieces(path: Path) -> list[bytes]:
     return pieces
 
 
+def _dict(value: Any) -> dict[str, Any]:
+    """``value`` if it is a JSON object, else an empty one (a config that says nothing)."""
+    return value if isinstance(value, dict) else {}
+
+
 def size_label(n_params: int) -> str:
     """gguf-py's ``model_weight_count_rounded_notation`` (two significant digits at least)."""
-    for limit, scale, suffix in ((1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M"), (0, 1e-3, "K")):
+    for limit, scale, suffix in (  # noqa: B007 - the matching suffix is used after the loop
+        (1e12, 1e-12, "T"), (1e9, 1e-9, "B"), (1e6, 1e-6, "M"), (0, 1e-3, "K")):
         if n_params > limit:
             scaled = n_params * scale
             break
@@ -170,7 +176,7 @@ def bpe_kv_range(model_dir: Path, shape: ModelShape) -> tuple[int, int, int] | N
     if not path.is_file():
         return None
     doc = load_json_object(path)
-    model = doc.get("model") if isinstance(doc.get("model"), dict) else {}
+    model = _dict(doc.get("model"))
     vocab = model.get("vocab") if isinstance(model.get("vocab"), dict) else None
     if model.get("type") != "BPE" or vocab is None:
         return None
@@ -180,7 +186,8 @@ def bpe_kv_range(model_dir: Path, shape: ModelShape) -> tuple[int, int, int] | N
             texts[added["id"]] = added["content"]
     n = shape.vocab_size
     tokens = sum(8 + len(texts[i].encode()) if i in texts else 8 + len(f"[PAD{i}]") for i in range(n))
-    merges = model.get("merges") if isinstance(model.get("merges"), list) else []
+    merges = model.get("merges")
+    merges = merges if isinstance(merges, list) else []
     merge_bytes = sum(8 + len((m if isinstance(m, str) else " ".join(map(str, m))).encode())
                       for m in merges if isinstance(m, (str, list)))
     tok_cfg_path = Path(model_dir) / "tokenizer_config.json"

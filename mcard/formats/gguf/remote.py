@@ -36,7 +36,7 @@ def fetch_header(mirror: Any, rf: Any, head: bytes, scratch: Path) -> None:
                     break  # the whole file is here: validate reports what is wrong with it
                 if len(data) >= PREFIX_MAX:
                     raise UnusableInput(f"GGUF header does not parse within its first {PREFIX_MAX >> 20} MiB; "
-                                        "too large to validate remotely (fetch it and validate locally)", rf.path)
+                                        "too large to validate remotely (fetch it and validate locally)", rf.path) from None
                 data += mirror.reader.get(rf, len(data), min(rf.size, 2 * len(data)))
     finally:
         probe.unlink(missing_ok=True)

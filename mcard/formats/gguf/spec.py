@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from ..spec import CardSpec, FormatSpec, INT4_KERNEL_TOLERANCE
+from ..spec import INT4_KERNEL_TOLERANCE, CardSpec, FormatSpec
 from .remote import PREFIX_START
 
 if TYPE_CHECKING:
@@ -28,8 +28,9 @@ class GgufSpec(FormatSpec):
     files_are_variants = True
     required_keys = ("file", "type")
     file_kinds = ("gguf",)
-    remote_heads = ((".gguf", PREFIX_START),)  # a GGUF header holds the vocabulary: read 1 MiB first
-    kernel_tolerance = INT4_KERNEL_TOLERANCE
+    # a GGUF header holds the vocabulary: read 1 MiB first
+    remote_heads: ClassVar[tuple[tuple[str, int], ...]] = ((".gguf", PREFIX_START),)
+    kernel_tolerance: ClassVar[float | None] = INT4_KERNEL_TOLERANCE
 
     def dequantize(self, variant: Variant, name: str) -> Any:
         return self.module.dequantize(variant, name)
@@ -76,12 +77,12 @@ def _mix_types(architecture: str | None, qtype: str) -> frozenset[str]:
     import json
 
     from ...core.arch import ModelShape
-    from .. import kquant as kq
+    from .. import ggml_types as gt
     from . import expected_types
 
-    ftype = kq.canonical_ftype(qtype)
+    ftype = gt.canonical_ftype(qtype)
     if architecture is None:
-        return frozenset({kq.FTYPES[ftype][1]})
+        return frozenset({gt.FTYPES[ftype][1]})
     return frozenset(expected_types(ModelShape.from_config(json.loads(architecture)), ftype).values())
 
 

@@ -157,15 +157,15 @@ _MAX_SIZE = re.compile(r"\s*(\d+)\s*([MG])\s*")
 def valid_max_size(text: object) -> bool:
     """Whether ``text`` is a ``--split-max-size`` gguf-split reads (see :func:`parse_max_size`)."""
     m = _MAX_SIZE.fullmatch(str(text))
-    return bool(m) and int(m[1]) > 0  # type: ignore[index]
+    return m is not None and int(m[1]) > 0
 
 
 def parse_max_size(text: str) -> int:
     """``--split-max-size``: ``N`` followed by ``M`` (10^6 bytes) or ``G`` (10^9), as gguf-split reads it."""
-    if not valid_max_size(text):
-        raise UnusableInput(f"split size {text!r}: give {MAX_SIZE_EXPECTED}")
     m = _MAX_SIZE.fullmatch(str(text))
-    return int(m[1]) * (1000**2 if m[2] == "M" else 1000**3)  # type: ignore[index]
+    if m is None or not valid_max_size(text):
+        raise UnusableInput(f"split size {text!r}: give {MAX_SIZE_EXPECTED}")
+    return int(m[1]) * (1000**2 if m[2] == "M" else 1000**3)
 
 
 def _pad(n: int, align: int = ALIGNMENT) -> int:
@@ -184,7 +184,8 @@ def plan(tensor_bytes: list[int], max_bytes: int | None = None, max_tensors: int
         if max_bytes is not None:
             split = current + padded > max_bytes
         else:
-            split = 0 < i < n and i % max_tensors == 0  # type: ignore[operator]
+            assert max_tensors is not None  # exactly one of the two, checked above
+            split = 0 < i < n and i % max_tensors == 0
         if split:
             if not shards[-1]:
                 raise UnusableInput(f"a tensor of {nbytes} bytes is larger than the split size {max_bytes}")

@@ -23,9 +23,9 @@ from ...core.report import Report, Runtime
 from ...core.size import SizeEstimate
 from ...core.variant import Variant
 from .. import common as _common, params as _params
+from ..packing import MARLIN_GROUPS, groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
 from . import config as _gptq_config
 from .config import read_quant_config
-from ..packing import MARLIN_GROUPS, groups_of, pack_cols, pack_rows, unpack_cols, unpack_rows, valid_group_size
 
 NAME = "gptq"
 SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx", ".bias")

@@ -18,8 +18,8 @@ from ...core.arch import ModelShape
 from ...core.report import Report
 from ...core.variant import Variant
 from .. import common as _common, gptq
-from .config import V1, V2, VALID_BITS, params_ok, read_quant_config
 from ..packing import groups_of, pack_cols, period, unpack_cols
+from .config import V1, V2, VALID_BITS, params_ok, read_quant_config
 
 _PARAM_KEYS = ("bits", "group_size", "desc_act", "sym", "checkpoint_format", "damp_percent")
 
@@ -71,7 +71,7 @@ def _effective(variant: Variant, report: Report, lins: list[_Lin], params: dict[
     if not params_ok(params):
         return top
     bits, gs = int(params["bits"]), int(params["group_size"])
-    bad = [lin for lin in lins if implied[lin.name] is not None and not _consistent(lin, bits, gs, implied[lin.name])]
+    bad = [lin for lin in lins if (imp := implied[lin.name]) is not None and not _consistent(lin, bits, gs, imp)]
     if top is None or len(bad) * 2 <= len(lins):
         return bits, gs
     first = bad[0]
@@ -114,7 +114,8 @@ def _check_zeros(stored: np.ndarray, bits: int, sym: bool, fmt: str) -> tuple[st
         if not np.all(true == mid):
             vals = sorted({int(v) for v in np.unique(stored)[:4]})
             hint = " (these are v2 zero points under a v1 checkpoint_format)" if fmt == V1 and np.all(stored == mid) else ""
-            return "sym-zeros", f"sym is true but stored zeros {vals} are not the symmetric {mid}{' - 1' if fmt == V1 else ''}{hint}"
+            symmetric = f"{mid}{' - 1' if fmt == V1 else ''}"
+            return "sym-zeros", f"sym is true but stored zeros {vals} are not the symmetric {symmetric}{hint}"
         return None
     if fmt == V1 and np.any(stored == maxq):
         count = int(np.count_nonzero(stored == maxq))

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from cupy_kernels import limits as kernel_limits  # no CuPy import
 
 from ...core.variant import Variant
@@ -27,8 +28,8 @@ def layer(variant: Variant, name: str) -> Layer:
     def ref_w(dev: str) -> Any:
         from ...smoke import reference as r
 
-        return r.gptq_dequantize(*(r._t(a, dev) for a in (lin.qweight, lin.qzeros, lin.scales, lin.g_idx)),
-                                 lin.bits, lin.checkpoint_format)
+        qweight, qzeros, scales, g_idx = (r._t(a, dev) for a in (lin.qweight, lin.qzeros, lin.scales, lin.g_idx))
+        return r.gptq_dequantize(qweight, qzeros, scales, g_idx, lin.bits, lin.checkpoint_format)
 
     kernel = None
     note = kernel_limits.why_not_gptq(lin.bits, lin.out_features, lin.in_features)

@@ -68,7 +68,8 @@ def predict_size(shape: ModelShape, dtype: str = "F16", **_: Any) -> SizeEstimat
         )
         parts[kind] += n
         tensors.append((name, dtype, n))
-    total = _common.predicted_file_bytes({n: (dtype, s) for n, (_d, s) in expected_tensors(shape, dtype).items()}, {"format": "pt"})
+    layout = {n: (dtype, s) for n, (_d, s) in expected_tensors(shape, dtype).items()}
+    total = _common.predicted_file_bytes(layout, {"format": "pt"})
     parts["header"] = total - sum(parts.values())
     return SizeEstimate(NAME, {"dtype": dtype}, total, parts, tensors)
 

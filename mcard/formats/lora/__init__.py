@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
-from ...core.arch import ModelShape
 from ...core import untrusted
+from ...core.arch import ModelShape
 from ...core.errors import UnusableInput
 from ...core.report import Report, Runtime, Severity
 from ...core.size import SizeEstimate
@@ -194,7 +194,8 @@ def _check_config(cfg: dict[str, Any], report: Report) -> bool:
         bad("modules_to_save", "modules_to_save must be a list of module names")
         ok = False
     if not isinstance(cfg.get("base_model_name_or_path"), str) or not cfg.get("base_model_name_or_path"):
-        report.warning("no-base-model", CONFIG_NAME, "base_model_name_or_path", "no base model named: users cannot tell what to load it on")
+        report.warning("no-base-model", CONFIG_NAME, "base_model_name_or_path",
+                       "no base model named: users cannot tell what to load it on")
     return ok
 
 
@@ -376,7 +377,7 @@ def write_variant(folder: str | Path, config: dict[str, Any], r: int = 64, lora_
     for lin in _targeted(shape, tm):
         tensors[PREFIX + lin.name + A_SUFFIX] = _common.rng_normal(rng, (r, lin.in_features)).astype(np_dtype)
         tensors[PREFIX + lin.name + B_SUFFIX] = _common.rng_normal(rng, (lin.out_features, r)).astype(np_dtype)
-    adapter_cfg = {
+    adapter_cfg: dict[str, Any] = {
         "alpha_pattern": {}, "auto_mapping": None, "base_model_name_or_path": base_model, "bias": "none",
         "fan_in_fan_out": False, "inference_mode": True, "init_lora_weights": True, "layers_pattern": None,
         "layers_to_transform": None, "lora_alpha": lora_alpha, "lora_dropout": 0.05, "modules_to_save": None,

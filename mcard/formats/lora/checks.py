@@ -12,9 +12,26 @@ from ...core.safetensors_io import DTYPE_BYTES
 from ...core.variant import Variant
 from .. import common as _common
 from . import (
-    _BYTES, A_SUFFIX, B_SUFFIX, BASE_CONFIG_NAMES, BASE_LAYER_SUFFIX, CONFIG_NAME, EMB_A_SUFFIX, EMB_B_SUFFIX,
-    EXTRA_SUFFIXES, NAME, PREFIX, SAFETENSORS_METADATA, WEIGHTS_NAME, _adapter_config, _base_shape,
-    _check_config, adapted_modules, expected_tensors, rank_of, runtimes,
+    _BYTES,
+    A_SUFFIX,
+    B_SUFFIX,
+    BASE_CONFIG_NAMES,
+    BASE_LAYER_SUFFIX,
+    CONFIG_NAME,
+    EMB_A_SUFFIX,
+    EMB_B_SUFFIX,
+    EXTRA_SUFFIXES,
+    NAME,
+    PREFIX,
+    SAFETENSORS_METADATA,
+    WEIGHTS_NAME,
+    _adapter_config,
+    _base_shape,
+    _check_config,
+    adapted_modules,
+    expected_tensors,
+    rank_of,
+    runtimes,
 )
 
 
@@ -95,12 +112,13 @@ def _check_pair(variant: Variant, report: Report, cfg: dict[str, Any], module: s
     a_name = PREFIX + module + (EMB_A_SUFFIX if emb else A_SUFFIX)
     b_name = PREFIX + module + (EMB_B_SUFFIX if emb else B_SUFFIX)
     found = [variant.tensors.get(a_name), variant.tensors.get(b_name)]
-    for name, got in zip((a_name, b_name), found):
+    for name, got in zip((a_name, b_name), found, strict=True):
         if got is None:
             report.error("missing-tensor", "", name, "the other half of this LoRA pair is present, this one is missing")
-    if None in found:
+    found_a, found_b = found
+    if found_a is None or found_b is None:
         return
-    (rel_a, a), (rel_b, b) = found  # type: ignore[misc]
+    (rel_a, a), (rel_b, b) = found_a, found_b
     r = rank_of(cfg, module)
     if len(a.shape) != 2 or len(b.shape) != 2:
         report.error("wrong-shape", rel_a, a_name, f"LoRA factors must be 2-D, got {list(a.shape)} and {list(b.shape)}")
@@ -130,18 +148,21 @@ def _check_layer_coverage(variant: Variant, report: Report) -> None:
     top = max(per_layer)
     layers: Any = range(top + 1)
     if top >= MAX_LAYERS:  # a hostile index: check the layers present, not every number below it
-        report.error("unexpected-tensor", "", f"layer {top}", f"layer index {top} is beyond any model ({MAX_LAYERS} layers at most)")
+        report.error("unexpected-tensor", "", f"layer {top}",
+                     f"layer index {top} is beyond any model ({MAX_LAYERS} layers at most)")
         layers = sorted(per_layer)
     for layer in layers:
         missing = sorted(union - per_layer.get(layer, set()))
         if missing:
-            report.error("missing-tensor", "", f"layer {layer}", f"no LoRA weights for {', '.join(missing)} (other layers have them)")
+            report.error("missing-tensor", "", f"layer {layer}",
+                         f"no LoRA weights for {', '.join(missing)} (other layers have them)")
 
 
 def _check_modules_to_save_present(variant: Variant, report: Report, cfg: dict[str, Any]) -> None:
     for module in cfg.get("modules_to_save") or []:
         if not any(n.startswith(PREFIX) and n.endswith(f"{module}.weight") and ".lora_" not in n for n in variant.tensors):
-            report.error("missing-tensor", "", f"modules_to_save: {module}", f"{module} is listed in modules_to_save but not saved")
+            report.error("missing-tensor", "", f"modules_to_save: {module}",
+                         f"{module} is listed in modules_to_save but not saved")
 
 
 def _check_pickle_only(variant: Variant, report: Report) -> None:

@@ -78,8 +78,8 @@ def scan(path: Path) -> tuple[str, list[str], int]:
 def _directory_size(path: Path) -> int:
     """The central directory size the zip's end record (zip64 too) claims, before zipfile reads it."""
     with path.open("rb") as fh:
-        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined] - the parser zipfile itself uses
-    return int(end[zipfile._ECD_SIZE]) if end else 0  # type: ignore[attr-defined]
+        end = zipfile._EndRecData(fh)  # type: ignore[attr-defined]  # private: the parser zipfile itself uses
+    return int(end[zipfile._ECD_SIZE]) if end else 0  # type: ignore[attr-defined]  # private, as above
 
 
 def _globals(data: bytes) -> list[str]:

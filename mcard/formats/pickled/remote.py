@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pickletools
 import zipfile
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 from ...core.errors import UnusableInput
 from . import MAX_PICKLE_BYTES, MAX_ZIP_DIRECTORY
@@ -19,9 +19,10 @@ def fetch_scanned(mirror: Any, rf: Any, head: bytes) -> None:
     try:
         if zipfile.is_zipfile(f):
             f.seek(0)
-            end = zipfile._EndRecData(f)  # type: ignore[attr-defined] - zipfile's own end-record parser
-            if end and end[zipfile._ECD_SIZE] > MAX_ZIP_DIRECTORY:  # type: ignore[attr-defined]
-                raise UnusableInput(f"the zip end record claims a {end[zipfile._ECD_SIZE]}-byte central "  # type: ignore[attr-defined]
+            end = zipfile._EndRecData(f)  # type: ignore[attr-defined]  # private: zipfile's own end-record parser
+            claimed = end[zipfile._ECD_SIZE] if end else 0  # type: ignore[attr-defined]  # private, as above
+            if claimed > MAX_ZIP_DIRECTORY:
+                raise UnusableInput(f"the zip end record claims a {claimed}-byte central "
                                     f"directory (limit {MAX_ZIP_DIRECTORY}); refused", rf.path)
             with zipfile.ZipFile(f) as zf:
                 pkl = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
@@ -30,7 +31,7 @@ def fetch_scanned(mirror: Any, rf: Any, head: bytes) -> None:
         else:
             bare = LazyRemoteFile(mirror, rf, head, limit=MAX_PICKLE_BYTES)
             try:
-                for op, _arg, _pos in pickletools.genops(bare):
+                for op, _arg, _pos in pickletools.genops(cast(BinaryIO, bare)):  # a read-only binary file
                     if op.name == "STOP":
                         break
             except Exception:  # noqa: BLE001 - a truncated or legacy stream: scan says what it sees
