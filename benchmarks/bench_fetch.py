@@ -11,7 +11,7 @@ What it does:
    reports the medians and their ratio. Both run as subprocesses with the
    same worker count (8) and print nothing.
 3. Resume: runs ``mcard fetch`` through the Range-capable fault proxy
-   (tests/faultproxy.py), kills it (SIGKILL) once about half the bytes have
+   (tests/tools/faultproxy.py), kills it (SIGKILL) once about half the bytes have
    arrived, runs it again and counts the bytes the proxy sends in the second
    run that had already arrived in the first (goal: < 1 %). The same is done
    for ``hf download`` for comparison.
@@ -38,7 +38,7 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
 from faultproxy import FaultProxy, Faults
 

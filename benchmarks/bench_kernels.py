@@ -9,8 +9,8 @@ copy bandwidth, and the speedup over torch's fp16 matmul on the dense weight.
 
 Usage: ``python benchmarks/bench_kernels.py [--runs 50] [--quick] [--shapes KxN,..]
 [--batches 1,16]``; needs CuPy, a CUDA device and (for the fp16 baseline) torch
-with CUDA. tests/test_bench_kernels.py runs it end to end at a tiny shape on the
-host CUDA runtime (tests/cudahost), so the script itself is checked on every CI
+with CUDA. tests/smoke/test_bench_kernels.py runs it end to end at a tiny shape on the
+host CUDA runtime (tests/tools/cudahost), so the script itself is checked on every CI
 run; its timings there mean nothing.
 """
 

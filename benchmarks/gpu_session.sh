@@ -30,7 +30,7 @@ case $sass in
     2) echo "SASS budget not measured here (needs nvcc and pip install -e '.[dev]')" ;;
     *) echo "SASS budget: OVER (sass.json)"; status=1 ;;
 esac
-"$PY" -m pytest -q -m gpu -p no:cacheprovider tests/test_kernels.py 2>&1 | tee gpu_tests.txt || status=1
+"$PY" -m pytest -q -m gpu -p no:cacheprovider tests/smoke/test_kernels.py 2>&1 | tee gpu_tests.txt || status=1
 "$PY" benchmarks/bench_kernels.py "$@" || status=1
 if [ -n "${OUT:-}" ]; then cp gpu_tests.txt benchmarks/RESULTS.md sass.json "$OUT/" 2>/dev/null || true; fi
 exit $status

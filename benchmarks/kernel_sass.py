@@ -7,7 +7,7 @@ last two from PyPI). ``--json`` prints one object per kernel and architecture
 ``instr_per_weight``, ``hmma``, ``registers``, ``spills``) and writes nothing; otherwise
 the table and the method go to ``--out``. Exit 1 when a batch-1 kernel is over the
 budget on sm_90 or a kernel has no HMMA, 2 when a tool is missing. The method and its
-limits: ``cupy_kernels/_sass.py``; ``tests/test_kernels_sass.py`` enforces the budget.
+limits: ``cupy_kernels/_sass.py``; ``tests/smoke/test_kernels_sass.py`` enforces the budget.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def markdown(rows: list[_sass.KernelSass], nvcc_version: str, tool_version: str)
         "thread-instructions of issue: a batch-1 kernel can stay at the memory roofline only below about 3.5 SASS "
         "instructions per weight (about 5 on an H100), less to leave issue slots for latency hiding. The batch-1 "
         f"kernels (`{'`, `'.join(_sass.BATCH1)}`, batch 1..8) must stay at or below **{_sass.BUDGET}** on sm_90 "
-        "(`tests/test_kernels_sass.py`); every kernel must use the tensor cores (HMMA).",
+        "(`tests/smoke/test_kernels_sass.py`); every kernel must use the tensor cores (HMMA).",
         "",
         "**Method.** The hot loop is the longest range closed by a backward `BRA` with no other control flow "
         "inside (so its static count is its dynamic count; `loop_start`..`loop_end` are the offsets "

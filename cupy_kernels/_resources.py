@@ -1,6 +1,6 @@
 """What ptxas says each kernel uses (registers, shared memory, stack, spills) and the occupancy that allows.
 
-Read by ``tests/test_kernels_compile.py`` (no kernel may spill or use a stack
+Read by ``tests/smoke/test_kernels_compile.py`` (no kernel may spill or use a stack
 frame) and ``benchmarks/kernel_resources.py`` (the table in
 ``benchmarks/RESULTS_resources.md``). Needs ``nvcc``; no GPU.
 

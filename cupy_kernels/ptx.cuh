@@ -1,9 +1,9 @@
 // One thin wrapper per PTX instruction the int4 kernels use, each with a CUDA body
-// (inline PTX, exactly one instruction) and a host body for tests/cudahost, which
+// (inline PTX, exactly one instruction) and a host body for tests/tools/cudahost, which
 // compiles this file with g++ and defines __CUDAHOST__. Nothing else in the kernels
 // is compiled differently for the host. The host bodies of the warp-collective
 // instructions (mma.sync, ldmatrix) and of cp.async live in the host runtime
-// (cch:: in tests/cudahost/runtime.h), which also checks how they are used;
+// (cch:: in tests/tools/cudahost/runtime.h), which also checks how they are used;
 // the bit-level ones (lop3, prmt) are written out here, from the PTX ISA.
 #pragma once
 

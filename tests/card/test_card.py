@@ -1,7 +1,7 @@
 """Rendering cards from the registry and checking cards against it.
 
-Golden cards live in tests/golden/NAME.md, one per registry/NAME.toml; regenerate
-them with ``MCARD_UPDATE_GOLDEN=1 pytest tests/test_card.py``.
+Golden cards live in tests/card/golden/NAME.md, one per registry/NAME.toml; regenerate
+them with ``MCARD_UPDATE_GOLDEN=1 pytest tests/card/test_card.py``.
 """
 
 from __future__ import annotations
@@ -9,36 +9,20 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import REGISTRY, cli_process, run_cli
 from mcard.card.check import check_card, markdown_tables
 from mcard.card.render import render_card
 from mcard.card.rows import size_cell
 from mcard.core.arch import tiny_config
 from mcard.core.errors import UnusableInput
 
-ROOT = Path(__file__).resolve().parents[1]
-REGISTRY = ROOT / "registry"
 GOLDEN = Path(__file__).resolve().parent / "golden"
 EXAMPLES = REGISTRY / "examples"  # commented examples: rendered and checked, never planned or published
 ENTRIES = sorted(REGISTRY.glob("*.toml")) + sorted(EXAMPLES.glob("*.toml"))
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mcard.cli", *args], capture_output=True, text=True, cwd=ROOT)
-
-
-def run(*args: str):
-    """The CLI in-process (fast); returns click's Result with exit_code, stdout, stderr."""
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
-    return CliRunner().invoke(app, list(args))
 
 
 def needs(module: str, attr: str):
@@ -85,8 +69,8 @@ def test_render_is_deterministic(tmp_path: Path) -> None:
     first, second = render_card(entry), render_card(entry)
     assert first == second
     out1, out2 = tmp_path / "a.md", tmp_path / "b.md"
-    assert cli("card", "render", str(entry), "-o", str(out1)).returncode == 0
-    assert run("card", "render", str(entry), "-o", str(out2)).exit_code == 0
+    assert cli_process("card", "render", str(entry), "-o", str(out1)).returncode == 0
+    assert run_cli("card", "render", str(entry), "-o", str(out2)).exit_code == 0
     assert out1.read_bytes() == out2.read_bytes() == first.encode("utf-8")
 
 
@@ -224,7 +208,7 @@ def test_sandbox_refuses_unsafe_template(tmp_path: Path) -> None:
     entry = tiny_entry(tmp_path, GPTQ_VARIANTS)
     evil = tmp_path / "evil.md.j2"
     evil.write_text("{{ model.__class__.__mro__[1].__subclasses__() }}\n")
-    proc = cli("card", "render", str(entry), "--template", str(evil))
+    proc = cli_process("card", "render", str(entry), "--template", str(evil))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
@@ -314,7 +298,7 @@ def _edited(tmp_path: Path, text: str, old: str, new: str, count: int = 1) -> Pa
 def test_check_catches_a_changed_size(tmp_path: Path, rendered: dict[str, str]) -> None:
     text = rendered["llama-2-13b-chat-gptq"]
     card = _edited(tmp_path, text, "| 8.00 GB |", "| 8.20 GB |")
-    proc = run("card", "check", str(card), "--registry", str(REGISTRY / "llama-2-13b-chat-gptq.toml"), "--json")
+    proc = run_cli("card", "check", str(card), "--registry", str(REGISTRY / "llama-2-13b-chat-gptq.toml"), "--json")
     assert proc.exit_code == 1
     doc = json.loads(proc.stdout)
     assert doc["ok"] is False and doc["format"] == "card"
@@ -347,7 +331,7 @@ def test_check_catches_a_broken_model_index(tmp_path: Path, rendered: dict[str, 
                    "    - value: 9.23875904083252")
     report = check_card(card, entry)
     assert "model-index" in report.codes()
-    proc = run("card", "check", str(card))
+    proc = run_cli("card", "check", str(card))
     assert proc.exit_code == 1 and "model-index" in proc.stdout
 
 
@@ -363,13 +347,13 @@ def test_check_without_registry_requires_metadata(tmp_path: Path, rendered: dict
 def test_check_exit_codes(tmp_path: Path, rendered: dict[str, str]) -> None:
     card = tmp_path / "README.md"
     card.write_text(rendered["qlora-instruct"], encoding="utf-8")
-    ok = run("card", "check", str(card), "--registry", str(REGISTRY / "qlora-instruct.toml"))
+    ok = run_cli("card", "check", str(card), "--registry", str(REGISTRY / "qlora-instruct.toml"))
     assert ok.exit_code == 0, ok.stdout
-    missing = cli("card", "check", str(tmp_path / "nope.md"))
+    missing = cli_process("card", "check", str(tmp_path / "nope.md"))
     assert missing.returncode == 2 and missing.stderr.startswith("mcard: ") and "Traceback" not in missing.stderr
     bad_entry = tmp_path / "bad.toml"
     bad_entry.write_text("[model\n")
-    bad = run("card", "check", str(card), "--registry", str(bad_entry))
+    bad = run_cli("card", "check", str(card), "--registry", str(bad_entry))
     assert bad.exit_code == 2 and re.search(r"bad\.toml:1:\d+: TOML syntax error", bad.stderr)
 
 

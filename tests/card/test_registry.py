@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers import REGISTRY, cli_process
 from mcard.card import prompts
 from mcard.card.evals import load_lm_eval
 from mcard.core.errors import UnusableInput
 from mcard.registry.entry import load_entry
 from mcard.registry.schema import parse_size
-
-ROOT = Path(__file__).resolve().parents[1]
-REGISTRY = ROOT / "registry"
 
 MINIMAL = """\
 [model]
@@ -46,10 +42,6 @@ def write(tmp_path: Path, text: str, name: str = "entry.toml") -> Path:
     path = tmp_path / name
     path.write_text(text, encoding="utf-8")
     return path
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mcard.cli", *args], capture_output=True, text=True, cwd=ROOT)
 
 
 # -- shipped entries -------------------------------------------------------------------------
@@ -171,7 +163,7 @@ def test_variant_key_must_be_unique_and_evals_name_real_variants(tmp_path: Path)
 def test_cli_schema_errors_exit_2_one_line(tmp_path: Path, args_fn, needle: str) -> None:
     path = tmp_path / "entry.toml"
     args_fn(path)
-    proc = cli("card", "render", str(path))
+    proc = cli_process("card", "render", str(path))
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
@@ -183,7 +175,7 @@ def test_cli_toml_syntax_error_reports_line_col(tmp_path: Path) -> None:
     text = MINIMAL.replace("bits = 4", "bits = 4 4")
     line = text.splitlines().index("bits = 4 4") + 1
     path = write(tmp_path, text)
-    proc = cli("card", "render", str(path))
+    proc = cli_process("card", "render", str(path))
     assert proc.returncode == 2
     assert f"{path}:{line}:10: " in proc.stderr  # the stray "4" at column 10
     assert "TOML syntax error" in proc.stderr

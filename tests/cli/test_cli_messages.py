@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import REGISTRY
 from mcard.cli import app
 from mcard.cli.errors import run_app
 from mcard.core.arch import tiny_config
@@ -208,7 +209,7 @@ def test_card_check_prints_only_mcard_output_and_names_missing_values(capsys, tm
 
     card = tmp_path / "README.md"
     card.write_text("# a card\n\nno front matter\n")
-    registry = Path(__file__).resolve().parent.parent / "registry" / "llama-2-13b-chat-gptq.toml"
+    registry = REGISTRY / "llama-2-13b-chat-gptq.toml"
     logged = io.StringIO()
     logging.getLogger("huggingface_hub").addHandler(handler := logging.StreamHandler(logged))
     try:

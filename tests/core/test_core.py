@@ -5,32 +5,25 @@ from __future__ import annotations
 import json
 import struct
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import cli_process, run_cli
 from mcard.core.safetensors_io import write
 from mcard.formats import hf
 
 
 def run_validate(path: Path, *extra: str) -> subprocess.CompletedProcess:
     """``python -m mcard.cli validate PATH`` in a fresh process (exit codes, stderr, no traceback)."""
-    return subprocess.run(
-        [sys.executable, "-m", "mcard.cli", "validate", str(path), *extra],
-        capture_output=True, text=True, timeout=60,
-    )
+    return cli_process("validate", path, *extra, timeout=60)
 
 
 def cli_json(path: Path) -> tuple[int, dict]:
     """``validate --json`` through the same typer app, in-process (keeps the suite fast on busy CI)."""
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
-    result = CliRunner().invoke(app, ["validate", str(path), "--json"])
+    result = run_cli("validate", path, "--json")
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return result.exit_code, json.loads(result.stdout)
 

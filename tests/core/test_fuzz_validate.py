@@ -1,12 +1,12 @@
 """Fuzzing ``validate`` and ``dequantize``: mutated real files never crash, memory stays bounded.
 
-The property test mutates builder-written variants (tests/fuzzkit.py) and
+The property test mutates builder-written variants (tests/tools/fuzzkit.py) and
 requires that ``api.inspect`` / ``api.dequantize`` either succeed or raise a
 :class:`McardError` (what the CLI prints as one line). The CI profile is
 derandomized with no example database; ``HYPOTHESIS_PROFILE=long`` runs more::
 
-    HYPOTHESIS_PROFILE=long python -m pytest -q tests/test_fuzz_validate.py
-    python tests/fuzzkit.py --count 20000     # the plain random campaign
+    HYPOTHESIS_PROFILE=long python -m pytest -q tests/core/test_fuzz_validate.py
+    python tests/tools/fuzzkit.py --count 20000     # the plain random campaign
 
 The regression tests below are the minimal inputs of crashes the campaign found.
 """
@@ -69,11 +69,11 @@ def test_mutated_variants_never_crash(seeds, name, rnd):
 
 
 def test_campaign_loop_runs(tmp_path):
-    """The plain random loop (what `python tests/fuzzkit.py` runs) finds nothing on a short run."""
+    """The plain random loop (what `python tests/tools/fuzzkit.py` runs) finds nothing on a short run."""
     assert fuzzkit.campaign(60, seed=7, root=tmp_path) == []
 
 
-# -- the CLI campaigns (tests/fuzzcli.py): an internal error, a traceback or a printed token is a failure -------
+# -- the CLI campaigns (tests/tools/fuzzcli.py): an internal error, a traceback or a printed token is a failure -------
 @pytest.mark.parametrize("kind, count", [("registry", 30), ("card", 20), ("validate", 15), ("listing", 12)])
 def test_cli_campaign_share_finds_no_internal_error(tmp_path, kind, count):
     found: list[str] = []

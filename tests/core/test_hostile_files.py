@@ -17,23 +17,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from mcard.cli import app
+from helpers import ROOT, run_cli_clean
 from mcard.core import untrusted
 from mcard.core.arch import tiny_config
 from mcard.formats import lora
 
-ROOT = Path(__file__).resolve().parent.parent
 VARIANT = '[[variants]]\nformat = "gptq"\nbranch = "main"\nbits = 4\ngroup_size = 128\n'
-
-
-def _cli(*args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args])
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"internal error: {result.exception!r}\n{result.output}") from result.exception
-    assert "internal error" not in result.output and "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
 
 
 def _entry(folder: Path, model_extra: str = "", body: str = VARIANT, name: str = "e.toml") -> Path:
@@ -59,7 +49,7 @@ def test_entry_paths_outside_the_entry_folder_are_refused(tmp_path, model_extra,
     (tmp_path / "reg" / "link.md").parent.mkdir(parents=True)
     (tmp_path / "reg" / "link.md").symlink_to("/etc/passwd")
     entry = _entry(tmp_path / "reg", model_extra, body)
-    code, out = _cli("card", "render", entry)
+    code, out = run_cli_clean("card", "render", entry)
     assert code == 2 and ("resolves outside" in out or "must be a relative path" in out)
     assert "root:" not in out
 
@@ -68,8 +58,8 @@ def test_registry_root_widens_the_allowed_folder(tmp_path):
     (tmp_path / "cards").mkdir()
     (tmp_path / "cards" / "orig.md").write_text("# The original card\n")
     entry = _entry(tmp_path / "registry" / "examples", 'original_card = "../../cards/orig.md"')
-    assert _cli("card", "render", entry)[0] == 2
-    code, out = _cli("card", "render", entry, "--registry-root", tmp_path)
+    assert run_cli_clean("card", "render", entry)[0] == 2
+    code, out = run_cli_clean("card", "render", entry, "--registry-root", tmp_path)
     assert code == 0 and "The original card" in out
 
 
@@ -82,14 +72,14 @@ def test_registry_root_widens_the_allowed_folder(tmp_path):
 ], ids=["branch", "file-shell", "file-dotdot"])
 def test_registry_names_that_break_hub_rules_are_refused(tmp_path, body, key):
     entry = _entry(tmp_path, "", body)
-    code, out = _cli("plan", entry)
+    code, out = run_cli_clean("plan", entry)
     assert code == 2 and key in out and "touch" not in out.split(key)[0]
 
 
 def test_registry_repo_id_is_checked(tmp_path):
     entry = tmp_path / "e.toml"
     entry.write_text('[model]\nrepo = "org/x\\"; echo pwned"\nname = "T"\nlicense = "mit"\n' + VARIANT)
-    code, out = _cli("plan", entry)
+    code, out = run_cli_clean("plan", entry)
     assert code == 2 and "model.repo" in out
 
 
@@ -107,18 +97,18 @@ def test_fifo_and_devices_are_refused_before_reading(tmp_path):
     os.mkfifo(tmp_path / "cfg.json")
     os.mkfifo(tmp_path / "eval.json")
     started = time.monotonic()
-    code, out = _cli("card", "render", _entry(tmp_path, "", _arch("cfg.json")))
+    code, out = run_cli_clean("card", "render", _entry(tmp_path, "", _arch("cfg.json")))
     assert code == 2 and "a FIFO" in out
-    code, out = _cli("card", "render", _entry(tmp_path, "", VARIANT + '\n[[evaluations]]\npath = "eval.json"\n'))
+    code, out = run_cli_clean("card", "render", _entry(tmp_path, "", VARIANT + '\n[[evaluations]]\npath = "eval.json"\n'))
     assert code == 2 and "a FIFO" in out
     (tmp_path / "zero.json").symlink_to("/dev/zero")
-    code, out = _cli("card", "render", _entry(tmp_path, "", _arch("zero.json")), "--registry-root", "/")
+    code, out = run_cli_clean("card", "render", _entry(tmp_path, "", _arch("zero.json")), "--registry-root", "/")
     assert code == 2 and "a device" in out
     os.mkfifo(tmp_path / "fifo.toml")
-    code, out = _cli("card", "render", tmp_path / "fifo.toml")
+    code, out = run_cli_clean("card", "render", tmp_path / "fifo.toml")
     assert code == 2 and "a FIFO" in out
     for config in ("/dev/zero", tmp_path / "cfg.json"):
-        code, out = _cli("size", config, "-f", "gguf", "-t", "Q4_0")
+        code, out = run_cli_clean("size", config, "-f", "gguf", "-t", "Q4_0")
         assert code == 2 and "only regular files" in out
     assert time.monotonic() - started < 10
 
@@ -129,9 +119,9 @@ def test_eval_file_with_too_many_tasks_or_bytes_is_refused(tmp_path):
     (tmp_path / "evals.json").write_text(json.dumps({"results": results}))
     with open(tmp_path / "huge.json", "wb") as fh:
         fh.truncate(40_000_000)
-    code, out = _cli("card", "render", _entry(tmp_path, "", VARIANT + '\n[[evaluations]]\npath = "evals.json"\n'))
+    code, out = run_cli_clean("card", "render", _entry(tmp_path, "", VARIANT + '\n[[evaluations]]\npath = "evals.json"\n'))
     assert code == 2 and "3000 tasks" in out
-    code, out = _cli("card", "render", _entry(tmp_path, "", VARIANT + '\n[[evaluations]]\npath = "huge.json"\n'))
+    code, out = run_cli_clean("card", "render", _entry(tmp_path, "", VARIANT + '\n[[evaluations]]\npath = "huge.json"\n'))
     assert code == 2 and "more than the 16777216 allowed" in out
 
 
@@ -151,21 +141,21 @@ def _card(tmp_path: Path, front: str) -> Path:
 ], ids=["100k-tags", "3000-tags", "alias-bomb", "deep"])
 def test_card_front_matter_over_the_limits_is_a_finding(tmp_path, front, words):
     started = time.monotonic()
-    code, out = _cli("card", "check", _card(tmp_path, front), "--json")
+    code, out = run_cli_clean("card", "check", _card(tmp_path, front), "--json")
     data = json.loads(out)
     assert code == 1 and any(words in f["message"] for f in data["findings"] if f["code"] == "bad-metadata")
     assert time.monotonic() - started < 10
 
 
 def test_a_date_as_license_prints_json(tmp_path):
-    code, out = _cli("card", "check", _card(tmp_path, "license: 2024-01-01\npipeline_tag: text-generation"), "--json")
+    code, out = run_cli_clean("card", "check", _card(tmp_path, "license: 2024-01-01\npipeline_tag: text-generation"), "--json")
     assert code == 0 and json.loads(out)["params"]["license"] == "2024-01-01"
 
 
 def test_deep_toml_is_one_line(tmp_path):
     entry = tmp_path / "deep.toml"
     entry.write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
-    code, out = _cli("plan", entry)
+    code, out = run_cli_clean("plan", entry)
     assert code == 2 and "nested too deeply" in out
 
 
@@ -180,7 +170,7 @@ def _adapter(tmp_path: Path, **changes: object) -> Path:
 
 def test_catastrophic_target_modules_regex_finishes(tmp_path):
     started = time.monotonic()
-    code, out = _cli("validate", _adapter(tmp_path, target_modules="(.+)+X"), "--json")
+    code, out = run_cli_clean("validate", _adapter(tmp_path, target_modules="(.+)+X"), "--json")
     assert code == 1 and time.monotonic() - started < 10
     assert json.loads(out)["findings"]
 
@@ -195,7 +185,7 @@ def test_regex_matching_has_a_time_limit():
 # -- 11. inputs that ended in internal errors ----------------------------------------------------------------------
 def test_rich_markup_in_names_and_values_is_printed_as_written(tmp_path):
     card = _card(tmp_path, 'license: "[/]"\nbase_model: "[bold]org/x"\npipeline_tag: "[/red]"')
-    code, out = _cli("card", "check", card)
+    code, out = run_cli_clean("card", "check", card)
     assert code in (0, 1) and "[/]" in out and "[/red]" in out
     from mcard.formats import gptq
 
@@ -203,11 +193,11 @@ def test_rich_markup_in_names_and_values_is_printed_as_written(tmp_path):
     cfg = json.loads((tmp_path / "v" / "quantize_config.json").read_text())
     cfg["checkpoint_format"] = "[/]"
     (tmp_path / "v" / "quantize_config.json").write_text(json.dumps(cfg))
-    code, out = _cli("validate", tmp_path / "v")
+    code, out = run_cli_clean("validate", tmp_path / "v")
     assert code in (0, 1) and "[/]" in out
 
 def test_rank_pattern_key_that_is_not_a_regex_is_a_finding(tmp_path):
-    code, out = _cli("validate", _adapter(tmp_path, rank_pattern={"(": 4}), "--json")
+    code, out = run_cli_clean("validate", _adapter(tmp_path, rank_pattern={"(": 4}), "--json")
     found = [f for f in json.loads(out)["findings"] if f["code"] == "bad-adapter-config"]
     assert code == 1 and found and "rank_pattern" in found[0]["where"]
 
@@ -223,14 +213,14 @@ def test_adapter_tensor_with_an_empty_dtype_is_a_finding(tmp_path):
             value["dtype"] = ""
     raw = json.dumps(header).encode()
     path.write_bytes(struct.pack("<Q", len(raw)) + raw + data[8 + n:])
-    code, out = _cli("validate", folder)
+    code, out = run_cli_clean("validate", folder)
     assert code == 1 and "dtype" in out
 
 
 @pytest.mark.parametrize("qtype", ["NVFP4", "", "Q4_K_Z", "IQ2_XS_" * 20])
 def test_unknown_size_types_are_one_line(tmp_path, qtype):
     (tmp_path / "config.json").write_text(json.dumps(tiny_config()))
-    code, out = _cli("size", tmp_path / "config.json", "-f", "gguf", "--type", qtype)
+    code, out = run_cli_clean("size", tmp_path / "config.json", "-f", "gguf", "--type", qtype)
     assert code == 2 and ("GGUF/GGML type" in out or "llama.cpp type" in out)
     assert len(out.strip().splitlines()) == 1
 
@@ -245,7 +235,7 @@ def test_lzma_member_in_a_pickle_zip(tmp_path, corrupt):
         start = data.index(b"archive/data.pkl") + len("archive/data.pkl")
         data[start + 7:start + 15] = b"\xff" * 8  # inside the LZMA stream: "Corrupt input data"
         path.write_bytes(bytes(data))
-    code, out = _cli("validate", tmp_path)
+    code, out = run_cli_clean("validate", tmp_path)
     assert code == 1 and "pickle" in out
 
 
@@ -253,7 +243,7 @@ def test_sync_variant_and_batch_checks_load_entries_with_the_registry_root(tmp_p
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "c.json").write_text(json.dumps(tiny_config()))
     entry = _entry(tmp_path / "registry", "", _arch("../configs/c.json"))
-    code, out = _cli("sync", entry, "--variant", "nope", "--registry-root", tmp_path)
+    code, out = run_cli_clean("sync", entry, "--variant", "nope", "--registry-root", tmp_path)
     assert code == 2 and "no such variant" in out and "main" in out
-    code, out = _cli("sync", entry, "--batch", "7", "--registry-root", tmp_path)
+    code, out = run_cli_clean("sync", entry, "--batch", "7", "--registry-root", tmp_path)
     assert code == 2 and "the plan has jobs 1 to 1" in out

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
+from helpers import cli_process, edit_json, edit_tensors
 from mcard import api
 from mcard.core.size import predict_size
 from mcard.formats import awq, packing as _packing
 
 Q_PROJ = "model.layers.0.self_attn.q_proj"
 DOWN = "model.layers.1.mlp.down_proj"
-
-
-def edit_tensors(folder: Path, fn) -> None:
-    path = folder / awq.WEIGHTS_FILE
-    tensors = dict(load_file(str(path)))
-    fn(tensors)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-
-
-def edit_json(path: Path, fn) -> None:
-    doc = json.loads(path.read_text())
-    fn(doc)
-    path.write_text(json.dumps(doc))
 
 
 def rtn_reference(w: np.ndarray, g: int) -> np.ndarray:
@@ -115,8 +100,7 @@ def test_size_prediction_and_cli(tmp_path, tiny_cfg):
 
 
 def _cli(folder: Path) -> tuple[int, dict]:
-    proc = subprocess.run([sys.executable, "-m", "mcard.cli", "validate", str(folder), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    proc = cli_process("validate", folder, "--json", timeout=60)
     return proc.returncode, json.loads(proc.stdout)
 
 

@@ -8,16 +8,15 @@ names and dicts keyed by them: the if/elif chains and tables the specs replaced.
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
 from mcard import formats
 from mcard.card.render import templates
 from mcard.formats.spec import FormatSpec
 from mcard.registry.schema import VARIANT_SPEC
 
-ROOT = Path(__file__).resolve().parent.parent
 SPECS = formats.specs()
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import cli_process
 from mcard import api
 from mcard.core.arch import ModelShape
 from mcard.core.errors import UnusableInput
@@ -23,8 +22,7 @@ def ggml_cfg(tiny_cfg):
 
 
 def _cli(path: Path) -> tuple[int, str]:
-    proc = subprocess.run([sys.executable, "-m", "mcard.cli", "validate", str(path), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    proc = cli_process("validate", path, "--json", timeout=60)
     return proc.returncode, proc.stderr
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import pytest
 from gguf import GGUFReader, quants
 from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
+from helpers import cli_process
 from mcard import api
 from mcard.core.arch import ModelShape
 from mcard.core.errors import UnusableInput
@@ -24,8 +23,7 @@ LLAMA7B = {"model_type": "llama", "hidden_size": 4096, "intermediate_size": 1100
 
 
 def _cli(path: Path) -> tuple[int, dict | None, str]:
-    proc = subprocess.run([sys.executable, "-m", "mcard.cli", "validate", str(path), "--json"],
-                          capture_output=True, text=True, timeout=60)
+    proc = cli_process("validate", path, "--json", timeout=60)
     try:
         doc = json.loads(proc.stdout) if proc.stdout.strip() else None
     except json.JSONDecodeError:

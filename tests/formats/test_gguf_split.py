@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
+from helpers import FIXTURES
 from mcard.card.rows import measure
 from mcard.core.errors import UnusableInput
 from mcard.formats.gguf import header as _gguf_header, split as _gguf_split
 from mcard.hub.model import RemoteFile
 from mcard.hub.selection import select_files
 
-SHARDS = sorted((Path(__file__).parent / "fixtures" / "llamacpp" / "smol576").glob("*-of-*.gguf"))
+SHARDS = sorted((FIXTURES / "llamacpp" / "smol576").glob("*-of-*.gguf"))
 
 
 def test_names_and_grouping():

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from safetensors.numpy import load_file, save_file
 
+from helpers import edit_json, edit_tensors, weights_file
 from mcard import api
 from mcard.core.size import predict_size
 from mcard.core.variant import Variant
@@ -22,25 +22,6 @@ DOWN = "model.layers.1.mlp.down_proj"
 
 
 # -- helpers -------------------------------------------------------------------------
-def weights_file(folder: Path) -> Path:
-    (path,) = folder.glob("*.safetensors")
-    return path
-
-
-def edit_tensors(folder: Path, fn) -> None:
-    """Load the weights file, let ``fn`` mutate the dict, write it back (format metadata kept)."""
-    path = weights_file(folder)
-    tensors = dict(load_file(str(path)))
-    fn(tensors)
-    save_file(tensors, str(path), metadata={"format": "pt"})
-
-
-def edit_json(path: Path, fn) -> None:
-    doc = json.loads(path.read_text())
-    fn(doc)
-    path.write_text(json.dumps(doc))
-
-
 def codes(doc: dict, severity: str | None = None) -> set[str]:
     return {f["code"] for f in doc["findings"] if severity is None or f["severity"] == severity}
 

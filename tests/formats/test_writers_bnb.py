@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 bnb = pytest.importorskip("bitsandbytes")
 
+from helpers import run_cli
 from mcard import api
 from mcard.core.arch import ModelShape
 from mcard.formats import bnb as bnb_fmt
@@ -74,11 +75,7 @@ def test_bnb_checkpoint_validates_sizes_and_dequantizes(tmp_path, base_dir, case
 
 def test_nf4_size_follows_the_config_dtype(base_dir):
     """mcard size --format nf4 on a float32 model: fp32 embeddings and norms (was F16 whatever the config said)."""
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
-    out = CliRunner().invoke(app, ["size", str(base_dir / "config.json"), "--format", "nf4", "--json"])
+    out = run_cli(*["size", str(base_dir / "config.json"), "--format", "nf4", "--json"])
     assert out.exit_code == 0, out.output
     doc = json.loads(out.output)
     assert doc["params"]["dtype"] == "F32"

@@ -10,18 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
+from helpers import FIXTURES, run_cli
 from mcard import api
-from mcard.cli import app
 from mcard.core.arch import ModelShape
 from mcard.formats import gptq
 
-HERE = Path(__file__).parent / "fixtures" / "gptqmodel"
+HERE = FIXTURES / "gptqmodel"
 FACTS = json.loads((HERE / "gptqmodel.json").read_text())
 
 
@@ -48,11 +46,11 @@ def test_gptqmodel_checkpoint_validates_sizes_and_dequantizes(case):
 def test_size_writer_option():
     folder = HERE / "4bit-g32"
     args = ["size", str(folder / "config.json"), "--format", "gptq", "--bits", "4", "-g", "32", "--json"]
-    auto = json.loads(CliRunner().invoke(app, args).output)
-    model = json.loads(CliRunner().invoke(app, args + ["--writer", "gptqmodel"]).output)
+    auto = json.loads(run_cli(*args).output)
+    model = json.loads(run_cli(*args, "--writer", "gptqmodel").output)
     assert model["total_bytes"] == (folder / "model.safetensors").stat().st_size
     assert auto["params"]["writer"] == "autogptq" and auto["total_bytes"] > model["total_bytes"]
-    bad = CliRunner().invoke(app, args + ["--writer", "exllama"])
+    bad = run_cli(*args, "--writer", "exllama")
     assert bad.exit_code == 2 and "--writer: gptq writer must be autogptq or gptqmodel, not 'exllama'" in bad.output
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import FIXTURES, run_cli
 from mcard import api
 from mcard.core.arch import ModelShape
 from mcard.core.errors import UnusableInput
@@ -25,7 +26,7 @@ from mcard.formats import gguf
 from mcard.formats.gguf import header as _gguf_header, split as _gguf_split
 from mcard.formats.gguf.mix import NoFallback
 
-HERE = Path(__file__).parent / "fixtures" / "llamacpp"
+HERE = FIXTURES / "llamacpp"
 FACTS = json.loads((HERE / "llamacpp.json").read_text())
 DRY_RUN = json.loads(gzip.open(HERE / "dry_run.json.gz", "rt").read())
 FILES = sorted(FACTS["files"])
@@ -127,11 +128,7 @@ def test_split_max_size_predicts_gguf_split_shards():
     assert est.params["shards"] == facts["shards"]
     assert est.total_bytes == sum(facts["shards"])
     # and from the command line, the kv section computed from the tokenizer files beside config.json
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
-    out = CliRunner().invoke(app, ["size", str(HERE / "llama256" / "config.json"), "--format", "gguf", "--type", "F32",
+    out = run_cli(*["size", str(HERE / "llama256" / "config.json"), "--format", "gguf", "--type", "F32",
                                    "--split-max-size", "1M", "--json"])
     assert out.exit_code == 0, out.output
     assert json.loads(out.output)["params"]["shards"] == facts["shards"]

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from typer.testing import CliRunner
 
-from mcard.cli import app
+from helpers import run_cli_clean
 from mcard.core.arch import tiny_config
 from mcard.formats import gptq
 from mcard.testing.hostile_hub import HostileHub, Sparse, Tricks
@@ -74,12 +73,7 @@ def tricks(hub: HostileHub) -> Iterator[Callable[..., None]]:
 
 
 def _cli(hub: HostileHub, *args: str, **env: str) -> tuple[int, str]:
-    result = CliRunner().invoke(app, list(args), env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN,
-                                                       "HF_HUB_OFFLINE": "0", **env})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"internal error: {result.exception!r}\n{result.output}") from result.exception
-    assert "internal error" not in result.output and "Traceback" not in result.output, result.output
-    return result.exit_code, result.output
+    return run_cli_clean(*args, env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": TOKEN, "HF_HUB_OFFLINE": "0", **env})
 
 
 def _sent_token(hub: HostileHub) -> bool:

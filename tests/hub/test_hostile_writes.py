@@ -15,9 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from mcard.cli import app
+from helpers import run_cli_clean
 from mcard.core.arch import tiny_config
 from mcard.formats import gptq
 from mcard.testing.hostile_hub import HostileHub, Sparse
@@ -45,12 +44,7 @@ def hub() -> Iterator[HostileHub]:
 
 
 def _cli(hub: HostileHub, *args: object) -> tuple[int, str]:
-    result = CliRunner().invoke(app, [str(a) for a in args], env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "",
-                                                                  "HF_HUB_OFFLINE": "0"})
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"internal error: {result.exception!r}\n{result.output}") from result.exception
-    assert "internal error" not in result.output, result.output
-    return result.exit_code, result.output
+    return run_cli_clean(*args, env={"HF_ENDPOINT": hub.endpoint, "HF_TOKEN": "", "HF_HUB_OFFLINE": "0"})
 
 
 def _untouched(outside: Path) -> None:

@@ -18,8 +18,8 @@ import pytest
 import typer
 from faultproxy import FaultProxy, Faults
 from rich.console import Console
-from typer.testing import CliRunner
 
+from helpers import run_cli
 from mcard.cli import hub as cli_hub
 from mcard.hub import list_branches
 from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches
@@ -50,8 +50,7 @@ def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 
 
 def _run(args: list[str], endpoint: str, **env: str) -> Any:
-    runner = CliRunner()
-    return runner.invoke(app, args, env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", **env})
+    return run_cli(*args, env={"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "0", **env})
 
 
 def _lines(text: str) -> list[str]:

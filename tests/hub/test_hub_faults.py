@@ -1,5 +1,5 @@
 """Downloads under injected faults: drops, ignored Range, resume across runs, corruption, stalls, 429/5xx,
-hostile listings. The fault proxy (tests/faultproxy.py) sits between mcard and a real olah server."""
+hostile listings. The fault proxy (tests/tools/faultproxy.py) sits between mcard and a real olah server."""
 
 from __future__ import annotations
 

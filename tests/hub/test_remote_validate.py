@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from faultproxy import FaultProxy, Faults
-from typer.testing import CliRunner
 
-from mcard.cli import app
+from helpers import FIXTURES, run_cli
 from mcard.core.arch import tiny_config
 from mcard.core.validate import inspect
 from mcard.core.variant import Variant
@@ -89,7 +88,7 @@ def hub(tmp_path_factory):
 
     shards = tmp / "gguf-shards"  # written by llama.cpp's gguf-split (tests/fixtures/llamacpp)
     shards.mkdir()
-    for p in sorted((Path(__file__).parent / "fixtures" / "llamacpp" / "smol576").glob("*-of-*.gguf")):
+    for p in sorted((FIXTURES / "llamacpp" / "smol576").glob("*-of-*.gguf")):
         (shards / p.name).write_bytes(p.read_bytes())
     add("gguf-shards", shards)
 
@@ -132,13 +131,12 @@ def test_remote_findings_equal_local(hub, branch):
 
 def test_good_gptq_cli_human_and_json(hub):
     server, _local = hub
-    runner = CliRunner()
     env = {"HF_ENDPOINT": server.endpoint, "HF_TOKEN": ""}
     url = f"https://huggingface.co/{REPO}/tree/gptq-4bit-32g-actorder_True"
-    res = runner.invoke(app, ["validate", url], env=env)
+    res = run_cli(*["validate", url], env=env)
     assert res.exit_code == 0, res.output
     assert "OK" in res.output and "remote: " in res.output and " requests" in res.output and " of " in res.output
-    res = runner.invoke(app, ["validate", REPO, "--revision", "gptq-4bit-32g-actorder_True", "--json"], env=env)
+    res = run_cli(*["validate", REPO, "--revision", "gptq-4bit-32g-actorder_True", "--json"], env=env)
     doc = json.loads(res.output)
     assert res.exit_code == 0 and doc["ok"] and doc["format"] == "gptq"
     assert doc["remote"]["repo"] == REPO and doc["remote"]["bytes_read"] > 0
@@ -152,7 +150,7 @@ def test_good_gptq_cli_human_and_json(hub):
 ])
 def test_broken_branches_fail_remotely(hub, branch, codes):
     server, local = hub
-    res = CliRunner().invoke(app, ["validate", f"{REPO}:{branch}", "--json"], env={"HF_ENDPOINT": server.endpoint})
+    res = run_cli(*["validate", f"{REPO}:{branch}", "--json"], env={"HF_ENDPOINT": server.endpoint})
     assert res.exit_code == 1, res.output
     doc = json.loads(res.output)
     found = {f["code"] for f in doc["findings"]} | {f["code"] for p in doc["parts"] for f in p["findings"]}
@@ -162,11 +160,11 @@ def test_broken_branches_fail_remotely(hub, branch, codes):
 
 def test_unknown_branch_exits_2_listing_branches_and_hides_token(hub):
     server, _local = hub
-    res = CliRunner().invoke(app, ["validate", f"{REPO}:nope"], env={"HF_ENDPOINT": server.endpoint, "HF_TOKEN": TOKEN})
+    res = run_cli(*["validate", f"{REPO}:nope"], env={"HF_ENDPOINT": server.endpoint, "HF_TOKEN": TOKEN})
     assert res.exit_code == 2
     assert "gptq-4bit-32g-actorder_True" in res.output and "main" in res.output
     assert "Traceback" not in res.output and TOKEN not in res.output
-    res = CliRunner().invoke(app, ["validate", "./no/such:thing"], env={"HF_ENDPOINT": server.endpoint})
+    res = run_cli(*["validate", "./no/such:thing"], env={"HF_ENDPOINT": server.endpoint})
     assert res.exit_code == 2 and "Traceback" not in res.output
 
 
@@ -202,7 +200,7 @@ def test_server_ignoring_range_still_works(hub):
 def test_mirror_must_be_new_or_empty(hub, tmp_path):
     server, _local = hub
     (tmp_path / "x").write_text("x")
-    res = CliRunner().invoke(app, ["validate", REPO, "--mirror", str(tmp_path)], env={"HF_ENDPOINT": server.endpoint})
+    res = run_cli(*["validate", REPO, "--mirror", str(tmp_path)], env={"HF_ENDPOINT": server.endpoint})
     assert res.exit_code == 2 and "empty" in res.output
 
 

@@ -9,15 +9,14 @@ import resource
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from safetensors.numpy import load_file
 
+from helpers import cli_process, custom_entry
 from mcard.core.errors import CheckFailed, UnusableInput
 from mcard.core.validate import inspect
-from mcard.formats import gptq
 from mcard.pipeline import demo
 from mcard.pipeline.package import load_package, package
 from mcard.registry.entry import load_entry
@@ -31,8 +30,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> demo.DemoRepos:
 
 
 def _cli(*args: str, preexec=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mcard.cli", *args], capture_output=True, text=True, env=ENV,
-                          preexec_fn=preexec, timeout=120)
+    return cli_process(*args, env=ENV, preexec_fn=preexec, timeout=120)
 
 
 def _sha(path: Path) -> str:
@@ -96,42 +94,9 @@ def test_gguf_files_share_main_and_json_prints_the_plan(built: demo.DemoRepos, t
     assert "*.gguf filter=lfs" in (tmp_path / "out" / "main" / ".gitattributes").read_text()
 
 
-def _custom_entry(tmp_path: Path, cfg: dict, tokenizer_bytes: int = 0) -> Path:
-    """An entry whose [architecture] points at a base model folder, with a license file and a `source`."""
-    base = tmp_path / "base"
-    base.mkdir()
-    (base / "config.json").write_text(json.dumps(cfg))
-    (base / "tokenizer.json").write_text('{"version": "1.0", "pad": "' + "x" * tokenizer_bytes + '"}')
-    (base / "tokenizer_config.json").write_text('{"from": "base"}')
-    (base / "generation_config.json").write_text('{"do_sample": true}')
-    (tmp_path / "LICENSE.txt").write_text("license text\n")
-    gptq.write_variant(tmp_path / "quantized" / "q4", cfg, bits=4, group_size=64, desc_act=False, seed=4)
-    (tmp_path / "quantized" / "q4" / "tokenizer_config.json").write_text('{"from": "quantizer"}')
-    (tmp_path / "quantized" / "q4" / "notes.txt").write_text("not a model file")
-    entry = tmp_path / "entry.toml"
-    entry.write_text("""
-[model]
-repo = "me/tiny-GPTQ"
-name = "Tiny GPTQ"
-license = "other"
-license_file = "LICENSE.txt"
-base_model = "me/tiny"
-
-[architecture]
-config = "base/config.json"
-
-[[variants]]
-branch = "main"
-format = "gptq"
-bits = 4
-group_size = 64
-source = "quantized/q4"
-""")
-    return entry
-
 
 def test_base_files_license_sources_and_shards(tmp_path: Path, tiny_cfg: dict) -> None:
-    entry = _custom_entry(tmp_path, tiny_cfg)
+    entry = custom_entry(tmp_path, tiny_cfg)
     pkg = package(entry, out=tmp_path / "out", max_shard_size=300_000)
     folder = tmp_path / "out" / "main"
     assert json.loads((folder / "tokenizer_config.json").read_text()) == {"from": "quantizer"}  # the output wins
@@ -152,7 +117,7 @@ def test_base_files_license_sources_and_shards(tmp_path: Path, tiny_cfg: dict) -
 
 
 def test_bad_sources_are_one_line_each(tmp_path: Path, tiny_cfg: dict, built: demo.DemoRepos) -> None:
-    entry = _custom_entry(tmp_path, tiny_cfg)
+    entry = custom_entry(tmp_path, tiny_cfg)
     source = tmp_path / "quantized" / "q4"
     shutil.copyfile(next(source.glob("*.safetensors")), source / "second.safetensors")
     with pytest.raises(UnusableInput, match="would both become model.safetensors"):
@@ -179,7 +144,7 @@ def test_bad_sources_are_one_line_each(tmp_path: Path, tiny_cfg: dict, built: de
 
 
 def test_failing_variant_is_refused_unless_allowed(tmp_path: Path, tiny_cfg: dict) -> None:
-    entry = _custom_entry(tmp_path, tiny_cfg)
+    entry = custom_entry(tmp_path, tiny_cfg)
     qc_path = tmp_path / "quantized" / "q4" / "quantize_config.json"
     qc = json.loads(qc_path.read_text())
     qc["group_size"] = 128  # the config lies: the tensors are 64g
@@ -199,7 +164,7 @@ def _small_files_only() -> None:
 
 
 def test_a_full_disk_leaves_the_previous_package_whole(tmp_path: Path, tiny_cfg: dict) -> None:
-    entry = _custom_entry(tmp_path, tiny_cfg)
+    entry = custom_entry(tmp_path, tiny_cfg)
     package(entry, out=tmp_path / "out")
     before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
     (tmp_path / "LICENSE.txt").write_text("a new license\n")
@@ -237,7 +202,7 @@ def test_a_source_outside_the_entry_folder_is_refused_unless_the_registry_root_h
         tmp_path: Path, tiny_cfg: dict, source: str) -> None:
     reg = tmp_path / "reg"
     reg.mkdir()
-    entry = _custom_entry(reg, tiny_cfg)
+    entry = custom_entry(reg, tiny_cfg)
     (tmp_path / "elsewhere").mkdir()
     shutil.move(reg / "quantized" / "q4", tmp_path / "elsewhere" / "main")
     (reg / "link").symlink_to(tmp_path / "elsewhere" / "main")  # inside the folder, pointing out of it
@@ -261,7 +226,7 @@ def test_a_source_outside_the_entry_folder_is_refused_unless_the_registry_root_h
 
 def test_a_planted_staging_symlink_or_a_symlinked_out_never_leads_writes_outside(tmp_path: Path,
                                                                                  tiny_cfg: dict) -> None:
-    entry = _custom_entry(tmp_path, tiny_cfg)
+    entry = custom_entry(tmp_path, tiny_cfg)
     outside = tmp_path / "outside"
     outside.mkdir()
     # the staging name an older mcard used (OUT's parent, this process id), planted as a link out of it
@@ -276,7 +241,7 @@ def test_a_planted_staging_symlink_or_a_symlinked_out_never_leads_writes_outside
 
 
 def test_verify_refuses_a_symlink_in_the_package(tmp_path: Path, tiny_cfg: dict) -> None:
-    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
     config = tmp_path / "out" / "main" / "config.json"
     shutil.copyfile(config, tmp_path / "same-bytes.json")
     config.unlink()

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 from huggingface_hub import CommitOperationAdd, HfApi, constants
-from test_package import _custom_entry
 
+from helpers import custom_entry
 from mcard.core.errors import McardError, UnusableInput
 from mcard.formats import gptq
 from mcard.hub import fetch
@@ -211,7 +211,7 @@ def _wait(condition: Any, timeout: float = 60.0) -> None:
 def test_kill_9_mid_upload_then_rerun_sends_only_what_is_missing(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
     # The object to interrupt is far larger than the loopback socket buffers, so the client is really killed
     # while sending it (a small one would sit whole in the kernel's buffers and arrive after the kill).
-    pkg = package(_custom_entry(tmp_path, tiny_cfg, tokenizer_bytes=40_000_000), out=tmp_path / "out",
+    pkg = package(custom_entry(tmp_path, tiny_cfg, tokenizer_bytes=40_000_000), out=tmp_path / "out",
                   max_shard_size=250_000)
     shards = [f for f in pkg.branches[0].files if f.lfs]
     victim = next(f for f in shards if f.path == "tokenizer.json")
@@ -243,7 +243,7 @@ def test_kill_9_mid_upload_then_rerun_sends_only_what_is_missing(hub: LocalHub, 
 
 
 def test_a_commit_cut_by_the_network_lands_whole_or_not_at_all(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
-    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
     args = ["publish", str(tmp_path / "entry.toml"), "--packaged", str(tmp_path / "out"), "--create"]
     hub.faults.drop_commit = "before-ref"
     cut = _mcard(hub, *args, "--repo", "alice/cut-before")
@@ -264,7 +264,7 @@ def test_a_commit_cut_by_the_network_lands_whole_or_not_at_all(hub: LocalHub, tm
 
 
 def test_read_back_catches_a_hub_that_stored_other_bytes(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
-    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
     hub.faults.alter_file = "config.json"
     run = _mcard(hub, "publish", str(tmp_path / "entry.toml"), "--packaged", str(tmp_path / "out"), "--create",
                  "--repo", "alice/altered")
@@ -295,7 +295,7 @@ def test_an_lfs_upload_url_on_another_host_gets_no_token_and_the_upload_lands(hu
                                                                               tiny_cfg: dict) -> None:
     from mcard.testing.hostile_hub import TokenRecorder
 
-    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out", max_shard_size=300_000)
+    package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out", max_shard_size=300_000)
     with TokenRecorder(forward=hub.endpoint) as storage:  # pre-signed storage URLs on another origin
         hub.faults.upload_host = storage.endpoint
         hub.stats.clear()
@@ -310,7 +310,7 @@ def test_an_lfs_verify_url_on_another_host_never_receives_the_token(hub: LocalHu
                                                                     tiny_cfg: dict) -> None:
     from mcard.testing.hostile_hub import TokenRecorder
 
-    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
     with TokenRecorder(forward=hub.endpoint) as other:
         hub.faults.verify_host = other.endpoint  # huggingface_hub sends its token to whatever verify URL it gets
         try:
@@ -324,7 +324,7 @@ def test_an_lfs_verify_url_on_another_host_never_receives_the_token(hub: LocalHu
 
 
 def test_a_stalled_upload_ends_at_the_run_deadline(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
-    package(_custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
+    package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out")
     hub.faults.stall_upload_after = 1  # the server stops reading every upload (until the test ends)
     started = time.monotonic()
     run = subprocess.run([sys.executable, "-m", "mcard.cli", "publish", str(tmp_path / "entry.toml"), "--packaged",
@@ -338,7 +338,7 @@ def test_a_stalled_upload_ends_at_the_run_deadline(hub: LocalHub, tmp_path: Path
 def test_publish_takes_the_registry_root_for_a_source_outside_the_entry_folder(hub: LocalHub, tmp_path: Path,
                                                                                 tiny_cfg: dict) -> None:
     (tmp_path / "reg").mkdir()
-    entry = _custom_entry(tmp_path / "reg", tiny_cfg)
+    entry = custom_entry(tmp_path / "reg", tiny_cfg)
     shutil.move(tmp_path / "reg" / "quantized", tmp_path / "quantized")
     entry.write_text(entry.read_text().replace('source = "quantized/q4"', 'source = "../quantized/q4"'))
     args = ["publish", str(entry), "--from", str(tmp_path / "unused"), "--out", str(tmp_path / "out"), "--dry-run"]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
 from mcard.card.check import check_card, markdown_tables
 from mcard.card.rows import size_cell
 from mcard.core.errors import UnusableInput
@@ -319,7 +320,7 @@ def test_a_skip_needs_a_pass_that_covered_every_requested_stage(hub, tmp_path):
 def _bench_plan():
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("bench_plan", Path(__file__).parent.parent / "benchmarks" / "bench_plan.py")
+    spec = importlib.util.spec_from_file_location("bench_plan", ROOT / "benchmarks" / "bench_plan.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

@@ -1,5 +1,5 @@
 """The docs cannot drift: generated pages are current, the schema they come from is complete and agrees with
-the loader, links resolve, the README's test command is what CI runs. (Python blocks: tests/test_readme.py.)"""
+the loader, links resolve, the README's test command is what CI runs. (Python blocks: tests/project/test_readme.py.)"""
 
 from __future__ import annotations
 
@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from helpers import ROOT
 from mcard.formats import aliases
 from mcard.registry.entry import load_entry
 from mcard.registry.schema import MODEL_SPEC, VARIANT_SPEC, reference
 
-ROOT = Path(__file__).resolve().parent.parent
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 

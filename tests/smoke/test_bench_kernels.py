@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
+
 torch = pytest.importorskip("torch")
 
 import cudahost  # noqa: E402 - after the torch skip: it needs torch
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.skipif(not cudahost.available()[0], reason=f"host CUDA runtime: {cudahost.available()[1]}")

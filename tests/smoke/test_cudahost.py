@@ -1,18 +1,19 @@
-"""The host CUDA runtime (tests/cudahost) has teeth: each class of kernel bug it claims to catch is caught.
+"""The host CUDA runtime (tests/tools/cudahost) has teeth: each class of kernel bug it claims to catch is caught.
 
 Every test compiles a few lines of CUDA C through ``cudahost.HostModule`` (the
-same path the real kernels take in tests/test_kernels.py) and launches it.
+same path the real kernels take in tests/smoke/test_kernels.py) and launches it.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
-from pathlib import Path
 
 import cudahost
 import numpy as np
 import pytest
 from cudahost import HostModule, KernelFault
+
+from helpers import ROOT
 
 pytestmark = pytest.mark.skipif(not cudahost.available()[0], reason=f"host CUDA runtime: {cudahost.available()[1]}")
 
@@ -200,7 +201,7 @@ def test_grid_and_block_coordinates() -> None:
 
 
 # ---- the PTX wrappers of cupy_kernels/ptx.cuh and the warp-level semantics behind them -----------
-PTX = (Path(__file__).resolve().parent.parent / "cupy_kernels" / "ptx.cuh").read_text()
+PTX = (ROOT / "cupy_kernels" / "ptx.cuh").read_text()
 
 
 def ptx_kernel(body: str, name: str = "k"):

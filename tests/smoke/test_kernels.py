@@ -3,7 +3,7 @@
 Each test runs on two backends:
 
 * ``cuda`` (marked ``gpu``, skipped without a device): the real CuPy on a GPU;
-* ``host``: the same ``.cu`` source compiled for the CPU by ``tests/cudahost``
+* ``host``: the same ``.cu`` source compiled for the CPU by ``tests/tools/cudahost``
   (fibers for CUDA threads, real barrier and warp-shuffle semantics, guarded
   buffers, read-only inputs, UBSan, two thread orders compared bit for bit),
   with numpy arrays as the device arrays. The launcher in ``cupy_kernels.launch``

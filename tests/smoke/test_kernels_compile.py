@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from cupy_kernels import _resources
+from helpers import ROOT
 
-KERNEL_DIR = Path(__file__).resolve().parent.parent / "cupy_kernels"
+KERNEL_DIR = ROOT / "cupy_kernels"
 SOURCES = sorted(KERNEL_DIR.glob("*.cu"))
 NVCC = shutil.which("nvcc")
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from cupy_kernels import _sass
+from helpers import ROOT
 
-ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "cupy_kernels" / "int4.cu"
 NVCC = shutil.which("nvcc")
 CUOBJDUMP = _sass.find_cuobjdump()[0]

@@ -13,6 +13,7 @@ import pytest
 
 pytest.importorskip("torch")
 
+from helpers import cli_process, run_cli
 from mcard.core.arch import tiny_config
 from mcard.core.errors import EXIT_FAILED, EXIT_NO_GPU, EXIT_OK, EXIT_UNUSABLE
 from mcard.smoke import run as smoke
@@ -111,9 +112,7 @@ def test_layers_option() -> None:
 
 # -- the real CLI, in a subprocess (no GPU here) ---------------------------------------
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, COLUMNS="200")
-    return subprocess.run([sys.executable, "-m", "mcard.cli", "smoke", *args], capture_output=True, text=True,
-                          timeout=120, env=env)
+    return cli_process("smoke", *args, timeout=120, env=dict(os.environ, COLUMNS="200"))
 
 
 @needs_no_gpu
@@ -150,15 +149,10 @@ def test_cli_json_table(variants: dict[str, Path]) -> None:
 
 def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Exit 1 on a failing layer, 2 on unusable input (typer's runner: no torch re-import)."""
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
-    runner = CliRunner()
-    missing = runner.invoke(app, ["smoke", str(tmp_path / "nope")])
+    missing = run_cli("smoke", tmp_path / "nope")
     assert missing.exit_code == EXIT_UNUSABLE
     (tmp_path / "notes.txt").write_text("hello")
-    assert runner.invoke(app, ["smoke", str(tmp_path)]).exit_code == EXIT_UNUSABLE
+    assert run_cli("smoke", tmp_path).exit_code == EXIT_UNUSABLE
     if "bnb" in variants:
         from mcard.formats.bnb import smoke as bnb_smoke
 
@@ -171,12 +165,12 @@ def test_cli_in_process_exit_codes(variants: dict[str, Path], tmp_path: Path, mo
             return layer
 
         monkeypatch.setattr(bnb_smoke, "layer", broken)
-        res = runner.invoke(app, ["smoke", str(variants["bnb"]), "--device", "cpu", "--layers", "1", "--batch", "1"])
+        res = run_cli("smoke", variants["bnb"], "--device", "cpu", "--layers", "1", "--batch", "1")
         assert res.exit_code == EXIT_FAILED, res.output
         assert "FAIL" in res.output
 
 
-# -- the kernel path, on the host CUDA runtime (tests/cudahost) ------------------------
+# -- the kernel path, on the host CUDA runtime (tests/tools/cudahost) ------------------------
 @pytest.fixture
 def host_gpu(monkeypatch: pytest.MonkeyPatch):
     """Make ``mcard smoke`` see a "GPU": CuPy is the host runtime, so the real .cu kernels run on the CPU."""
@@ -211,17 +205,13 @@ def test_kernel_path_catches_a_broken_kernel(variants: dict[str, Path], host_gpu
     """The kernel with a wrong lop3 truth table in its dequantization (a mistake kernels have shipped with): exit 1."""
     import shutil
 
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
     for cu in [*Path(host_gpu.HERE).glob("*.cu"), *Path(host_gpu.HERE).glob("*.cuh")]:
         shutil.copy(cu, tmp_path)
     src = tmp_path / "int4.cu"
     assert src.read_text().count("lop3<0xEA>(w, 0x000F000Fu") == 1
     src.write_text(src.read_text().replace("lop3<0xEA>(w, 0x000F000Fu", "lop3<0xE8>(w, 0x000F000Fu"))
     monkeypatch.setattr(host_gpu, "HERE", tmp_path)
-    res = CliRunner().invoke(app, ["smoke", str(variants["awq"]), "--device", "cuda", "--layers", "1",
+    res = run_cli(*["smoke", str(variants["awq"]), "--device", "cuda", "--layers", "1",
                                    "--batch", "1", "--json"])
     assert res.exit_code == EXIT_FAILED, res.output
     doc = json.loads(res.output)
@@ -232,15 +222,11 @@ def test_kernel_path_catches_a_broken_kernel(variants: dict[str, Path], host_gpu
 @pytest.mark.parametrize("label, qtype", [("gguf-q8_0", "Q8_0"), ("gguf-q6_k", "Q6_K")])
 def test_gguf_types_without_kernel_are_quantized_layers(variants: dict[str, Path], label: str, qtype: str) -> None:
     """#10 item 6: the reference check runs on them and the result says there is no kernel: exit 0, not 2."""
-    from typer.testing import CliRunner
-
-    from mcard.cli import app
-
     result = smoke.run(variants[label], device="cpu", layers="2", batches="1", seed=1)
     assert result.ok and result.layers and {r.kind for r in result.layers} == {f"gguf {qtype}"}
     assert all(r.engine == "reference" and r.note == f"no kernel for GGUF {qtype}" for r in result.layers)
     assert f"no kernel for GGUF {qtype} (reference check only)" in result.message
-    res = CliRunner().invoke(app, ["smoke", str(variants[label]), "--device", "cpu", "--layers", "1", "--batch", "1"])
+    res = run_cli(*["smoke", str(variants[label]), "--device", "cpu", "--layers", "1", "--batch", "1"])
     assert res.exit_code == EXIT_OK, res.output
 
 

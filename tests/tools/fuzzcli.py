@@ -15,9 +15,9 @@ Campaigns (each takes a count and a seed; case ``i`` is reproducible alone):
 * ``listing``: hostile refs, tree entries, sizes and headers from :class:`mcard.testing.hostile_hub.HostileHub`
   through ``fetch --dry-run``, ``branches`` and ``validate REPO:BRANCH``.
 
-Run by ``tests/test_fuzz_validate.py`` (a seeded share, a few seconds) and by hand::
+Run by ``tests/core/test_fuzz_validate.py`` (a seeded share, a few seconds) and by hand::
 
-    python tests/fuzzkit.py --kind registry --count 2000 --seed 1
+    python tests/tools/fuzzkit.py --kind registry --count 2000 --seed 1
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 from typer.testing import CliRunner
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 SLOW = 20.0  # the listing campaign's MCARD_DEADLINE is 8 s
 
 HOSTILE_STRINGS = [

@@ -6,16 +6,16 @@ truncation, the safetensors JSON header, a config value, a GGUF kv/tensor-info
 field, a GGML hparam or tensor header). Any exception other than
 :class:`mcard.core.errors.McardError` is a crash.
 
-Used by ``tests/test_fuzz_validate.py`` (a few hundred examples) and runnable as
+Used by ``tests/core/test_fuzz_validate.py`` (a few hundred examples) and runnable as
 a longer campaign::
 
-    python tests/fuzzkit.py --count 20000 --seed 1
+    python tests/tools/fuzzkit.py --count 20000 --seed 1
 
 The structure-aware campaigns through the CLI (:mod:`fuzzcli`: registry entries,
 cards, variants, hostile Hub listings), where a printed ``internal error`` or a
 traceback is a failure, run with ``--kind``::
 
-    python tests/fuzzkit.py --kind listing --count 2000 --seed 1
+    python tests/tools/fuzzkit.py --kind listing --count 2000 --seed 1
 """
 
 from __future__ import annotations

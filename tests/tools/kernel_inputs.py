@@ -1,4 +1,4 @@
-"""Random kernel inputs for the kernel tests (tests/test_kernels.py, on a GPU and on the host runtime)."""
+"""Random kernel inputs for the kernel tests (tests/smoke/test_kernels.py, on a GPU and on the host runtime)."""
 
 from __future__ import annotations
 

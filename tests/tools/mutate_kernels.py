@@ -2,8 +2,8 @@
 
 Run by hand (a few minutes; not part of CI)::
 
-    python tests/mutate_kernels.py            # every mutant
-    python tests/mutate_kernels.py -k lut     # those whose name contains "lut"
+    python tests/tools/mutate_kernels.py            # every mutant
+    python tests/tools/mutate_kernels.py -k lut     # those whose name contains "lut"
 
 Each mutant is one textual edit of one file of ``cupy_kernels/`` (the kernel source
 ``int4.cu``, its PTX wrappers ``ptx.cuh`` or the load-time packer ``pack.py``): the kinds of
@@ -13,7 +13,7 @@ immediate, scales applied to the wrong columns or at the wrong time, unguarded t
 stage ring off by one, a broken reduction) and the packer's (nibble placement, act-order
 permutation, zero offsets, code-book nibble order, coarsened param groups). For each, the
 package is copied to a temporary folder, the edit applied, and the host-backend tests in
-``tests/test_kernels.py`` that exercise that path run against the copy (``-x``). A mutant is
+``tests/smoke/test_kernels.py`` that exercise that path run against the copy (``-x``). A mutant is
 *caught* when that run fails. The script prints one line per mutant and exits 1 if any
 survives (or an edit no longer applies, so the list stays honest).
 
@@ -33,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 KERNELS = ROOT / "cupy_kernels"
 
 # which host tests exercise a path (pytest -k expressions)
@@ -133,11 +133,12 @@ def run_mutant(name: str, file: str, old: str, new: str, tests: str) -> tuple[st
             return "stale", 0.0, f"the edit matches {text.count(old)} places in {file}"
         path.write_text(text.replace(old, new))
         # cwd = tmp: `python -m pytest` puts it first on sys.path, so `import cupy_kernels` is the copy
-        env = dict(os.environ, MCARD_KERNEL_DIR=str(pkg), PYTHONPATH=str(ROOT / "tests"))
+        env = dict(os.environ, MCARD_KERNEL_DIR=str(pkg),
+                   PYTHONPATH=os.pathsep.join([str(ROOT / "tests"), str(ROOT / "tests" / "tools")]))
         t0 = time.monotonic()
         done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "mutate_kernels", "-p",
                                "no:cacheprovider", "--rootdir", str(ROOT), "-k", tests,
-                               str(ROOT / "tests" / "test_kernels.py")],
+                               str(ROOT / "tests" / "smoke" / "test_kernels.py")],
                               cwd=tmp, env=env, capture_output=True, text=True)
         took = time.monotonic() - t0
     if done.returncode == 0:

@@ -20,7 +20,7 @@ Three rule versions are modelled, newest first (:data:`RULES`):
     GGML v3 (ggjt) files and early GGUF files: ``attn_v``, ``attn_output`` and
     ``ffn_down`` get more bits in the *_M/*_L and Q2_K mixes; everything else keeps
     the base type, output included (TheBloke's June 2023 files confirm it: see
-    ``tests/test_seed_sizes_ggml.py``).
+    ``tests/formats/test_seed_sizes_ggml.py``).
 
 Tied embeddings: without an ``output.weight`` tensor, ``token_embd`` follows the
 output rule. The importance matrix changes a few choices (IQ3_XXS ``attn_v`` and

@@ -1,7 +1,7 @@
 // Host stand-in for <cuda_fp16.h>: the subset of the half-precision API that the
 // kernels in cupy_kernels/ use, with CUDA's bit-exact semantics (IEEE binary16,
 // float -> half rounds to nearest even, like __float2half on the device).
-// tests/test_cudahost.py checks both conversions against numpy for every half
+// tests/smoke/test_cudahost.py checks both conversions against numpy for every half
 // value and for a sweep of floats across the normal, subnormal and overflow ranges.
 // The half2 arithmetic (__hadd2, __hsub2, __hmul2, __hfma2: PTX add/sub/mul/fma.rn.f16x2)
 // rounds the exact result once to nearest even, subnormals kept (no flush to zero),

@@ -209,7 +209,7 @@ static void plan_round()
 }
 
 // The __shared__ variables of the loaded kernels (function-local statics), found in the
-// library's symbol table by tests/cudahost/__init__.py and registered with cch_set_shared.
+// library's symbol table by tests/tools/cudahost/__init__.py and registered with cch_set_shared.
 struct Region { char* p; size_t n; };
 enum { MAX_REGIONS = 256 };
 static Region regions[MAX_REGIONS];
@@ -546,7 +546,7 @@ template <class T> inline T __shfl_sync(unsigned mask, T v, int src, int width =
     return cch::shuffle(cch::SHFL_IDX, mask, v, src, width, line);
 }
 
-// ---- the C interface used by tests/cudahost/__init__.py ---------------------------
+// ---- the C interface used by tests/tools/cudahost/__init__.py ---------------------------
 extern "C" {
 void cch_set_shared(const unsigned long long* addr, const unsigned long long* size, int n)
 {
