@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.arch import ModelShape
+from ..core.arch import Linear, ModelShape
 from ..core.errors import UnusableInput
 from ..core.report import FileEntry, Report
 from ..core.safetensors_io import predict_file_size
@@ -132,6 +132,11 @@ def linear_name(name: str, suffixes: Iterable[str]) -> str:
     return name
 
 
+def shape_mismatches(have: dict[str, tuple[int, ...]], want: dict[str, tuple[int, ...]]) -> list[str]:
+    """``"<suffix> [have] (expected [want])"`` for each of a linear's tensors whose shape is not the expected one."""
+    return [f"{s} {list(have[s])} (expected {list(want[s])})" for s in have if tuple(have[s]) != want[s]]
+
+
 def require(variant: Variant, name: str) -> np.ndarray:
     if not variant.has(name):
         raise UnusableInput(f"no tensor {name!r} in this variant", variant.path)
@@ -150,6 +155,21 @@ def random_weight(rng: np.random.Generator, name: str, dims: tuple[int, ...]) ->
 def random_fp_tensors(shape: ModelShape, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """fp16 embeddings, norms and lm_head for a quantized checkpoint's builder."""
     return {name: random_weight(rng, name, dims).astype(np.float16) for name, dims in shape.other_tensors().items()}
+
+
+def random_quantized_tensors(
+    shape: ModelShape, rng: np.random.Generator,
+    quantize_linear: Callable[[Linear, np.ndarray], tuple[dict[str, np.ndarray], np.ndarray]],
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The tensors of a random quantized checkpoint of ``shape``: the fp16 embeddings, norms and lm_head, then
+    per linear random float32 weights [out, in] that ``quantize_linear(lin, w)`` turns into the format's
+    tensors and their dequantization. Returns (tensors, {module: dequantized [N, K]})."""
+    tensors = random_fp_tensors(shape, rng)
+    dequantized: dict[str, np.ndarray] = {}
+    for lin in shape.linears():
+        named, dequantized[lin.name] = quantize_linear(lin, rng_normal(rng, (lin.out_features, lin.in_features)))
+        tensors.update(named)
+    return tensors, dequantized
 
 
 def write_config(folder: Path, name: str, doc: dict[str, Any]) -> None:

@@ -38,7 +38,8 @@ def publish_step(workdir: Path, out: Path, endpoint: str, smoke: bool, progress:
     from ..registry.entry import load_entry
     from .demo import _write_registry
     from .publish import publish
-    from .sync import SyncOptions, slug, sync
+    from .sync import SyncOptions, sync
+    from .sync_report import slug
 
     registry = out / "registry-published"
     registry.mkdir(parents=True, exist_ok=True)

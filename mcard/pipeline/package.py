@@ -325,7 +325,7 @@ def package(entry_path: str | Path, from_dir: str | Path | None = None, out: str
     ``from_dir`` and ``base_dir`` are the caller's own and may lie anywhere.
     """
     from ..card.render import render_card
-    from .sync import slug
+    from .sync_report import slug
 
     entry = load_entry(entry_path, registry_root)
     check_repo_id(entry.model.repo)

@@ -35,8 +35,8 @@ from .sync_report import (
     RepoSync,
     SyncOptions,
     VariantRecord,
-    default_report_dir,
-    slug,
+    chosen_variants,
+    entry_report_dir,
     write_report_file,
 )
 
@@ -86,13 +86,10 @@ def sync_entry(path: Path, options: SyncOptions, progress: Callable[[VariantReco
 
         return publish_entry(path, options, progress, one_of_many, only)
     entry = load_entry(path, options.registry_root)
-    if options.report_dir is None:
-        report_dir = default_report_dir(entry.model.repo)
-    else:
-        report_dir = options.report_dir / slug(entry.model.repo) if one_of_many else options.report_dir
-    store = ReportStore(Path(report_dir))
+    report_dir = entry_report_dir(options, entry.model.repo, one_of_many)
+    store = ReportStore(report_dir)
     result = RepoSync(str(path), entry.model.repo, str(report_dir))
-    chosen = [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]
+    chosen = chosen_variants(entry, options, only)
     local_paths: dict[str, Path] = {}
     for v in chosen:
         record = _sync_variant(entry, v, options, store)

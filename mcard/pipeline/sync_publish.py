@@ -19,7 +19,16 @@ from ..core.errors import CheckFailed, McardError
 from ..registry.entry import Entry, load_entry
 from .package import Package
 from .sync import _render, _smoke
-from .sync_report import FAILED, PASSED, ReportStore, RepoSync, SyncOptions, VariantRecord, default_report_dir, slug
+from .sync_report import (
+    FAILED,
+    PASSED,
+    ReportStore,
+    RepoSync,
+    SyncOptions,
+    VariantRecord,
+    chosen_variants,
+    entry_report_dir,
+)
 
 
 def _fail(record: VariantRecord, stage: str, reason: str) -> None:
@@ -34,14 +43,11 @@ def publish_entry(path: Path, options: SyncOptions, progress: Callable[[VariantR
 
     started = time.monotonic()
     entry = load_entry(path, options.registry_root)
-    if options.report_dir is None:
-        report_dir = default_report_dir(entry.model.repo)
-    else:
-        report_dir = options.report_dir / slug(entry.model.repo) if one_of_many else options.report_dir
-    store = ReportStore(Path(report_dir))
+    report_dir = entry_report_dir(options, entry.model.repo, one_of_many)
+    store = ReportStore(report_dir)
     repo = options.repo or entry.model.repo
     result = RepoSync(str(path), repo, str(report_dir))
-    chosen = [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]
+    chosen = chosen_variants(entry, options, only)
     records = {v.key: VariantRecord(repo, v.key, v.format, v.branch, published_bytes=v.size, stage="package")
                for v in chosen}
     for v in chosen:

@@ -21,7 +21,7 @@ from ..core.pathguard import Target
 from ..core.safetext import redact
 from ..core.units import format_size
 from ..core.untrusted import read_capped
-from ..registry.entry import Entry
+from ..registry.entry import Entry, RegistryVariant
 from .plan import MAX_MATRIX_JOBS
 
 MAX_RECORD_BYTES = 4 * 1024 * 1024  # one variants/<key>.json record
@@ -141,6 +141,19 @@ def slug(text: str) -> str:
 
 def default_report_dir(repo: str) -> Path:
     return Path("reports") / slug(repo)
+
+
+def entry_report_dir(options: SyncOptions, repo: str, one_of_many: bool) -> Path:
+    """Where one entry's reports go: ``--report DIR`` (``DIR/<repo>`` when a registry folder is synced),
+    else ``reports/<repo>/``."""
+    if options.report_dir is None:
+        return default_report_dir(repo)
+    return options.report_dir / slug(repo) if one_of_many else options.report_dir
+
+
+def chosen_variants(entry: Entry, options: SyncOptions, only: set[str] | None) -> list[RegistryVariant]:
+    """The entry's variants this run syncs: ``--variant``, and those named in ``only`` (a plan's batch)."""
+    return [v for v in entry.variants if options.variant in (None, v.key) and (only is None or v.key in only)]
 
 
 class ReportStore:

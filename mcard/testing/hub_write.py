@@ -1,5 +1,9 @@
 """The Hub's write API on loopback, for the unmodified ``huggingface_hub`` client.
 
+(Over 400 lines: one request handler answering the ten endpoints of the table below, each in the
+Hub's own shapes and status codes; split, the handler's shared state and checks would cross modules.
+The git side is :mod:`.hub_git`, the HTTP plumbing :mod:`.hub_http`.)
+
 What the client sends (``huggingface_hub`` 2.x ``hf_api.py``, ``_commit_api.py``,
 ``lfs.py``) and what this server answers, in the Hub's own shapes:
 

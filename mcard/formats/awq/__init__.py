@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from ...core.arch import ModelShape
+from ...core.arch import Linear, ModelShape
 from ...core.errors import UnusableInput
 from ...core.report import Finding, Report, Runtime
 from ...core.safetensors_io import DTYPE_BYTES, write
@@ -179,7 +179,7 @@ def load_linear(variant: Variant, name: str) -> AwqLinear:
     have = {".qweight": qweight.shape, ".qzeros": qzeros.shape, ".scales": scales.shape}
     if bias is not None:
         have[".bias"] = bias.shape
-    bad = [f"{s} {list(have[s])} (expected {list(want[s])})" for s in have if tuple(have[s]) != want[s]]
+    bad = _common.shape_mismatches(have, want)
     if bad:
         raise UnusableInput(f"cannot dequantize {name} ({version}, group_size {group_size}): "
                             f"inconsistent shapes: {', '.join(bad)}", variant.path)
@@ -368,16 +368,16 @@ def write_variant(folder: str | Path, config: dict[str, Any], group_size: int = 
     folder = Path(folder)
     shape = ModelShape.from_config(config)
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = _common.random_fp_tensors(shape, rng)
-    out: dict[str, np.ndarray] = {}
-    for lin in shape.linears():
-        w = _common.rng_normal(rng, (lin.out_features, lin.in_features))
+
+    def quantize_one(lin: Linear, w: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         b = _common.rng_normal(rng, (lin.out_features,)).astype(np.float16) if lin.bias else None
         q = quantize(w, BITS, group_size, zero_point, version, b, lin.name)
-        tensors.update({lin.name + ".qweight": q.qweight, lin.name + ".qzeros": q.qzeros, lin.name + ".scales": q.scales})
+        named = {lin.name + ".qweight": q.qweight, lin.name + ".qzeros": q.qzeros, lin.name + ".scales": q.scales}
         if b is not None:
-            tensors[lin.name + ".bias"] = b
-        out[lin.name] = dequantize_linear(q)
+            named[lin.name + ".bias"] = b
+        return named, dequantize_linear(q)
+
+    tensors, out = _common.random_quantized_tensors(shape, rng, quantize_one)
     cfg = dict(config, torch_dtype="float16")
     if config_style == "quant_config.json":
         _common.write_config(folder, "quant_config.json", {

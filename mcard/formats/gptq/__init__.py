@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from ...core.arch import ModelShape
+from ...core.arch import Linear, ModelShape
 from ...core.errors import UnusableInput
 from ...core.report import Report, Runtime
 from ...core.size import SizeEstimate
@@ -140,7 +140,7 @@ def load_linear(variant: Variant, name: str) -> GptqLinear:
     have = {".qweight": qweight.shape, ".qzeros": qzeros.shape, ".scales": scales.shape, ".g_idx": g_idx.shape}
     if bias is not None:
         have[".bias"] = bias.shape
-    bad = [f"{s} {list(have[s])} (expected {list(want[s])})" for s in have if tuple(have[s]) != want[s]]
+    bad = _common.shape_mismatches(have, want)
     if bad:
         raise UnusableInput(f"cannot dequantize {name} at {bits} bits, group_size {group_size}: "
                             f"inconsistent shapes: {', '.join(bad)}", variant.path)
@@ -335,17 +335,17 @@ def write_variant(
     folder = Path(folder)
     shape = ModelShape.from_config(config)
     rng = np.random.default_rng(seed)
-    tensors: dict[str, np.ndarray] = _common.random_fp_tensors(shape, rng)
-    out: dict[str, np.ndarray] = {}
-    for lin in shape.linears():
-        w = _common.rng_normal(rng, (lin.out_features, lin.in_features))
+
+    def quantize_one(lin: Linear, w: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
         b = np.zeros(lin.out_features, np.float16) if (bias or lin.bias) else None
         q = quantize(w, bits, group_size, desc_act, sym, checkpoint_format, b, lin.name, rng)
-        tensors.update({f"{lin.name}.qweight": q.qweight, f"{lin.name}.qzeros": q.qzeros,
-                        f"{lin.name}.scales": q.scales, f"{lin.name}.g_idx": q.g_idx})
+        named = {f"{lin.name}.qweight": q.qweight, f"{lin.name}.qzeros": q.qzeros,
+                 f"{lin.name}.scales": q.scales, f"{lin.name}.g_idx": q.g_idx}
         if b is not None:
-            tensors[f"{lin.name}.bias"] = b
-        out[lin.name] = dequantize_linear(q)
+            named[f"{lin.name}.bias"] = b
+        return named, dequantize_linear(q)
+
+    tensors, out = _common.random_quantized_tensors(shape, rng, quantize_one)
     qcfg = _gptq_config.make_config(bits, group_size, desc_act, sym, checkpoint_format, config_file)
     cfg = dict(config, torch_dtype="float16")
     if config_file == "config.json":

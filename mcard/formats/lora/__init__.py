@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,25 @@ def _is_index(x: Any) -> bool:
     return isinstance(x, int) and not isinstance(x, bool) and x >= 0
 
 
+def _names_or_regex(cfg: dict[str, Any], key: str, bad: Callable[[str, str], None], required: bool) -> bool:
+    """PEFT's module selectors (``target_modules``, ``exclude_modules``): a regex string (compiled on the
+    timed matcher) or a list of names, non-empty when ``required`` (else it may also be absent)."""
+    value = cfg.get(key)
+    if isinstance(value, str):
+        try:
+            untrusted.compile_pattern(value)
+        except untrusted.PatternError as exc:
+            bad(key, f"{key} regex: {exc}")
+            return False
+        return True
+    if value is None and not required:
+        return True
+    if not (isinstance(value, list) and (value or not required) and all(isinstance(v, str) for v in value)):
+        bad(key, f"{key} {value!r} is neither a list of names nor a regex string")
+        return False
+    return True
+
+
 def _check_config(cfg: dict[str, Any], report: Report) -> bool:
     """Field checks; returns False when the rest cannot be checked."""
     def bad(where: str, message: str) -> None:
@@ -152,16 +172,7 @@ def _check_config(cfg: dict[str, Any], report: Report) -> bool:
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
         bad("lora_alpha", f"lora_alpha {alpha!r} is not a positive number")
         ok = False
-    tm = cfg.get("target_modules")
-    if isinstance(tm, str):
-        try:
-            untrusted.compile_pattern(tm)
-        except untrusted.PatternError as exc:
-            bad("target_modules", f"target_modules regex: {exc}")
-            ok = False
-    elif not (isinstance(tm, list) and tm and all(isinstance(t, str) for t in tm)):
-        bad("target_modules", f"target_modules {tm!r} is neither a list of names nor a regex string")
-        ok = False
+    ok = _names_or_regex(cfg, "target_modules", bad, required=True) and ok
     for key in ("rank_pattern", "alpha_pattern"):
         pat = cfg.get(key) or {}
         if not isinstance(pat, dict) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
@@ -175,16 +186,7 @@ def _check_config(cfg: dict[str, Any], report: Report) -> bool:
             except untrusted.PatternError as exc:
                 bad(f"{key}/{pattern[:60]}", f"{key} key: {exc}")
                 ok = False
-    excl = cfg.get("exclude_modules")
-    if isinstance(excl, str):
-        try:
-            untrusted.compile_pattern(excl)
-        except untrusted.PatternError as exc:
-            bad("exclude_modules", f"exclude_modules regex: {exc}")
-            ok = False
-    elif excl is not None and not (isinstance(excl, list) and all(isinstance(e, str) for e in excl)):
-        bad("exclude_modules", f"exclude_modules {excl!r} is neither a list of names nor a regex string")
-        ok = False
+    ok = _names_or_regex(cfg, "exclude_modules", bad, required=False) and ok
     ltt = cfg.get("layers_to_transform")
     if ltt is not None and not (_is_index(ltt) or (isinstance(ltt, list) and all(_is_index(x) for x in ltt))):
         bad("layers_to_transform", f"layers_to_transform {ltt!r} is neither a layer index nor a list of them")
