@@ -108,6 +108,9 @@ class FormatSpec(ABC):
     required_keys: ClassVar[tuple[str, ...]] = ()
     #: Registry keys that only this format takes (any other format refuses them).
     own_keys: ClassVar[tuple[str, ...]] = ()
+    #: Other registry keys this format uses (card cells, provenance), beyond its parameters, required and
+    #: own keys; with those, they are the formats column of docs/registry.md.
+    registry_keys: ClassVar[tuple[str, ...]] = ()
     #: Registry defaults of the format's own keys, when the entry does not give them.
     registry_defaults: ClassVar[Mapping[str, Any]] = {}
     #: Registry parameters that must agree with what validate reads from the files (sync, package).

@@ -42,14 +42,13 @@ class Key(NamedTuple):
 
     ``default`` is what the loader uses when the key is absent, written as a TOML value
     (``'"main"'``, ``"false"``) or, when it is computed, in words; empty: no default.
-    ``formats`` (``[[variants]]`` only) are the formats that use the key; empty: every format.
+    Which formats use a ``[[variants]]`` key is theirs to say (:func:`key_formats`).
     """
 
     kinds: tuple[str, ...]
     required: bool = False
     doc: str = ""
     default: str = ""
-    formats: tuple[str, ...] = ()
 
 
 Spec = dict[str, Key]
@@ -97,42 +96,32 @@ VARIANT_SPEC: Spec = {
                   "family (one card template)."),
     "branch": Key((STR,), doc="The branch that holds the variant (git's ref-name rules). GGUF and GGML files share "
                   "one branch.", default='"main"'),
-    "file": Key((STR,), doc="The GGUF/GGML file: the variant's name in the card and the file `fetch` downloads.",
-                formats=("gguf", "ggml")),
-    "bits": Key((INT,), doc="Bits per weight. GGUF/GGML: taken from the `type` name when not given.",
-                formats=("gptq", "awq", "gguf", "ggml")),
-    "group_size": Key((INT,), doc="Quantization group size; -1: one group per column.", formats=("gptq", "awq")),
-    "desc_act": Key((BOOL,), doc="Act-order (GPTQ `desc_act`).", default="false", formats=("gptq",)),
-    "sym": Key((BOOL,), doc="Symmetric quantization.", default="true", formats=("gptq",)),
+    "file": Key((STR,), doc="The GGUF/GGML file: the variant's name in the card and the file `fetch` downloads."),
+    "bits": Key((INT,), doc="Bits per weight. GGUF/GGML: taken from the `type` name when not given."),
+    "group_size": Key((INT,), doc="Quantization group size; -1: one group per column."),
+    "desc_act": Key((BOOL,), doc="Act-order (GPTQ `desc_act`).", default="false"),
+    "sym": Key((BOOL,), doc="Symmetric quantization.", default="true"),
     "checkpoint_format": Key((STR,), doc="GPTQ zeros convention: `gptq` (v1, AutoGPTQ) or `gptq_v2`.",
-                             default='"gptq"', formats=("gptq",)),
-    "version": Key((STR,), doc="The AWQ kernel layout, GEMM or GEMV (case-insensitive).", default='"gemm"',
-                   formats=("awq",)),
+                             default='"gptq"'),
+    "version": Key((STR,), doc="The AWQ kernel layout, GEMM or GEMV (case-insensitive).", default='"gemm"'),
     "zero_point": Key((BOOL,), doc="AWQ asymmetric zeros; branches with `false` are named under the card's table.",
-                      default="true", formats=("awq",)),
-    "double_quant": Key((BOOL,), doc="bitsandbytes `bnb_4bit_use_double_quant` (nested absmax).", default="true",
-                        formats=("nf4", "fp4")),
-    "type": Key((STR,), doc="The llama.cpp file type (`Q4_K_M`, `q4_0`...), kept as spelled in the card.",
-                formats=("gguf", "ggml")),
+                      default="true"),
+    "double_quant": Key((BOOL,), doc="bitsandbytes `bnb_4bit_use_double_quant` (nested absmax).", default="true"),
+    "type": Key((STR,), doc="The llama.cpp file type (`Q4_K_M`, `q4_0`...), kept as spelled in the card."),
     "r": Key((INT,), doc="LoRA rank. With `[architecture]` (the base model's) the adapter's size is predicted from "
-             "`r` and `target_modules`, as a float32 `adapter_model.safetensors`.", formats=("lora",)),
-    "alpha": Key((INT, FLOAT), doc="LoRA alpha (does not change the size).", formats=("lora",)),
-    "dropout": Key((FLOAT,), doc="LoRA dropout (does not change the size).", formats=("lora",)),
-    "target_modules": Key((LIST,), doc="LoRA target modules (strings).", default="every linear",
-                          formats=("lora",)),
+             "`r` and `target_modules`, as a float32 `adapter_model.safetensors`."),
+    "alpha": Key((INT, FLOAT), doc="LoRA alpha (does not change the size)."),
+    "dropout": Key((FLOAT,), doc="LoRA dropout (does not change the size)."),
+    "target_modules": Key((LIST,), doc="LoRA target modules (strings).", default="every linear"),
     "made_with": Key((STR,), doc="The tool that wrote the variant, a table column. For GPTQ, a value starting with "
                      "`GPTQModel` predicts GPTQModel's layout (no bias) instead of AutoGPTQ's."),
     "description": Key((STR,), doc="The variant's table cell.", default='""'),
     "size": Key((STR, INT), doc="The published size: `\"7.26 GB\"` (decimal units), `\"512 MiB\"` or a byte count.",
                 default="predicted, marked `*`"),
-    "ram": Key((STR, INT), doc="GGUF/GGML \"Max RAM required\", as `size`.", default="size + 2.50 GB",
-               formats=("gguf", "ggml")),
-    "dataset": Key((STR,), doc="Calibration dataset (GPTQ: the provenance table; AWQ: the `AWQ Dataset` column).",
-                   formats=("gptq", "awq")),
-    "seq_len": Key((INT,), doc="Calibration sequence length (GPTQ: the provenance table; AWQ: the `Seq Len` column).",
-                   formats=("gptq", "awq")),
-    "damp_percent": Key((FLOAT,), doc="GPTQ damping, in the provenance table and the packaged `quantize_config.json`.",
-                        formats=("gptq",)),
+    "ram": Key((STR, INT), doc="GGUF/GGML \"Max RAM required\", as `size`.", default="size + 2.50 GB"),
+    "dataset": Key((STR,), doc="Calibration dataset (GPTQ: the provenance table; AWQ: the `AWQ Dataset` column)."),
+    "seq_len": Key((INT,), doc="Calibration sequence length (GPTQ: the provenance table; AWQ: the `Seq Len` column)."),
+    "damp_percent": Key((FLOAT,), doc="GPTQ damping, in the provenance table and the packaged `quantize_config.json`."),
     "source": Key((STR,), doc="The quantizer's output that `mcard package` packages: a folder, or the GGUF/GGML "
                   "file; a path under the path rule.", default="`--from DIR/<branch>/` or `DIR/<file>`"),
 }
@@ -296,12 +285,21 @@ def _is_toml_value(text: str) -> bool:
     return True
 
 
+def key_formats(key: str) -> tuple[str, ...]:
+    """The registry formats (aliases) that use a ``[[variants]]`` key, as their specs say: a parameter, a
+    required or own key, or one of the spec's ``registry_keys``; empty: every format."""
+    from ..formats import aliases
+
+    return tuple(alias for alias, spec in aliases().items()
+                 if key in spec.params or key in (*spec.required_keys, *spec.own_keys, *spec.registry_keys))
+
+
 def _key_docs(spec: Spec, extra: dict[str, str] | None = None, required: dict[str, list[str]] | None = None,
-              only: dict[str, tuple[str, ...]] | None = None) -> list[KeyDoc]:
+              only: dict[str, tuple[str, ...]] | None = None, per_format: bool = False) -> list[KeyDoc]:
     out = []
     for name, rule in spec.items():
         needed = "yes" if rule.required else ", ".join((required or {}).get(name, []))
-        used = ", ".join(rule.formats)
+        used = ", ".join(key_formats(name)) if per_format else ""
         if only and name in only:
             used = f"{', '.join(only[name])} only (refused on other formats)"
         default = f"`{rule.default}`" if rule.default and _is_toml_value(rule.default) else rule.default
@@ -344,7 +342,7 @@ def reference() -> SchemaReference:
                    "file (GGUF, GGML). Keys that a format does not use are accepted and ignored unless said "
                    "otherwise; the values of format parameters are checked by the format (see below).",
                    _key_docs(VARIANT_SPEC, {"format": f"Formats (family): {families}."}, required,
-                             only)),
+                             only, per_format=True)),
         SectionDoc("[[evaluations]] (inline)", "One result given in the entry.", _key_docs(EVAL_INLINE_SPEC)),
         SectionDoc("[[evaluations]] (from a file)", "Results read from an lm-evaluation-harness file: a table "
                    "with `path`.", _key_docs(EVAL_FILE_SPEC)),

@@ -41,7 +41,7 @@ def test_names_are_one_vocabulary() -> None:
 @pytest.mark.parametrize("spec", SPECS, ids=[s.name for s in SPECS])
 def test_a_spec_points_at_what_exists(spec: FormatSpec) -> None:
     keys = set(VARIANT_SPEC)
-    assert set(spec.required_keys) <= keys and set(spec.own_keys) <= keys
+    assert set(spec.required_keys) <= keys and set(spec.own_keys) <= keys and set(spec.registry_keys) <= keys
     assert set(spec.params) <= keys | {"writer", "split_max_size", "imatrix"}  # mcard size's own options
     if spec.aliases:  # listed in entries and sized: a card, a predictor
         assert spec.card is not None and templates().joinpath(spec.card.template).is_file()

@@ -29,6 +29,7 @@ class AwqSpec(PerLinearSmoke):
     card = CARD
     required_keys = ("bits", "group_size")
     own_keys = ("version", "zero_point")
+    registry_keys = ("dataset", "seq_len")  # the card's AWQ Dataset and Seq Len columns
     compared_params = ("bits", "group_size")
     kernel_tolerance = INT4_KERNEL_TOLERANCE
 

@@ -27,6 +27,7 @@ class GgufSpec(FormatSpec):
     card = CARD
     files_are_variants = True
     required_keys = ("file", "type")
+    registry_keys = ("bits", "ram")  # bits: else from the type's name; ram: "Max RAM required"
     file_kinds = ("gguf",)
     # a GGUF header holds the vocabulary: read 1 MiB first
     remote_heads: ClassVar[tuple[tuple[str, int], ...]] = ((".gguf", PREFIX_START),)

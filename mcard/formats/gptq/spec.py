@@ -27,6 +27,7 @@ class GptqSpec(PerLinearSmoke):
     aliases = {"gptq": {}}
     card = CARD
     required_keys = ("bits", "group_size")
+    registry_keys = ("dataset", "seq_len")  # the card's provenance table
     compared_params = ("bits", "group_size", "desc_act", "sym", "checkpoint_format")
     kernel_tolerance = INT4_KERNEL_TOLERANCE
     quant_config_file = "quantize_config.json"  # AutoGPTQ's, read beside config.json and packaged
