@@ -19,7 +19,7 @@ from typing import Annotated, Any, Callable
 import typer
 
 from .cli_errors import PREFIX, command_errors
-from .errors import EXIT_FAILED
+from .errors import EXIT_FAILED, UnusableInput
 from .hub.branches import BranchListing, RefReport, list_branches
 from .hub.download import FetchResult
 from .hub.download import fetch as fetch_revision
@@ -135,6 +135,19 @@ def _summary(result: FetchResult) -> str:
             f"{format_size(result.total_size)} ({parts})")
 
 
+def _rate(text: str | None) -> float | None:
+    """``--max-rate``: a size per second (``50MB``, ``50MB/s``, ``512 MiB``, a byte count)."""
+    if text is None:
+        return None
+    from .registry_schema import parse_size
+
+    value = text.strip().removesuffix("/s")
+    rate = parse_size(int(value) if value.isdigit() else value, "--max-rate")
+    if rate <= 0:
+        raise UnusableInput(f"--max-rate: expected more than 0 bytes per second, found {text!r}")
+    return float(rate)
+
+
 def fetch(
     repo: Annotated[str, typer.Argument(help="org/name, org/name:branch, or a Hub URL (.../tree/<branch>).")],
     files: Annotated[list[str] | None, typer.Argument(help="Only these files (paths in the repo).")] = None,
@@ -148,13 +161,17 @@ def fetch(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON summary on stdout.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel downloads.")] = 8,
+    connections: Annotated[int | None, typer.Option(
+        "--connections", min=1, max=32, help="Connections per file (default: from its size, up to 8).")] = None,
+    max_rate: Annotated[str | None, typer.Option(
+        "--max-rate", help="Cap on the total rate, e.g. 50MB (per second).")] = None,
 ) -> None:
     """Download one revision, pinned to one commit, verifying every file's hash as it streams in."""
     reporter: Reporter = RichReporter() if sys.stderr.isatty() and not quiet and not dry_run else NullReporter()
     result: FetchResult = _guarded(as_json, lambda: fetch_revision(
         repo, revision=revision, files=files or (), include=include or (), exclude=exclude or (),
         local_dir=local_dir, cache_dir=cache_dir, dry_run=dry_run, allow_pickle=allow_pickle, workers=workers,
-        reporter=reporter))
+        reporter=reporter, connections=connections, max_rate=_rate(max_rate)))
     if as_json:
         typer.echo(dumps_json(result.to_dict(), indent=2))
     elif dry_run:
