@@ -179,8 +179,9 @@ def test_an_interrupted_download_resumes_range_by_range_and_resends_nothing(cdn,
     first = _fetch(hub, tmp_path, connections=4, cancel=cancel, reporter=_StopAfter(SIZE // 2, cancel),
                    piece_size=SLOW_PIECE)
     assert not first.ok and "interrupted" in str(first.files[0].error)
-    partial = _blobs(tmp_path) / f"{info.sha256}.incomplete"
+    partial = _blobs(tmp_path) / f"{info.sha256}.ranged"
     assert partial.is_file() and not (_blobs(tmp_path) / info.sha256).exists()
+    assert not (_blobs(tmp_path) / f"{info.sha256}.incomplete").exists(), "huggingface_hub would resume that name"
     rf = RemoteFile(BIG, SIZE, info.blob_id, info.sha256)
     kept = journal.load(partial, rf, Target(tmp_path))
     assert kept and len(kept) > 1, "the journal holds separate ranges (the file has holes)"
@@ -201,10 +202,41 @@ def test_an_interrupted_download_resumes_range_by_range_and_resends_nothing(cdn,
     assert not partial.exists() and not journal.journal_path(partial).exists()
 
 
+def test_a_one_stream_partial_file_is_taken_over_and_huggingface_hub_never_takes_a_ranged_one(cdn, hub, tmp_path):
+    info = _info(cdn)
+    whole = Path(cdn["built"].path, ".git", "lfs", "objects", info.sha256[:2], info.sha256[2:4], info.sha256).read_bytes()
+    blobs = _blobs(tmp_path / "a")
+    blobs.mkdir(parents=True)
+    (blobs / f"{info.sha256}.incomplete").write_bytes(whole[:700_000])  # as a one-stream run leaves it
+    result = _fetch(hub, tmp_path / "a", connections=4)
+    assert result.ok and (result.files[0].status, result.files[0].resumed_from) == ("resumed", 700_000)
+    assert sum(r.sent for r in _object_gets(hub, cdn, SIZE - 700_000)) == SIZE - 700_000
+    assert sorted(p.name for p in blobs.iterdir()) == [info.sha256]
+    # a full-size file with holes, where huggingface_hub would look for its own partial file, would be taken
+    # for a finished download: mcard's is named .ranged, and huggingface_hub fetches the file itself
+    from huggingface_hub import hf_hub_download
+
+    blobs = _blobs(tmp_path / "b")
+    blobs.mkdir(parents=True)
+    (blobs / f"{info.sha256}.ranged").write_bytes(b"\0" * SIZE)
+    (blobs / f"{info.sha256}.ranged.journal").write_text(
+        f'{{"mcard_ranges": 1, "size": {SIZE}, "etag": "{info.sha256}"}}\n0 1000\n')
+    path = hf_hub_download(REPO, BIG, endpoint=hub.endpoint, cache_dir=tmp_path / "b")
+    assert _sha(path) == info.sha256
+
+
+def test_local_dir_downloads_in_ranges_and_leaves_only_hf_bookkeeping(cdn, hub, tmp_path):
+    result = fetch(REPO, endpoint=hub.endpoint, local_dir=tmp_path, connections=4, piece_size=PIECE, policy=FAST)
+    assert result.ok and _sha(tmp_path / BIG) == _info(cdn).sha256
+    meta = tmp_path / ".cache" / "huggingface" / "download"
+    assert sorted(p.name for p in meta.iterdir() if not p.name.endswith((".metadata", ".lock"))) == []
+    assert len(_object_gets(hub, cdn, SIZE)) == -(-SIZE // PIECE)
+
+
 @pytest.mark.parametrize("tamper", ["other-file", "past-the-end", "garbage", "zeros-claimed-done"])
 def test_a_journal_that_does_not_check_out_is_not_trusted(cdn, hub, tmp_path, tamper):
     info = _info(cdn)
-    partial = _blobs(tmp_path) / f"{info.sha256}.incomplete"
+    partial = _blobs(tmp_path) / f"{info.sha256}.ranged"
     partial.parent.mkdir(parents=True)
     partial.write_bytes(b"\0" * SIZE)
     header = f'{{"mcard_ranges": 1, "size": {SIZE}, "etag": "{info.sha256}"}}\n'
@@ -282,7 +314,7 @@ def test_a_range_that_keeps_failing_gives_up_in_one_line_and_keeps_the_partial(c
     assert "\n" not in error and error.startswith(f"{BIG}: download failed: bytes ") and "kept to resume" in error
     info = _info(cdn)
     assert not (_blobs(tmp_path) / info.sha256).exists() and not Path(result.target, BIG).exists()
-    assert (_blobs(tmp_path) / f"{info.sha256}.incomplete.ranges").exists()
+    assert (_blobs(tmp_path) / f"{info.sha256}.ranged.journal").exists()
 
 
 # -- the redirect -------------------------------------------------------------------------------------------------

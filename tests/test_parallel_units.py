@@ -70,7 +70,7 @@ def _rf(size: int = 1000) -> RemoteFile:
 
 
 def test_a_journal_is_read_back_compacted_and_a_torn_last_line_is_ignored(tmp_path: Path):
-    partial = tmp_path / "x.incomplete"
+    partial = tmp_path / "x.ranged"
     partial.write_bytes(b"\0" * 1000)
     log = journal.Journal(partial, _rf(), [(0, 100)], Target(tmp_path))
     for a, b in [(100, 200), (500, 600), (200, 250)]:
@@ -79,7 +79,8 @@ def test_a_journal_is_read_back_compacted_and_a_torn_last_line_is_ignored(tmp_pa
     with open(journal.journal_path(partial), "ab") as fh:
         fh.write(b"600 7")  # a process killed mid-write
     assert journal.load(partial, _rf(), Target(tmp_path)) == [(0, 250), (500, 600)]
-    assert journal.done_bytes(partial, _rf()) == 350
+    assert journal.ranged_path(tmp_path / "x.incomplete") == partial
+    assert journal.done_bytes(tmp_path / "x.incomplete", _rf()) == 350
 
 
 @pytest.mark.parametrize("text", [
@@ -91,7 +92,7 @@ def test_a_journal_is_read_back_compacted_and_a_torn_last_line_is_ignored(tmp_pa
     "not json\n0 10\n",
 ])
 def test_a_journal_that_fails_a_check_is_removed_with_its_partial_file(tmp_path: Path, text: str):
-    partial = tmp_path / "x.incomplete"
+    partial = tmp_path / "x.ranged"
     partial.write_bytes(b"\0" * 800)
     journal.journal_path(partial).write_text(text)
     assert journal.load(partial, _rf(), Target(tmp_path)) == []
@@ -99,7 +100,7 @@ def test_a_journal_that_fails_a_check_is_removed_with_its_partial_file(tmp_path:
 
 
 def test_a_symlinked_journal_is_not_followed(tmp_path: Path):
-    partial = tmp_path / "x.incomplete"
+    partial = tmp_path / "x.ranged"
     partial.write_bytes(b"\0" * 1000)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.write_text('{"mcard_ranges": 1, "size": 1000, "etag": "' + "a" * 64 + '"}\n0 1000\n')

@@ -148,7 +148,7 @@ def _download(client: HubClient, layout: Layout, rf: RemoteFile, final: Path, po
     partial = layout.partial_path(rf)
     plan = plan_ranges(rf.size, how.connections, how.piece)
     reset = lambda pos: reporter.file_position(rf.path, pos)  # noqa: E731
-    if plan.connections > 1 or os.path.lexists(journal.journal_path(partial)):
+    if plan.connections > 1 or os.path.lexists(journal.journal_path(journal.ranged_path(partial))):
         return download_parallel(client.http, url, rf, partial, final, plan=plan, policy=policy,
                                  advance=lambda n: reporter.advance(rf.path, n), reset=reset, cancel=cancel,
                                  target=layout.target, limit=how.limit)

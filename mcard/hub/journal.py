@@ -1,8 +1,12 @@
 """The range journal: which byte ranges of a partial download are on disk, so a later run resumes range by range.
 
-A parallel download writes its bytes at their offsets into the partial file
-(``<etag>.incomplete``), so the partial file's size no longer says how much
-arrived. Beside it, ``<etag>.incomplete.ranges`` records that::
+A parallel download writes its bytes at their offsets into a file created at
+its full size, so the file's size no longer says how much arrived. That file
+is ``<etag>.ranged`` (in the cache's ``blobs/``, or beside the other
+bookkeeping of ``--local-dir``), not the one-stream ``<etag>.incomplete``:
+huggingface_hub resumes an ``.incomplete`` file as a prefix of the download,
+and would take a full-size file with holes for a finished one. Beside it,
+``<etag>.ranged.journal`` records what arrived::
 
     {"mcard_ranges": 1, "size": 2000000000, "etag": "<sha256 or git blob id>"}
     0 262144
@@ -17,12 +21,12 @@ a byte that was not written; at most the last batch of each connection is
 fetched again. A torn last line is ignored.
 
 Before a run trusts a journal, :func:`load` checks it: the header names this
-file (size and etag), every range lies inside the file and inside the partial
-file as it is on disk, and the partial file is a regular file. A journal that
-fails a check is not used: the partial file and the journal are removed and the
-file starts over. A journal that passes is compacted (its ranges merged) and
-rewritten atomically. Whatever the journal says, the bytes are still verified
-against the listing's hash before the file is used.
+file (size and etag), every range lies inside the file and inside the data
+file as it is on disk, and neither is a symlink. A journal that fails a check
+is not used: the data file and the journal are removed and the file starts
+over. A journal that passes is compacted (its ranges merged) and rewritten
+atomically. Whatever the journal says, the bytes are still verified against
+the listing's hash before the file is used.
 """
 
 from __future__ import annotations
@@ -36,13 +40,17 @@ from ..pathguard import Target
 from ..untrusted import read_capped
 from .model import RemoteFile
 
-SUFFIX = ".ranges"
 VERSION = 1
 MAX_JOURNAL_BYTES = 64 << 20  # ~2.8 million ranges: far more than any download appends
 
 
-def journal_path(partial: Path) -> Path:
-    return partial.with_name(partial.name + SUFFIX)
+def ranged_path(partial: Path) -> Path:
+    """The data file of a parallel download, beside the one-stream ``partial`` (``<etag>.incomplete``)."""
+    return partial.with_name(partial.name.removesuffix(".incomplete") + ".ranged")
+
+
+def journal_path(ranged: Path) -> Path:
+    return ranged.with_name(ranged.name + ".journal")
 
 
 def coalesce(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
@@ -83,12 +91,12 @@ def _parse(data: bytes, rf: RemoteFile) -> list[tuple[int, int]] | None:
     return coalesce(ranges)
 
 
-def load(partial: Path, rf: RemoteFile, target: Target) -> list[tuple[int, int]] | None:
-    """The ranges a checked journal vouches for; None when there is no journal.
+def load(ranged: Path, rf: RemoteFile, target: Target) -> list[tuple[int, int]] | None:
+    """The ranges a checked journal of the data file ``ranged`` vouches for; None when there is no journal.
 
-    A journal that fails a check is removed with its partial file, and ``[]`` is returned (start over).
+    A journal that fails a check is removed with its data file, and ``[]`` is returned (start over).
     """
-    path = journal_path(partial)
+    partial, path = ranged, journal_path(ranged)
     if not os.path.lexists(path):
         return None
     ranges: list[tuple[int, int]] | None
@@ -103,9 +111,9 @@ def load(partial: Path, rf: RemoteFile, target: Target) -> list[tuple[int, int]]
     return ranges
 
 
-def discard(partial: Path) -> None:
-    """Remove a partial file and its journal."""
-    for path in (journal_path(partial), partial):
+def discard(ranged: Path) -> None:
+    """Remove a parallel download's data file and its journal."""
+    for path in (journal_path(ranged), ranged):
         try:
             path.unlink()
         except FileNotFoundError:
@@ -113,8 +121,8 @@ def discard(partial: Path) -> None:
 
 
 def done_bytes(partial: Path, rf: RemoteFile) -> int:
-    """Bytes a partial download holds, for a plan: the journal's ranges, else the partial file's size."""
-    path = journal_path(partial)
+    """Bytes a partial download holds, for a plan: a ranged download's journal, else the one-stream ``partial``'s size."""
+    path = journal_path(ranged_path(partial))
     if os.path.lexists(path):
         try:
             ranges = _parse(read_capped(path, MAX_JOURNAL_BYTES), rf)
@@ -130,10 +138,10 @@ def done_bytes(partial: Path, rf: RemoteFile) -> int:
 class Journal:
     """The open journal of one run: :meth:`add` appends a range once its bytes are written."""
 
-    def __init__(self, partial: Path, rf: RemoteFile, ranges: list[tuple[int, int]], target: Target) -> None:
-        self.path = journal_path(partial)
+    def __init__(self, ranged: Path, rf: RemoteFile, ranges: list[tuple[int, int]], target: Target) -> None:
+        self.path = journal_path(ranged)
         body = _header(rf) + b"".join(b"%d %d\n" % r for r in coalesce(ranges))
-        target.write_atomic(self.path, body)  # compacted; written before the partial file grows
+        target.write_atomic(self.path, body)  # compacted; written before the data file grows
         self.fd = target.open_fd(self.path, os.O_WRONLY | os.O_APPEND)
 
     def add(self, start: int, end: int) -> None:

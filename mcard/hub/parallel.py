@@ -24,7 +24,8 @@ stalls past the read timeout, or fails with a 5xx/429 is retried from where
 it stopped, with backoff, up to ``policy.max_retries`` times per range; more
 bytes than asked are never read. A ``200`` (the server ignores Range) makes
 the file start over on one connection (:func:`download_verified`). When a
-range gives up, the partial file and its journal stay for the next run.
+range gives up, the data file and its journal (:mod:`mcard.hub.journal`) stay
+for the next run.
 """
 
 from __future__ import annotations
@@ -277,63 +278,71 @@ def download_parallel(client: httpx.Client, url: str, rf: RemoteFile, partial: P
                       target: Target | None = None, limit: RateLimit | None = None) -> Outcome:
     """Download ``url`` into ``final`` over ``plan.connections`` connections, verified against ``rf``.
 
+    ``partial`` is the one-stream partial file (``<etag>.incomplete``): a prefix
+    left there by an earlier one-stream run (mcard's or huggingface_hub's) is
+    taken over; the ranges go to :func:`mcard.hub.journal.ranged_path` beside it.
     Same contract as :func:`~mcard.hub.transfer.download_verified`: the
     returned :class:`~mcard.hub.transfer.Outcome` says what was resumed and
-    received; a hash mismatch removes the partial file and raises
+    received; a hash mismatch removes the partial data and raises
     :class:`~mcard.errors.CheckFailed` (after one clean retry when the run
-    resumed an earlier partial file); a range that keeps failing raises
-    :class:`~mcard.errors.McardError` and keeps the partial file and journal.
+    resumed earlier data); a range that keeps failing raises
+    :class:`~mcard.errors.McardError` and keeps the data file and journal.
     """
     target = target or Target(partial.parent)
     policy = policy or RetryPolicy()
     hooks = _Hooks(advance or (lambda n: None), reset or (lambda pos: None), limit)
     target.mkdirs(partial.parent)
+    ranged = journal.ranged_path(partial)
     source = _Source(url, rf)
     outcome = Outcome(sha256="", resumed_from=0, received=0, restarts=0)
     first_pass = True
     while True:
-        done = journal.load(partial, rf, target)
-        if done is None:  # no journal: a partial file from a one-connection run is a prefix
-            done = _prefix_of(partial, rf)
+        done = journal.load(ranged, rf, target)
+        if done is None:  # no journal: a one-stream partial file is a prefix to keep
+            done = _adopt(partial, ranged, rf)
         if first_pass:
             outcome.resumed_from = sum(b - a for a, b in done)
         first_pass = False
         try:
-            sha = _one_pass(client, source, rf, partial, final, done, plan, policy, hooks, cancel, sleep, target,
+            sha = _one_pass(client, source, rf, ranged, final, done, plan, policy, hooks, cancel, sleep, target,
                             outcome)
         except _IgnoredRange:
-            journal.discard(partial)
+            journal.discard(ranged)
             outcome.restarts += 1
             hooks.reset(0)
             return _single(client, url, rf, partial, final, policy, hooks, cancel, sleep, target, outcome)
         except CheckFailed:
-            journal.discard(partial)
+            journal.discard(ranged)
             if outcome.resumed_from and not outcome.restarts:  # the earlier run's bytes may be what was wrong
                 outcome.restarts += 1
                 hooks.reset(0)
                 continue
             raise
+        if os.path.lexists(partial) and not partial.is_symlink():  # a one-stream partial left beside: stale now
+            partial.unlink()
         outcome.sha256 = sha
         return outcome
 
 
-def _prefix_of(partial: Path, rf: RemoteFile) -> list[tuple[int, int]]:
+def _adopt(partial: Path, ranged: Path, rf: RemoteFile) -> list[tuple[int, int]]:
+    """Move a one-stream partial file (a prefix) to ``ranged``; the ranges it holds."""
     if not os.path.lexists(partial):
         return []
     if partial.is_symlink() or not partial.is_file() or partial.stat().st_size > rf.size:
-        journal.discard(partial)
+        partial.unlink()
         return []
     size = partial.stat().st_size
+    os.replace(partial, ranged)
     return [(0, size)] if size else []
 
 
-def _one_pass(client: httpx.Client, source: _Source, rf: RemoteFile, partial: Path, final: Path,
+def _one_pass(client: httpx.Client, source: _Source, rf: RemoteFile, ranged: Path, final: Path,
               done: list[tuple[int, int]], plan: RangePlan, policy: RetryPolicy, hooks: _Hooks,
               cancel: threading.Event | None, sleep: Callable[[float], None], target: Target,
               outcome: Outcome) -> str:
     """Fetch what ``done`` lacks, hash, verify, move into place; return the sha256."""
-    log = journal.Journal(partial, rf, done, target)
-    fd = target.open_fd(partial, os.O_RDWR | os.O_CREAT)
+    log = journal.Journal(ranged, rf, done, target)
+    fd = target.open_fd(ranged, os.O_RDWR | os.O_CREAT)
     try:
         if os.fstat(fd).st_size < rf.size:
             os.ftruncate(fd, rf.size)  # sparse: the ranges land at their offsets
@@ -355,7 +364,7 @@ def _one_pass(client: httpx.Client, source: _Source, rf: RemoteFile, partial: Pa
         log.close()
     if problem is not None:
         raise CheckFailed(problem, rf.path)
-    os.replace(partial, final)
+    os.replace(ranged, final)
     log.remove()
     return verifier.sha256.hexdigest()
 
@@ -363,7 +372,7 @@ def _one_pass(client: httpx.Client, source: _Source, rf: RemoteFile, partial: Pa
 def _single(client: httpx.Client, url: str, rf: RemoteFile, partial: Path, final: Path, policy: RetryPolicy,
             hooks: _Hooks, cancel: threading.Event | None, sleep: Callable[[float], None], target: Target,
             outcome: Outcome) -> Outcome:
-    """The server ignores Range: one connection from byte 0 (the partial file is gone)."""
+    """The server ignores Range: one connection from byte 0."""
     limit = hooks.limit
 
     def advance(n: int) -> None:
