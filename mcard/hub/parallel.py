@@ -186,7 +186,7 @@ class _Download:
         url = self.source.url()
         with stream(self.client, url, cap=rf.size, headers={"Range": f"bytes={start}-{end - 1}"},
                     what=rf.path) as resp:
-            self._check_answer(resp, url, start, end)
+            self._check_answer(resp, start, end)
             if answered is not None:
                 answered.set()
             self._read_body(resp, slot, end)
@@ -194,7 +194,7 @@ class _Download:
             raise Transient(f"{rf.path}: the answer for bytes {start}-{end - 1} ended after "
                             f"{slot.cursor - start} bytes")
 
-    def _check_answer(self, resp: httpx.Response, url: str, start: int, end: int) -> None:
+    def _check_answer(self, resp: httpx.Response, start: int, end: int) -> None:
         rf = self.rf
         self.source.learn(resp)
         code = resp.status_code
