@@ -1,22 +1,9 @@
 """The registry: one TOML file per published repo, the source of truth for its card.
 
-Schema (see ``registry/examples/EXAMPLE.toml`` and ``registry/examples/awq-example.toml``
-for commented examples)::
-
-    [model]          repo, name, license (required); creator, base_model,
-                     base_model_name, description, prompt, system_message,
-                     original_card, quantized_by, tags, pipeline_tag, inference,
-                     language, notes, links, license_file
-    [architecture]   config = "path/to/config.json", or config.json keys inline
-    [[variants]]     format (required); branch / file; bits, group_size, desc_act,
-                     sym, checkpoint_format, version, zero_point, double_quant,
-                     type, r, alpha, dropout, target_modules, made_with,
-                     description, size, ram, dataset, seq_len, damp_percent, source
-    [[evaluations]]  dataset, metric, value (inline) or path (lm-eval JSON)
-    [[tables]]       title, columns, rows, caption
-
-The key tables and their type checks are in :mod:`mcard.registry_schema`. Every
-error is an :class:`UnusableInput` naming the file and the key path.
+The schema (every table and key, its type, default and meaning) is stated once, in
+:mod:`mcard.registry_schema`; ``docs/registry.md`` is generated from it. Commented examples:
+``registry/examples/EXAMPLE.toml`` and ``registry/examples/awq-example.toml``. Every error is an
+:class:`UnusableInput` naming the file and the key path.
 """
 
 from __future__ import annotations

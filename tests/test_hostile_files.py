@@ -93,8 +93,8 @@ def test_registry_repo_id_is_checked(tmp_path):
     assert code == 2 and "model.repo" in out
 
 
-def test_readme_workflow_passes_matrix_values_through_env():
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
+def test_documented_workflow_passes_matrix_values_through_env():
+    text = (ROOT / "docs" / "ci.md").read_text(encoding="utf-8")
     block = next(b for b in re.findall(r"```yaml\n(.*?)```", text, re.DOTALL) if "mcard plan" in b)
     steps = [s for job in yaml.safe_load(block)["jobs"].values() for s in job.get("steps", [])]
     runs = [s["run"] for s in steps if "run" in s]

@@ -1,7 +1,7 @@
-"""Every Python snippet in the README runs as pasted (#10 item 20).
+"""Every Python snippet in the README and docs/ runs as pasted (#10 item 20, #11).
 
-Each ```python block of README.md (and of docs/*.md, where the reference will live) is run on
-its own, in a fresh empty folder, as a user pasting it into a new interpreter would.
+Each ```python block of README.md and of docs/*.md (the reference) is run on its own, in a
+fresh empty folder, as a user pasting it into a new interpreter would.
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ def python_blocks() -> list[tuple[str, str]]:
     return out
 
 
-def test_the_readme_has_python_snippets() -> None:
-    assert len(python_blocks()) >= 3
+def test_the_readme_and_docs_have_python_snippets() -> None:
+    where = {w.split(":")[0] for w, _ in python_blocks()}
+    assert len(python_blocks()) >= 5 and {"README.md", "python-api.md"} <= where
 
 
 @pytest.mark.parametrize("where, code", python_blocks(), ids=[w for w, _ in python_blocks()])

@@ -1,7 +1,7 @@
 """The numbers that bound every request mcard makes (and every request huggingface_hub makes for it).
 
 Each limit has a default here and an environment override read when a
-session starts (never at import). They are documented in the README
+session starts (never at import). They are documented in docs/hub.md
 ("Limits on servers and inputs"); change both together.
 """
 
