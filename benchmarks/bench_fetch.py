@@ -340,15 +340,22 @@ The tool is killed once it has written half the file (`wchar` in `/proc/<pid>/io
 
 mcard keeps the data file and a journal of the ranges written (one line appended after each
 write, so `kill -9` loses at most what was in flight); the next run checks the journal and asks
-only for the missing ranges. `hf download` writes to a temporary file it deletes on failure, so an
-interrupted file starts over; aria2c saves its control file every 60 s (`--auto-save-interval`),
-so one killed within its first minute starts over too.
+only for the missing ranges. `hf download` (huggingface_hub {_hf_version()}) downloads into a temporary file
+with a name unique to the process (`<etag>.<random>.incomplete`) that no later run reuses, so an
+interrupted file starts over (and `kill -9` leaves that file behind). aria2c saves its control
+file every 60 s (`--auto-save-interval`), so one killed within its first minute starts over too.
 
-A caveat on the limited rows: nginx's `limit_rate` works in whole seconds and does not hold back a
-response's last bytes, so every request gets a little more than the rate (a 31 MB range at 25 MB/s
-took 1.22 s instead of 1.26 s when tried by hand); mcard makes more requests than aria2c (pieces of
-up to 64 MiB, smaller towards the end of a file) and gains a few percent from that.
+On the limited rows the ceilings differ by design: nginx's `limit_rate` caps each response, so a
+client gets 25 MB/s per connection it opens: 8 x 25 = 200 MB/s for mcard and aria2c on the single
+file, 25 MB/s for aria2c-x1 and hf; on the 4 shards up to 32 connections for mcard (8 per file, 4
+files at once) and aria2c (`-x 8` per file, `-j 8`), 4 for hf, 1 for aria2c-x1.
 """
+
+
+def _hf_version() -> str:
+    from importlib.metadata import version
+
+    return version("huggingface_hub")
 
 
 def _goals(case: Case, rate: int, med: dict[str, float], tools: list[str]) -> list[str]:
