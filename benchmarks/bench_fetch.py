@@ -1,29 +1,36 @@
-"""Benchmark ``mcard fetch`` against ``hf download`` on the same olah server, and measure resume.
+"""Benchmark `mcard fetch` on the Hub's download path (a 302 to a CDN) against `hf download` and `aria2c`.
 
-What it does:
+What it does, in one run, on one machine, against one server (all on loopback):
 
-1. Builds one multi-branch GPTQ-style repo whose measured branch holds
-   ``--size-mb`` MB of LFS safetensors shards (plus small config files; the
-   other branches are small), and serves it with olah (offline mirror mode)
-   on loopback.
-2. Times ``mcard fetch REPO:BRANCH`` and ``hf download REPO --revision
-   BRANCH`` into fresh cache folders, alternating which goes first, and
-   reports the medians and their ratio. Both run as subprocesses with the
-   same worker count (8) and print nothing.
-3. Resume: runs ``mcard fetch`` through the Range-capable fault proxy
-   (tests/tools/faultproxy.py), kills it (SIGKILL) once about half the bytes have
-   arrived, runs it again and counts the bytes the proxy sends in the second
-   run that had already arrived in the first (goal: < 1 %). The same is done
-   for ``hf download`` for comparison.
+1. Builds `bench/Bench-GGUF`, whose `main` holds one LFS file of `--size-gb` GB, and
+   `bench/Bench-GPTQ`, whose branch `gptq-4bit-32g-actorder_True` holds 4 safetensors shards of
+   the same total size plus 4 small files, and serves both with `mcard.testing.cdn.CdnHub`: olah
+   for the API, the front that answers `/resolve/` of an LFS file with the Hub's 302, and nginx
+   (Debian) as the CDN, with a rate limit per connection.
+2. For each rate (`--rates`: 25 MB/s per connection, and unlimited) and each case, times
+   `mcard fetch`, `hf download` (huggingface_hub's CLI; one connection per file) and
+   `aria2c -x 8 -s 8` (Debian; on the CDN URLs the front resolves to, with
+   `--checksum=sha-256=...`), order rotating, each into a fresh folder, as separate processes
+   (start-up included). mcard and aria2c verify the sha256 themselves; `hf download` checks the
+   size only, so its output is hashed afterwards (untimed). `aria2c -x 1 -s 1 -j 1` (`aria2c-x1`) is
+   the single-connection client of the ">= 5x" goal.
+3. Resume: starts each tool on the single file at the first rate, kills it (SIGKILL) once half of
+   the bytes are written (`/proc/<pid>/io`), runs it again, and counts from nginx's log the bytes
+   the second run was sent beyond what was still missing ("re-sent"; goal: < 1 % of the bytes
+   written before the kill).
+
+Needs nginx (`apt-get install nginx-light`) and aria2c (`apt-get install aria2`), about
+4 x `--size-gb` GB in the temporary folder, and ~30 minutes at 2 GB with 3 repeats.
 
 Usage::
 
-    python benchmarks/bench_fetch.py --size-mb 200 --repeats 3 --out benchmarks/RESULTS_fetch.md
+    python benchmarks/bench_fetch.py --size-gb 2 --repeats 3 --out benchmarks/RESULTS_fetch.md
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import shutil
@@ -33,130 +40,212 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-from faultproxy import FaultProxy, Faults
+from mcard.testing.cdn import CdnHub  # noqa: E402
+from mcard.testing.hubserver import build_git_repo  # noqa: E402
 
-from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches
-
-REPO = "bench/Bench-GPTQ"
-BRANCH = "gptq-4bit-32g-actorder_True"
-MCARD = ("import typer; from mcard.cli import hub as cli_hub; app = typer.Typer(); "
-         "app.command('branches')(cli_hub.branches); app.command('fetch')(cli_hub.fetch); app()")
-HF = str(Path(sys.executable).with_name("hf"))
+BIN = Path(sys.executable).parent
+MB = 1_000_000
+TOOLS = ("mcard", "hf", "aria2c", "aria2c-nocheck", "aria2c-x1")
 
 
-def _build(mirrors: Path, scratch: Path, size_mb: int, shards: int) -> int:
-    """Write the repo; return the total bytes of the measured branch."""
-    files: dict[str, bytes | Path] = {}
-    per = size_mb * 1_000_000 // shards
-    for i in range(shards):
-        shard = scratch / f"shard{i}.safetensors"
-        shard.write_bytes(safetensors_bytes(per, seed=100 + i, name=f"w{i}"))
-        files[f"model-{i + 1:05d}-of-{shards:05d}.safetensors"] = shard
-    small = sample_gptq_branches(8 * 1024)
-    for name in ("config.json", "quantize_config.json", "tokenizer_config.json", "README.md"):
-        files[name] = small[BRANCH][name]
-    branches = {"main": small["main"], BRANCH: files,
-                "gptq-8bit-128g-actorder_False": small["gptq-8bit-128g-actorder_False"]}
-    built = build_git_repo(mirrors, REPO, branches)
-    return sum(info.size for info in built.files[BRANCH].values())
+@dataclass
+class Case:
+    """One thing to download: repo, revision and its LFS files (path, size, sha256)."""
+
+    name: str
+    repo: str
+    revision: str
+    files: list[tuple[str, int, str]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return sum(size for _, size, _ in self.files)
 
 
-def _env(endpoint: str, cache: Path) -> dict[str, str]:
-    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_XET": "1"}
-    env.pop("HF_HUB_OFFLINE", None)
+def _random_file(path: Path, size: int) -> Path:
+    with open(path, "wb") as fh:
+        left = size
+        while left:
+            n = min(left, 64 << 20)
+            fh.write(os.urandom(n))
+            left -= n
+    return path
+
+
+def _build(mirrors: Path, scratch: Path, total: int) -> list[Case]:
+    single = Case("one file", "bench/Bench-GGUF", "main")
+    built = build_git_repo(mirrors, single.repo, {"main": {
+        "model.Q4_K_M.gguf": _random_file(scratch / "one.gguf", total), "README.md": b"# bench\n"}})
+    (scratch / "one.gguf").unlink()
+    shards = Case("4 shards", "bench/Bench-GPTQ", "gptq-4bit-32g-actorder_True")
+    files: dict[str, bytes | Path] = {name: b'{"bits": 4}\n' for name in
+                                      ("config.json", "quantize_config.json", "tokenizer_config.json", "README.md")}
+    for i in range(4):
+        files[f"model-{i + 1:05d}-of-00004.safetensors"] = _random_file(scratch / f"s{i}", total // 4)
+    sharded = build_git_repo(mirrors, shards.repo, {"main": {"README.md": b"# bench\n"}, shards.revision: files})
+    for i in range(4):
+        (scratch / f"s{i}").unlink()
+    for case, repo in ((single, built), (shards, sharded)):
+        case.files = [(p, f.size, f.sha256) for p, f in sorted(repo.files[case.revision].items()) if f.lfs]
+    return [single, shards]
+
+
+def _env(endpoint: str) -> dict[str, str]:
+    env = {**os.environ, "HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+           "HF_HUB_DISABLE_XET": "1"}
+    for var in ("HF_HUB_OFFLINE", "HF_TOKEN", "HF_HUB_CACHE", "HF_HOME"):
+        env.pop(var, None)
     return env
 
 
-def _mcard_cmd(cache: Path) -> list[str]:
-    return [sys.executable, "-c", MCARD, "fetch", f"{REPO}:{BRANCH}", "--quiet", "--cache-dir", str(cache)]
+def _command(tool: str, case: Case, out: Path, hub: CdnHub, extra: list[str] | None = None) -> list[str]:
+    if tool == "mcard":
+        return [str(BIN / "mcard"), "fetch", f"{case.repo}:{case.revision}", "--quiet", "--cache-dir", str(out),
+                *(extra or [])]
+    if tool == "hf":
+        return [str(BIN / "hf"), "download", case.repo, "--revision", case.revision, "--cache-dir", str(out), "--quiet"]
+    import httpx
+
+    listing = out.with_name(out.name + ".aria2-input")
+    lines = []
+    for path, _size, sha in case.files:  # the CDN URL the Hub's redirect points to, as a user would paste it
+        location = httpx.head(hub.resolve_url(case.repo, case.revision, path)).headers["location"]
+        lines += [location, f"  out={path}", f"  checksum=sha-256={sha}"]
+    listing.write_text("\n".join(lines) + "\n")
+    if tool == "aria2c-nocheck":  # the same download without the sha256 pass, to show what that pass costs
+        listing.write_text("\n".join(line for line in lines if "checksum=" not in line) + "\n")
+    # aria2c-x1: the single-connection client (one connection, one file at a time), sha256 checked
+    n = "1" if tool == "aria2c-x1" else "8"
+    return ["aria2c", "-x", n, "-s", n, "-j", n, "-i", str(listing), "-d", str(out), "--console-log-level=warn",
+            "--summary-interval=0", "--allow-overwrite=true", "--auto-file-renaming=false", "-q"]
 
 
-def _hf_cmd(cache: Path) -> list[str]:
-    return [HF, "download", REPO, "--revision", BRANCH, "--cache-dir", str(cache), "--quiet"]
-
-
-def _timed(cmd: list[str], env: dict[str, str]) -> float:
-    started = time.perf_counter()
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1800)
-    elapsed = time.perf_counter() - started
+def _run(cmd: list[str], env: dict[str, str], log: Path) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of the process) of one run; exits on failure."""
+    with open(log, "wb") as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {proc.stderr.strip()[-500:]}")
-    return elapsed
+        raise SystemExit(f"{cmd[0]} failed ({proc.returncode}): {log.read_text(errors='replace')[-600:]}")
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
-def _on_disk(cache: Path) -> int:
-    """Bytes of the repo's blobs folder: finished blobs plus partial downloads."""
-    blobs = cache / ("models--" + REPO.replace("/", "--")) / "blobs"
-    return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file()) if blobs.is_dir() else 0
+def _check(tool: str, case: Case, out: Path) -> None:
+    """Every file of the case is in ``out`` with its size (and, for hf, which does not hash, its sha256)."""
+    for path, size, sha in case.files:
+        found = [out / path] if tool.startswith("aria2c") else list(out.rglob(Path(path).name))
+        real = [p for p in found if p.is_file() and p.stat().st_size == size]
+        if not real:
+            raise SystemExit(f"{tool}: {path} missing or of the wrong size in {out}")
+        if tool in ("hf", "aria2c-nocheck") and _sha256(real[0]) != sha:
+            raise SystemExit(f"{tool}: {path} has the wrong sha256")
 
 
-def _resume(cmd_for: Any, proxy: FaultProxy, work: Path, total: int, label: str) -> dict[str, float]:
-    """Kill the tool (SIGKILL) at about half, rerun, count bytes that are sent again."""
-    cache = work / f"resume-{label}"
-    # ~3 MB/s per connection: as on a real network, the client is not the bottleneck, so little
-    # sits in socket buffers when the process is killed
-    proxy.set_faults(Faults(honour_range=True, chunk_delay=0.02))
-    proxy.clear_log()
-    proc = subprocess.Popen(cmd_for(cache), env=_env(proxy.endpoint, cache), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline and _on_disk(cache) < total // 2 and proc.poll() is None:
-        time.sleep(0.02)
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _speed(hub: CdnHub, cases: list[Case], rates: list[int], tools: list[str], repeats: int,
+           work: Path) -> dict[tuple[str, int, str], list[tuple[float, float]]]:
+    times: dict[tuple[str, int, str], list[tuple[float, float]]] = {}
+    env = _env(hub.endpoint)
+    for rate in rates:
+        hub.front.cdn_rate = rate
+        for case in cases:
+            for i in range(repeats):
+                order = tools[i % len(tools):] + tools[:i % len(tools)]
+                for tool in order:
+                    out = work / f"out-{tool}"
+                    shutil.rmtree(out, ignore_errors=True)
+                    cmd = _command(tool, case, out, hub)
+                    took = _run(cmd, env, work / "stderr.log")
+                    _check(tool, case, out)
+                    shutil.rmtree(out, ignore_errors=True)
+                    times.setdefault((case.name, rate, tool), []).append(took)
+                    print(f"{case.name}, {_rate(rate)}: {tool} {took[0]:.2f} s "
+                          f"({case.size / took[0] / MB:.0f} MB/s, CPU {took[1]:.1f} s)", flush=True)
+    return times
+
+
+def _written(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("wchar:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _resume(hub: CdnHub, case: Case, rate: int, tool: str, work: Path) -> dict[str, float]:
+    """Kill ``tool`` (SIGKILL) once half the file is written, run it again, count what nginx sent again."""
+    hub.front.cdn_rate = rate
+    env, out = _env(hub.endpoint), work / f"resume-{tool}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = _command(tool, case, out, hub)
+    (_path, size, sha) = case.files[0]
+    first_start = time.time()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 1800
+    while proc.poll() is None and _written(proc.pid) < size // 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    written = _written(proc.pid)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    arrived = _on_disk(cache)
-    first = proxy.bytes_sent("/resolve/")
-    proxy.set_faults(Faults(honour_range=True))
-    proxy.clear_log()
-    _timed(cmd_for(cache), _env(proxy.endpoint, cache))
-    sent = proxy.bytes_sent("/resolve/")
-    retransferred = max(0, sent - (total - arrived))
-    # network view: everything the proxy wrote in both runs beyond one copy of the revision; this also
-    # counts bytes that were in flight (socket buffers, the client's last unwritten batch) at the kill
-    overhead = max(0, first + sent - total)
-    return {"arrived": arrived, "sent_first_run": first, "sent_second_run": sent, "retransferred": retransferred,
-            "ratio": retransferred / arrived if arrived else 0.0, "overhead": overhead,
-            "overhead_ratio": overhead / first if first else 0.0}
+    time.sleep(2.0)  # nginx logs a request when it notices the client is gone
+    second_start = time.time()
+    took = _run(cmd, env, work / "stderr.log")
+    _check(tool, case, out)
+    shutil.rmtree(out, ignore_errors=True)
+    gets = hub.cdn.requests(until=lambda reqs: sum(r.sent for r in reqs if r.start >= second_start and
+                                                     r.path.endswith(sha)) >= size - written, timeout=5)
+    sent1 = sum(r.sent for r in gets if first_start <= r.start < second_start and r.path.endswith(sha))
+    sent2 = sum(r.sent for r in gets if r.start >= second_start and r.path.endswith(sha))
+    resent = max(0, sent2 - (size - written))
+    return {"written": written, "sent1": sent1, "sent2": sent2, "resent": resent,
+            "ratio": resent / written if written else 0.0, "seconds": took[0]}
+
+
+def _rate(rate: int) -> str:
+    return f"{rate / MB:g} MB/s per connection" if rate else "unlimited"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=200, help="MB of LFS weights on the measured branch")
-    parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--size-gb", type=float, default=2.0, help="GB of the single file, and of the 4 shards")
+    parser.add_argument("--rates", default="25,0", help="CDN MB/s per connection, comma-separated (0: unlimited)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--tools", default=",".join(TOOLS))
+    parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("--out", type=Path, default=None, help="write a markdown report here")
     args = parser.parse_args()
-
-    work = Path(tempfile.mkdtemp(prefix="mcard-bench-"))
+    rates = [int(float(r) * MB) for r in args.rates.split(",")]
+    tools = [t for t in args.tools.split(",") if t]
+    work = Path(tempfile.mkdtemp(prefix="mcard-bench-cdn-"))
     try:
         scratch = work / "scratch"
         scratch.mkdir()
-        total = _build(work / "mirrors", scratch, args.size_mb, args.shards)
-        shutil.rmtree(scratch)
-        times: dict[str, list[float]] = {"mcard": [], "hf": []}
-        with OlahServer(work / "mirrors") as hub:
-            for i in range(args.repeats):
-                order = ["mcard", "hf"] if i % 2 == 0 else ["hf", "mcard"]
-                for tool in order:
-                    cache = work / f"{tool}-{i}"
-                    cmd = _mcard_cmd(cache) if tool == "mcard" else _hf_cmd(cache)
-                    times[tool].append(_timed(cmd, _env(hub.endpoint, cache)))
-                    print(f"run {i + 1} {tool}: {times[tool][-1]:.2f} s", flush=True)
-                    shutil.rmtree(cache)
-            with FaultProxy(hub.endpoint) as proxy:
-                mcard_resume = _resume(_mcard_cmd, proxy, work, total, "mcard")
-                print(f"mcard resume: {mcard_resume}", flush=True)
-                hf_resume = _resume(_hf_cmd, proxy, work, total, "hf")
-                print(f"hf resume: {hf_resume}", flush=True)
-        report = _report(args, total, times, mcard_resume, hf_resume)
+        cases = _build(work / "mirrors", scratch, int(args.size_gb * 1e9))
+        with CdnHub(work / "mirrors") as hub:
+            times = _speed(hub, cases, rates, tools, args.repeats, work)
+            resumes = {} if args.no_resume else {tool: _resume(hub, cases[0], rates[0], tool, work)
+                                                 for tool in tools if tool in ("mcard", "hf", "aria2c")}
+            for tool, r in resumes.items():
+                print(f"resume {tool}: {r}", flush=True)
+        report = _report(args, cases, rates, tools, times, resumes)
         print(report)
         if args.out:
             args.out.write_text(report)
@@ -167,91 +256,130 @@ def main() -> None:
 def _machine() -> str:
     model = "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
         pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
+    mem = f", {int(Path('/proc/meminfo').read_text().split()[1]) / 1024 / 1024:.0f} GiB RAM"
     from importlib.metadata import version
 
-    import huggingface_hub
+    def tool_version(cmd: list[str]) -> str:
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            return (done.stdout or done.stderr).splitlines()[0].strip().removeprefix("nginx version: ")
+        except (OSError, IndexError):
+            return "?"
 
-    return (f"{os.cpu_count()} cores ({model}){mem}, CPU only, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}, huggingface_hub {huggingface_hub.__version__}, "
-            f"olah {version('olah')}, httpx {version('httpx')}")
+    return (f"{os.cpu_count()} cores ({model}){mem}, shared with other jobs, CPU only, {platform.system()} "
+            f"{platform.release()}; Python {platform.python_version()}, httpx {version('httpx')}, huggingface_hub "
+            f"{version('huggingface_hub')}, {tool_version(['nginx', '-v'])}, "
+            f"{tool_version(['aria2c', '--version'])}")
 
 
-def _report(args: argparse.Namespace, total: int, times: dict[str, list[float]], mr: dict[str, float],
-            hr: dict[str, float]) -> str:
-    m, h = statistics.median(times["mcard"]), statistics.median(times["hf"])
-    mb = total / 1e6
-    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731 - a one-line formatter for the template
-    command = (f"python benchmarks/bench_fetch.py --size-mb {args.size_mb} --shards {args.shards} "
-               f"--repeats {args.repeats} --out benchmarks/RESULTS_fetch.md")
-    mcard_row = (f"| mcard fetch | {mr['arrived']:,.0f} | {mr['sent_first_run']:,.0f} | {mr['sent_second_run']:,.0f} | "
-                 f"{mr['retransferred']:,.0f} | **{100 * mr['ratio']:.3f} %** | {mr['overhead']:,.0f} "
-                 f"({100 * mr['overhead_ratio']:.2f} %) |")
-    hf_row = (f"| hf download | {hr['arrived']:,.0f} | {hr['sent_first_run']:,.0f} | {hr['sent_second_run']:,.0f} | "
-              f"{hr['retransferred']:,.0f} | {100 * hr['ratio']:.1f} % | {hr['overhead']:,.0f} "
-              f"({100 * hr['overhead_ratio']:.1f} %) |")
-    return f"""# `mcard fetch` benchmark
+def _report(args: argparse.Namespace, cases: list[Case], rates: list[int], tools: list[str],
+            times: dict[tuple[str, int, str], list[tuple[float, float]]], resumes: dict[str, dict[str, float]]) -> str:
+    rows, goals = [], []
+    for rate in rates:
+        for case in cases:
+            med = {t: statistics.median(x[0] for x in times[(case.name, rate, t)]) for t in tools}
+            cpu = {t: statistics.median(x[1] for x in times[(case.name, rate, t)]) for t in tools}
+            for tool in tools:
+                runs = ", ".join(f"{x[0]:.2f}" for x in times[(case.name, rate, tool)])
+                ratio = {t: med[t] / med[tool] for t in tools}
+                rows.append(f"| {case.name} | {_rate(rate)} | {tool} | {runs} | {med[tool]:.2f} | "
+                            f"{case.size / med[tool] / MB:.0f} | {cpu[tool]:.1f} | "
+                            + " | ".join(f"{ratio[t]:.2f}" for t in tools) + " |")
+            if "mcard" in tools:
+                goals += _goals(case, rate, med, tools)
+    res = [f"| {tool} | {r['written']:,.0f} | {r['sent1']:,.0f} | {r['sent2']:,.0f} | {r['resent']:,.0f} | "
+           f"**{100 * r['ratio']:.2f} %** | {r['seconds']:.1f} |" for tool, r in resumes.items()]
+    header = " | ".join(f"x {t}" for t in tools)
+    return f"""# `mcard fetch` on the Hub's download path: a 302 to a CDN
 
 Machine: {_machine()}.
 
 Command (from the repo root, in the project venv):
 
-    {command}
+    python benchmarks/bench_fetch.py --size-gb {args.size_gb:g} --rates {args.rates} --repeats {args.repeats} --out benchmarks/RESULTS_fetch.md
 
-Setup: one repo `{REPO}` with three branches served by olah (offline mirror mode) on loopback;
-the measured branch `{BRANCH}` holds {args.shards} LFS safetensors shards plus 4 small files,
-{mb:.1f} MB in all. Both tools download that revision into a fresh HF cache folder, 8 parallel
-workers each, no progress output, as separate processes (start-up included); order alternates.
+Setup: `mcard.testing.cdn.CdnHub` on loopback: olah answers the API, the front answers `/resolve/` of
+an LFS file with the Hub's 302 (signed, expiring `Location`, `X-Linked-Size`, `X-Linked-Etag`), nginx
+serves the LFS objects with Range and `limit_rate` per connection (its log counts the bytes). Cases:
+one {cases[0].size / 1e9:g} GB LFS file (`{cases[0].repo}`), and a branch of 4 LFS shards of
+{cases[1].size / 4e9:g} GB each plus 4 small files (`{cases[1].repo}:{cases[1].revision}`). Each tool
+runs as its own process into a fresh folder, order rotating; times include start-up, listing and
+resolving (aria2c gets the resolved CDN URLs, so it skips those). `mcard fetch` runs with its
+defaults (8 files at a time; connections per file from the size: 8 for each file here) and verifies
+sha256 while downloading; `aria2c -x 8 -s 8 -j 8` verifies with `--checksum=sha-256=...` after
+downloading (a second read of the file); `aria2c-nocheck` is the same download without that pass
+(hashed after the run, untimed), to show what the pass costs; `aria2c-x1` (`-x 1 -s 1 -j 1`, with the
+checksum) is the single-connection client the 5x goal is measured against; `hf download` (8 files at a time, one
+connection each) checks sizes only: its output is hashed after the run, untimed. "CPU" is the
+process's user + system time as the kernel accounts it (the machine is shared, so it varies too).
 
-## Speed (same server, same revision)
+## Speed
 
-| tool | runs (s) | median (s) | MB/s |
-|---|---|---|---|
-| `mcard fetch {REPO}:{BRANCH}` | {runs(times["mcard"])} | {m:.2f} | {mb / m:.1f} |
-| `hf download {REPO} --revision {BRANCH}` | {runs(times["hf"])} | {h:.2f} | {mb / h:.1f} |
+"x tool" is that tool's median time over this row's (above 1: this row's tool is faster).
 
-Ratio mcard / hf: **{m / h:.2f}** (below 1 means mcard is faster). mcard hashes every byte while it
-streams (sha256, git blob id) and needs no per-file HEAD; `hf download` sends a HEAD per file,
-which olah answers for LFS files by reading and hashing the whole object. Both are bound by the
-server: olah streams a file in 4 KiB pieces through a thread pool in one Python process (about one
-core of the two), and single runs vary by 10-20 % on this box, so compare medians.
+| case | CDN limit | tool | runs (s) | median (s) | MB/s | CPU (s) | {header} |
+|---|---|---|---|---|---|---|{'---|' * len(tools)}
+{chr(10).join(rows)}
 
-## Resume after an interruption (through the Range-capable fault proxy)
+## Goals
 
-The proxy serves ~3 MB/s per connection (64 KiB every 20 ms). The process is killed with SIGKILL
-once about half the bytes are on disk, then run again without throttling.
-"Re-transferred" counts bytes sent in the second run that were already on disk after the first.
-"Network overhead" is everything the proxy sent in both runs beyond one copy of the revision,
-relative to what it sent in the first run; it also counts bytes still in flight at the kill
-(kernel socket buffers, the client's last unwritten 64 KiB batch per file).
+{chr(10).join(goals)}
 
-| tool | on disk at kill | sent 1st run | sent 2nd run | re-transferred | share of what had arrived | network overhead |
+## Resume after `kill -9` at half ({_rate(rates[0])}, the single file)
+
+The tool is killed once it has written half the file (`wchar` in `/proc/<pid>/io`), then run again.
+"Re-sent" is what nginx sent in the second run beyond what was still missing after the first.
+
+| tool | written before the kill | sent in run 1 | sent in run 2 | re-sent | re-sent / written | run 2 (s) |
 |---|---|---|---|---|---|---|
-{mcard_row}
-{hf_row}
+{chr(10).join(res)}
 
-mcard keeps `blobs/<sha256>.incomplete`, re-hashes its bytes and continues with `Range`
-(accepted only on 206 with a matching Content-Range). huggingface_hub {_hf_version()} writes
-each download to a process-unique temporary file and deletes it on failure, so an interrupted
-file starts over (finished files are kept).
+mcard keeps the data file and a journal of the ranges written (one line appended after each
+write, so `kill -9` loses at most what was in flight); the next run checks the journal and asks
+only for the missing ranges. `hf download` (huggingface_hub {_hf_version()}) downloads into a temporary file
+with a name unique to the process (`<etag>.<random>.incomplete`) that no later run reuses, so an
+interrupted file starts over (and `kill -9` leaves that file behind). aria2c saves its control
+file every 60 s (`--auto-save-interval`), so one killed within its first minute starts over too.
+
+On the limited rows the ceilings differ by design: nginx's `limit_rate` caps each response, so a
+client gets 25 MB/s per connection it opens: 8 x 25 = 200 MB/s for mcard and aria2c on the single
+file, 25 MB/s for aria2c-x1 and hf; on the 4 shards up to 32 connections for mcard (8 per file, 4
+files at once) and aria2c (`-x 8` per file, `-j 8`), 4 for hf, 1 for aria2c-x1.
 """
 
 
 def _hf_version() -> str:
-    import huggingface_hub
+    from importlib.metadata import version
 
-    return huggingface_hub.__version__
+    return version("huggingface_hub")
+
+
+def _goals(case: Case, rate: int, med: dict[str, float], tools: list[str]) -> list[str]:
+    out = []
+    speed = {t: 1 / med[t] for t in tools}
+    if rate and "aria2c" in tools:
+        r = speed["mcard"] / speed["aria2c"]
+        out.append(f"- {case.name}, {_rate(rate)}: mcard / aria2c = {r:.2f} (goal >= 0.9: "
+                   f"{'met' if r >= 0.9 else f'missed by {0.9 - r:.2f}'})")
+    if rate and "aria2c-x1" in tools:
+        r = speed["mcard"] / speed["aria2c-x1"]
+        out.append(f"- {case.name}, {_rate(rate)}: mcard / single-connection client (aria2c -x 1 -s 1 -j 1) = "
+                   f"{r:.2f} (goal >= 5: {'met' if r >= 5 else f'missed by {5 - r:.2f}'})")
+    if rate and "hf" in tools:
+        r = speed["mcard"] / speed["hf"]
+        out.append(f"- {case.name}, {_rate(rate)}: mcard / hf download (one connection per file: "
+                   f"{len(case.files)} here) = {r:.2f} (no goal; for comparison)")
+    others = [t for t in tools if t not in ("mcard", "aria2c-nocheck")]
+    if not rate and others:
+        best = max(others, key=lambda t: speed[t])
+        r = speed["mcard"] / speed[best]
+        out.append(f"- {case.name}, unlimited: mcard / best other ({best}) = {r:.2f} (goal >= 1.0: "
+                   f"{'met' if r >= 1.0 else f'missed by {1.0 - r:.2f}'})")
+    return out
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import typer
 
-from ..core.errors import EXIT_FAILED
+from ..core.errors import EXIT_FAILED, UnusableInput
 from ..core.safetext import echo, markup_safe as esc, plain
 from ..core.units import format_size
 from ..hub.branches import BranchListing, RefReport, list_branches
@@ -127,6 +127,19 @@ def _summary(result: FetchResult) -> str:
             f"{format_size(result.total_size)} ({parts})")
 
 
+def _rate(text: str | None) -> float | None:
+    """``--max-rate``: a size per second (``50MB``, ``50MB/s``, ``512 MiB``, a byte count)."""
+    if text is None:
+        return None
+    from ..registry.schema import parse_size
+
+    value = text.strip().removesuffix("/s")
+    rate = parse_size(int(value) if value.isdigit() else value, "--max-rate")
+    if rate <= 0:
+        raise UnusableInput(f"--max-rate: expected more than 0 bytes per second, found {text!r}")
+    return float(rate)
+
+
 def fetch(
     repo: Annotated[str, typer.Argument(help="org/name, org/name:branch, or a Hub URL (.../tree/<branch>).")],
     files: Annotated[list[str] | None, typer.Argument(help="Only these files (paths in the repo).")] = None,
@@ -140,13 +153,17 @@ def fetch(
     as_json: JsonOpt = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summary.")] = False,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Parallel downloads.")] = 8,
+    connections: Annotated[int | None, typer.Option(
+        "--connections", min=1, max=32, help="Connections per file (default: from its size, up to 8).")] = None,
+    max_rate: Annotated[str | None, typer.Option(
+        "--max-rate", help="Cap on the total rate, e.g. 50MB (per second).")] = None,
 ) -> None:
     """Download one revision, pinned to one commit, verifying every file's hash as it streams in."""
     reporter: Reporter = RichReporter() if sys.stderr.isatty() and not quiet and not dry_run else NullReporter()
     result: FetchResult = guarded(as_json, lambda: fetch_revision(
         repo, revision=revision, files=files or (), include=include or (), exclude=exclude or (),
         local_dir=local_dir, cache_dir=cache_dir, dry_run=dry_run, allow_pickle=allow_pickle, workers=workers,
-        reporter=reporter), INTERRUPTED)
+        reporter=reporter, connections=connections, max_rate=_rate(max_rate)), INTERRUPTED)
     if as_json:
         print_json(result.to_dict())
     elif dry_run:

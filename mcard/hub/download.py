@@ -2,9 +2,11 @@
 
 :func:`fetch` resolves the revision to one commit, lists its files, applies
 the selection rules (:mod:`mcard.hub.selection`), then downloads what is not
-already present with a thread pool. Each file streams through
+already present with a thread pool. A small file streams through
 :func:`mcard.hub.transfer.download_verified` (hash while streaming, resume,
-retries) into the HF cache (:class:`~mcard.hub.cache.CacheLayout`) or a
+retries); a big one is fetched over several connections in ranges by
+:func:`mcard.hub.parallel.download_parallel` (see :func:`mcard.hub.pieces.plan_ranges`),
+and both write into the HF cache (:class:`~mcard.hub.cache.CacheLayout`) or a
 plain folder (:class:`~mcard.hub.cache.LocalDirLayout`). Per-file failures
 do not stop the other files; they are reported in the :class:`FetchResult`
 and :meth:`FetchResult.raise_for_failures` turns them into an error.
@@ -25,16 +27,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..core.errors import CheckFailed, McardError
+from ..core.errors import CheckFailed, McardError, UnusableInput
 from ..core.pathguard import Target
+from . import journal
 from .cache import CacheLayout, LocalDirLayout, cached_revision, prepare_final
 from .env import resolve_env
 from .model import RemoteFile
+from .parallel import download_parallel
+from .pieces import AUTO_MAX_CONNECTIONS, plan_ranges
 from .progress import NullReporter, Reporter
+from .ratelimit import RateLimit
 from .refs import parse_repo_spec
 from .remote import HubClient
 from .selection import select_files
-from .transfer import RetryPolicy, download_verified
+from .transfer import Outcome, RetryPolicy, download_verified
 
 Layout = CacheLayout | LocalDirLayout
 
@@ -127,8 +133,39 @@ def _cached_result(layout: Layout, rf: RemoteFile, local: Path) -> FileResult:
     return FileResult(rf.path, rf.size, "cached", str(local), sha, rf.blob_id, rf.lfs)
 
 
+@dataclass(frozen=True)
+class _Transfer:
+    """How files travel: connections per file (None: from the size), piece size, the run's rate cap."""
+
+    connections: int | None = None
+    piece: int | None = None
+    limit: RateLimit | None = None
+
+
+def _download(client: HubClient, layout: Layout, rf: RemoteFile, final: Path, policy: RetryPolicy,
+              reporter: Reporter, cancel: threading.Event, how: _Transfer) -> Outcome:
+    """One file over one connection, or in ranges over several (a big file, or a journal from such a run)."""
+    url = client.file_url(layout.rev.repo_id, layout.rev.commit, rf.path)
+    partial = layout.partial_path(rf)
+    plan = plan_ranges(rf.size, how.connections, how.piece)
+    reset = lambda pos: reporter.file_position(rf.path, pos)  # noqa: E731
+    if plan.connections > 1 or os.path.lexists(journal.journal_path(journal.ranged_path(partial))):
+        return download_parallel(client.http, url, rf, partial, final, plan=plan, policy=policy,
+                                 advance=lambda n: reporter.advance(rf.path, n), reset=reset, cancel=cancel,
+                                 target=layout.target, limit=how.limit)
+    limit = how.limit
+
+    def advance(n: int) -> None:
+        reporter.advance(rf.path, n)
+        if limit is not None:
+            limit.take(n)
+
+    return download_verified(client.http, url, rf, partial, final, policy=policy, advance=advance, reset=reset,
+                             cancel=cancel, target=layout.target)
+
+
 def _one_file(client: HubClient, layout: Layout, rf: RemoteFile, policy: RetryPolicy, reporter: Reporter,
-              cancel: threading.Event) -> FileResult:
+              cancel: threading.Event, how: _Transfer) -> FileResult:
     """Fetch one file under its lock; never raises for per-file problems."""
     try:
         final = prepare_final(layout, rf)
@@ -137,11 +174,7 @@ def _one_file(client: HubClient, layout: Layout, rf: RemoteFile, policy: RetryPo
                 return _cached_result(layout, rf, layout.finish(rf))
             reporter.file_started(rf.path, rf.size)
             try:
-                outcome = download_verified(
-                    client.http, client.file_url(layout.rev.repo_id, layout.rev.commit, rf.path), rf,
-                    layout.partial_path(rf), final, policy=policy,
-                    advance=lambda n: reporter.advance(rf.path, n),
-                    reset=lambda pos: reporter.file_position(rf.path, pos), cancel=cancel, target=layout.target)
+                outcome = _download(client, layout, rf, final, policy, reporter, cancel, how)
             finally:
                 reporter.file_done(rf.path, "done")
             local = layout.finish(rf)
@@ -159,11 +192,11 @@ def _one_file(client: HubClient, layout: Layout, rf: RemoteFile, policy: RetryPo
 
 
 def _run_downloads(client: HubClient, layout: Layout, todo: list[RemoteFile], workers: int, policy: RetryPolicy,
-                   reporter: Reporter, cancel: threading.Event) -> dict[str, FileResult]:
+                   reporter: Reporter, cancel: threading.Event, how: _Transfer) -> dict[str, FileResult]:
     results: dict[str, FileResult] = {}
     pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="mcard-fetch")
     try:
-        futures = {pool.submit(_one_file, client, layout, rf, policy, reporter, cancel): rf
+        futures = {pool.submit(_one_file, client, layout, rf, policy, reporter, cancel, how): rf
                    for rf in sorted(todo, key=lambda f: -f.size)}
         for future in as_completed(futures):
             result = future.result()
@@ -180,9 +213,16 @@ def fetch(repo: str, files: Sequence[str] = (), *, revision: str | None = None, 
           exclude: Sequence[str] = (), local_dir: str | Path | None = None, dry_run: bool = False,
           allow_pickle: bool = False, workers: int = 8, endpoint: str | None = None, token: str | None = None,
           cache_dir: str | Path | None = None, offline: bool | None = None, policy: RetryPolicy | None = None,
-          timeout: float = 60.0, reporter: Reporter | None = None,
-          cancel: threading.Event | None = None) -> FetchResult:
+          timeout: float = 60.0, reporter: Reporter | None = None, cancel: threading.Event | None = None,
+          connections: int | None = None, max_rate: float | None = None,
+          piece_size: int | None = None) -> FetchResult:
     """Fetch ``repo`` (``org/name``, ``org/name:branch`` or a Hub URL) at one pinned commit.
+
+    Up to ``workers`` files download at once. A file is fetched in ranges over
+    ``connections`` connections (None: chosen from its size, one below 32 MiB,
+    up to 8; see :func:`mcard.hub.pieces.plan_ranges`; ``piece_size`` overrides
+    the bytes per range request). ``max_rate`` caps the bytes per second of the
+    whole run, all connections together.
 
     Raises :class:`~mcard.core.errors.UnusableInput` for bad input (unknown repo,
     revision or file, unsafe listing, pickle-only without ``allow_pickle``)
@@ -193,9 +233,15 @@ def fetch(repo: str, files: Sequence[str] = (), *, revision: str | None = None, 
     spec = parse_repo_spec(repo, revision)
     policy = policy or RetryPolicy()
     reporter = reporter or NullReporter()
+    if connections is not None and connections < 1:
+        raise UnusableInput(f"connections must be at least 1, not {connections}")
+    if max_rate is not None and not max_rate > 0:
+        raise UnusableInput(f"max_rate must be a positive number of bytes per second, not {max_rate}")
+    how = _Transfer(connections, piece_size, RateLimit(max_rate) if max_rate else None)
     if env.offline:
         return _fetch_offline(env.cache_dir, spec, files, include, exclude, local_dir, dry_run, allow_pickle)
-    with HubClient(env, policy=policy, timeout=timeout, max_connections=max(workers, 4)) as client:
+    per_file = connections or AUTO_MAX_CONNECTIONS
+    with HubClient(env, policy=policy, timeout=timeout, max_connections=max(workers, 4) * per_file) as client:
         rev = client.resolve(spec)
         listing = client.list_files(rev)
         selection = select_files(listing, str(rev), names=files, include=include, exclude=exclude,
@@ -214,7 +260,7 @@ def fetch(repo: str, files: Sequence[str] = (), *, revision: str | None = None, 
         todo = [rf for rf in selection.files if not layout.is_cached(rf)]
         reporter.begin(sum(rf.size for rf in todo), len(todo))
         try:
-            done = _run_downloads(client, layout, todo, workers, policy, reporter, cancel or threading.Event())
+            done = _run_downloads(client, layout, todo, workers, policy, reporter, cancel or threading.Event(), how)
         finally:
             reporter.end()
         for rf in selection.files:
@@ -228,8 +274,7 @@ def fetch(repo: str, files: Sequence[str] = (), *, revision: str | None = None, 
 
 def _planned(layout: Layout, rf: RemoteFile) -> FileResult:
     cached = layout.is_cached(rf)
-    partial = layout.partial_path(rf)
-    resume = partial.stat().st_size if not cached and partial.is_file() else 0
+    resume = 0 if cached else journal.done_bytes(layout.partial_path(rf), rf)
     return FileResult(rf.path, rf.size, "cached" if cached else "download", str(layout.user_path(rf)),
                       rf.sha256, rf.blob_id, rf.lfs, resumed_from=min(resume, rf.size))
 

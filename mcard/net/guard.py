@@ -24,7 +24,9 @@ listing:
   gzip or deflate body is decoded here under that cap, any other encoding is
   refused;
 * **counts**: requests per session, pages per paginated listing (a
-  ``Link: <...>; rel="next"`` chain).
+  ``Link: <...>; rel="next"`` chain);
+* **schemes**: only ``http`` and ``https`` requests leave (a redirect to
+  ``ftp:``, ``file:`` or any other scheme is refused at that hop).
 
 A refusal raises :class:`NetRefused` (exit 2: the server's answer is not
 usable); the deadline raises :class:`DeadlineExceeded` (exit 1).
@@ -102,6 +104,10 @@ class NetSession:
             raise DeadlineExceeded(f"the run passed its deadline of {self.limits.deadline:g} s "
                                    "(MCARD_DEADLINE); no further request is made")
         url = str(request.url)
+        scheme = request.url.scheme.lower()
+        if scheme not in ("http", "https"):  # a redirect to ftp:, file:, data: ... is refused, not retried
+            raise NetRefused(f"{_where(url)[:200]}: refused a request to a {scheme[:20]!r} URL; "
+                             "only http and https are followed")
         with self._lock:
             self.requests += 1
             if self.requests > self.limits.max_requests:

@@ -11,6 +11,11 @@ by the proxy itself, which lets it:
 * stall for ``stall_seconds`` after ``stall_after`` bytes (``stall_times`` times);
 * flip the byte at file offset ``corrupt_offset``;
 * sleep ``chunk_delay`` seconds per 64 KiB (a slow server);
+* answer a range request with the bytes and ``Content-Range`` of the next
+  range (``wrong_range_times`` times), or with ``extra_bytes`` more body
+  bytes than the range holds (``extra_times`` times), or with ``200`` and the
+  whole file when the range starts at ``ignore_range_from`` or later (a
+  server that stops honouring Range mid-file);
 * answer ``status`` (429, 503...) with ``Retry-After: retry_after`` the first
   ``status_times`` times;
 * append ``tree_extra`` entries to tree listings (a hostile listing).
@@ -56,6 +61,10 @@ class Faults:
     status_times: int = 0
     retry_after: str | None = None
     tree_extra: list[dict[str, Any]] = field(default_factory=list)
+    wrong_range_times: int = 0
+    extra_bytes: int = 0
+    extra_times: int = 0
+    ignore_range_from: int | None = None
 
 
 @dataclass
@@ -138,15 +147,23 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         start, status = 0, 200
         m = re.match(r"^bytes=(\d+)-(\d*)$", (self.headers.get("Range") or "").strip())
+        extra = 0
+        if m and faults.ignore_range_from is not None and int(m.group(1)) >= faults.ignore_range_from:
+            m = None
         if m and faults.honour_range:
             start = int(m.group(1))
-            end = int(m.group(2)) if m.group(2) else len(content) - 1
+            end = min(int(m.group(2)), len(content) - 1) if m.group(2) else len(content) - 1
             if start >= len(content):
                 self._send(entry, 416, {"Content-Range": f"bytes */{len(content)}"}, b"")
                 return
+            if proxy._take("wrong_range"):  # the next range of the same length, labelled as such
+                shift = min(end - start + 1, len(content) - 1 - end) or -start
+                start, end = start + shift, end + shift
+            elif proxy._take("extra"):
+                extra = min(faults.extra_bytes, len(content) - 1 - end)
             status = 206
             headers = {**headers, "Content-Range": f"bytes {start}-{end}/{len(content)}"}
-            content = content[: end + 1]
+            content = content[: end + 1 + extra]
         body = memoryview(bytes(content[start:]))
         if faults.corrupt_offset is not None and start <= faults.corrupt_offset < len(content):
             mutable = bytearray(body)
@@ -193,17 +210,19 @@ class _Server(ThreadingHTTPServer):
 class FaultProxy:
     """``with FaultProxy(upstream_endpoint) as proxy: ... proxy.endpoint ...``"""
 
-    def __init__(self, upstream: str, faults: Faults | None = None, *, cache_bodies: bool = True) -> None:
+    def __init__(self, upstream: str, faults: Faults | None = None, *, cache_bodies: bool = True,
+                 cache_match: str = "/resolve/") -> None:
         url = urlparse(upstream)
         self._up_host, self._up_port = url.hostname or "127.0.0.1", url.port or 80
         self.cache_bodies = cache_bodies
+        self.cache_match = cache_match  # GETs whose path holds this are read once, keyed by path without query
         self.log: list[Logged] = []
         self._lock = threading.Lock()
         self._left: dict[str, int] = {}
         self._bodies: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.proxy = self
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         self.faults = Faults()
         self.set_faults(faults or Faults())
 
@@ -215,7 +234,8 @@ class FaultProxy:
         with self._lock:
             self.faults = replace(faults)
             self._left = {"status": faults.status_times if faults.status else 0,
-                          "drop": faults.drop_times, "stall": faults.stall_times}
+                          "drop": faults.drop_times, "stall": faults.stall_times,
+                          "wrong_range": faults.wrong_range_times, "extra": faults.extra_times}
 
     def _take(self, kind: str) -> bool:
         with self._lock:
@@ -250,8 +270,8 @@ class FaultProxy:
             return [e for e in self.log if substring in e.path]
 
     def _upstream(self, method: str, path: str, headers: Any, body: bytes | None) -> tuple[int, dict[str, str], bytes]:
-        key = f"{method} {path}"
-        cacheable = method == "GET" and "/resolve/" in path and self.cache_bodies
+        key = f"{method} {urlparse(path).path}"
+        cacheable = method == "GET" and self.cache_match in path and self.cache_bodies
         if cacheable:
             with self._lock:
                 hit = self._bodies.get(key)
