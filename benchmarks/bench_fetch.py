@@ -46,8 +46,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from mcard.testing.cdn import CdnHub  # noqa: E402
-from mcard.testing.hubserver import build_git_repo  # noqa: E402
+from mcard.testing.cdn import CdnHub
+from mcard.testing.hubserver import build_git_repo
 
 BIN = Path(sys.executable).parent
 MB = 1_000_000
@@ -294,13 +294,15 @@ def _report(args: argparse.Namespace, cases: list[Case], rates: list[int], tools
     res = [f"| {tool} | {r['written']:,.0f} | {r['sent1']:,.0f} | {r['sent2']:,.0f} | {r['resent']:,.0f} | "
            f"**{100 * r['ratio']:.2f} %** | {r['seconds']:.1f} |" for tool, r in resumes.items()]
     header = " | ".join(f"x {t}" for t in tools)
+    command = (f"python benchmarks/bench_fetch.py --size-gb {args.size_gb:g} --rates {args.rates} "
+               f"--repeats {args.repeats} --out benchmarks/RESULTS_fetch.md")
     return f"""# `mcard fetch` on the Hub's download path: a 302 to a CDN
 
 Machine: {_machine()}.
 
 Command (from the repo root, in the project venv):
 
-    python benchmarks/bench_fetch.py --size-gb {args.size_gb:g} --rates {args.rates} --repeats {args.repeats} --out benchmarks/RESULTS_fetch.md
+    {command}
 
 Setup: `mcard.testing.cdn.CdnHub` on loopback: olah answers the API, the front answers `/resolve/` of
 an LFS file with the Hub's 302 (signed, expiring `Location`, `X-Linked-Size`, `X-Linked-Etag`), nginx

@@ -1,4 +1,5 @@
-"""Benchmark `mcard fetch` against `hf download` on the same olah server (olah serves the bytes itself, no Range), and measure resume.
+"""Benchmark `mcard fetch` against `hf download` on the same olah server (olah serves the bytes itself,
+no Range), and measure resume.
 
 What it does:
 
@@ -40,9 +41,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
-from faultproxy import Faults, FaultProxy  # noqa: E402
+from faultproxy import FaultProxy, Faults
 
-from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches  # noqa: E402
+from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches
 
 REPO = "bench/Bench-GPTQ"
 BRANCH = "gptq-4bit-32g-actorder_True"
@@ -179,8 +180,9 @@ def _machine() -> str:
         mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
-    import huggingface_hub
     from importlib.metadata import version
+
+    import huggingface_hub
 
     return (f"{os.cpu_count()} cores ({model}){mem}, CPU only, {platform.system()} {platform.release()}; "
             f"Python {platform.python_version()}, huggingface_hub {huggingface_hub.__version__}, "
@@ -191,14 +193,22 @@ def _report(args: argparse.Namespace, total: int, times: dict[str, list[float]],
             hr: dict[str, float]) -> str:
     m, h = statistics.median(times["mcard"]), statistics.median(times["hf"])
     mb = total / 1e6
-    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
+    runs = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731 - a one-line formatter for the template
+    command = (f"python benchmarks/bench_fetch_olah.py --size-mb {args.size_mb} --shards {args.shards} "
+               f"--repeats {args.repeats} --out benchmarks/RESULTS_fetch_olah.md")
+    mcard_row = (f"| mcard fetch | {mr['arrived']:,.0f} | {mr['sent_first_run']:,.0f} | {mr['sent_second_run']:,.0f} | "
+                 f"{mr['retransferred']:,.0f} | **{100 * mr['ratio']:.3f} %** | {mr['overhead']:,.0f} "
+                 f"({100 * mr['overhead_ratio']:.2f} %) |")
+    hf_row = (f"| hf download | {hr['arrived']:,.0f} | {hr['sent_first_run']:,.0f} | {hr['sent_second_run']:,.0f} | "
+              f"{hr['retransferred']:,.0f} | {100 * hr['ratio']:.1f} % | {hr['overhead']:,.0f} "
+              f"({100 * hr['overhead_ratio']:.1f} %) |")
     return f"""# `mcard fetch` benchmark on the olah path (olah serves every byte itself; see RESULTS_fetch.md for the CDN path)
 
 Machine: {_machine()}.
 
 Command (from the repo root, in the project venv):
 
-    python benchmarks/bench_fetch_olah.py --size-mb {args.size_mb} --shards {args.shards} --repeats {args.repeats} --out benchmarks/RESULTS_fetch_olah.md
+    {command}
 
 Setup: one repo `{REPO}` with three branches served by olah (offline mirror mode) on loopback;
 the measured branch `{BRANCH}` holds {args.shards} LFS safetensors shards plus 4 small files,
@@ -229,8 +239,8 @@ relative to what it sent in the first run; it also counts bytes still in flight 
 
 | tool | on disk at kill | sent 1st run | sent 2nd run | re-transferred | share of what had arrived | network overhead |
 |---|---|---|---|---|---|---|
-| mcard fetch | {mr["arrived"]:,.0f} | {mr["sent_first_run"]:,.0f} | {mr["sent_second_run"]:,.0f} | {mr["retransferred"]:,.0f} | **{100 * mr["ratio"]:.3f} %** | {mr["overhead"]:,.0f} ({100 * mr["overhead_ratio"]:.2f} %) |
-| hf download | {hr["arrived"]:,.0f} | {hr["sent_first_run"]:,.0f} | {hr["sent_second_run"]:,.0f} | {hr["retransferred"]:,.0f} | {100 * hr["ratio"]:.1f} % | {hr["overhead"]:,.0f} ({100 * hr["overhead_ratio"]:.1f} %) |
+{mcard_row}
+{hf_row}
 
 mcard keeps `blobs/<sha256>.incomplete`, re-hashes its bytes and continues with `Range`
 (accepted only on 206 with a matching Content-Range). huggingface_hub {_hf_version()} writes

@@ -34,15 +34,15 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import httpx
 
 from ..core.errors import CheckFailed, McardError
-from ..net import origin, stream
 from ..core.pathguard import Target
+from ..net import origin, stream
 from . import journal
 from .model import RemoteFile
 from .pieces import Pieces, PrefixHasher, RangePlan, Slot

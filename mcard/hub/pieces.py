@@ -197,7 +197,7 @@ class PrefixHasher:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="mcard-hash", daemon=True)
 
-    def start(self) -> "PrefixHasher":
+    def start(self) -> PrefixHasher:
         self._thread.start()
         return self
 

@@ -37,14 +37,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit
 
 from .hub_git import GitStore, TreeEntry
-from .hub_http import HubError, HubHandler
+from .hub_http import HubError, HubHandler, LoopbackServer
 from .hubserver import OlahServer
 from .nginx import NginxCdn
 
@@ -69,11 +68,10 @@ class FrontLog:
     authorization: str
 
 
-class CdnFront(ThreadingHTTPServer):
+class CdnFront(LoopbackServer):
     """``/resolve/`` of LFS files: 302 to ``cdn``; everything else: forwarded to ``upstream``."""
 
-    daemon_threads = True
-    allow_reuse_address = True
+    thread_name = "mcard-cdn-front"
 
     def __init__(self, mirrors_dir: str | Path, upstream: str, cdn: NginxCdn, *, host: str = "127.0.0.1",
                  port: int = 0, ttl: float = 3600.0) -> None:
@@ -86,25 +84,6 @@ class CdnFront(ThreadingHTTPServer):
         self.log: list[FrontLog] = []
         self.lock = threading.Lock()
         self._trees: dict[tuple[str, str], dict[str, TreeEntry]] = {}
-        self._thread: threading.Thread | None = None
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}"
-
-    def start(self) -> "CdnFront":
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.serve_forever, name="mcard-cdn-front", daemon=True)
-            self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.server_close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         pass  # a client that went away mid-answer; never print (headers hold tokens)
@@ -214,7 +193,7 @@ class CdnHub:
             raise RuntimeError("CdnHub is not running")
         return self.cdn_server
 
-    def start(self) -> "CdnHub":
+    def start(self) -> CdnHub:
         if self.front_server is not None:
             return self
         try:
@@ -241,7 +220,7 @@ class CdnHub:
             self.cdn_server.stop()
             self.cdn_server = None
 
-    def __enter__(self) -> "CdnHub":
+    def __enter__(self) -> CdnHub:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,

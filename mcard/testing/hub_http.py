@@ -12,13 +12,50 @@ from __future__ import annotations
 
 import http.client
 import json
+import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
-from typing import Any
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 _HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "proxy-authorization",
         "proxy-authenticate", "authorization", "host"}
+
+
+def endpoint_of(server: ThreadingHTTPServer) -> str:
+    """``http://host:port`` of a server bound to an IPv4 loopback address."""
+    host, port = server.server_address[:2]
+    assert isinstance(host, str)  # an AF_INET server: the address it was bound to
+    return f"http://{host}:{port}"
+
+
+_S = TypeVar("_S", bound="LoopbackServer")
+
+
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server on loopback, served from a daemon thread: ``start()``, ``stop()``, ``endpoint``."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+    thread_name = "mcard-loopback"
+    _thread: threading.Thread | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return endpoint_of(self)
+
+    def start(self: _S) -> _S:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self.serve_forever, name=self.thread_name, daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self.shutdown()
+            self._thread.join(timeout=10)
+            self._thread = None
+        self.server_close()
 
 
 class HubError(Exception):

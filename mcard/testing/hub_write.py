@@ -56,14 +56,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 from ..hub.rules import MAX_FILE_BYTES, REGULAR_FILE_LIMIT, upload_mode
 from .hub_git import FileOp, GitStore
-from .hub_http import HubError, HubHandler
+from .hub_http import HubError, HubHandler, LoopbackServer
 
 _BAD_TOKEN = "Invalid credentials in Authorization header"
 URL_TTL = 3600
@@ -133,11 +132,10 @@ class _Dropped(Exception):
     """Abort the request by closing the connection without an answer (a network failure)."""
 
 
-class HubWriteServer(ThreadingHTTPServer):
+class HubWriteServer(LoopbackServer):
     """The write API on ``host:port`` (0: a free port), passing reads to ``upstream`` (olah)."""
 
-    daemon_threads = True
-    allow_reuse_address = True
+    thread_name = "mcard-hub-write"
 
     def __init__(self, mirrors_dir: str | Path, tokens: dict[str, Account], *, upstream: str | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -148,27 +146,10 @@ class HubWriteServer(ThreadingHTTPServer):
         self.faults = WriteFaults()
         self.stats = WriteStats()
         self._secret = os.urandom(32)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def endpoint(self) -> str:
-        host, port = self.server_address[:2]
-        assert isinstance(host, str)  # an AF_INET server: the address it was bound to
-        return f"http://{host}:{port}"
-
-    def start(self) -> HubWriteServer:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self.serve_forever, name="mcard-hub-write", daemon=True)
-            self._thread.start()
-        return self
 
     def stop(self) -> None:
-        self.faults.release.set()
-        if self._thread is not None:
-            self.shutdown()
-            self._thread.join(timeout=10)
-            self._thread = None
-        self.server_close()
+        self.faults.release.set()  # a held upload lets go first
+        super().stop()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Keep an unexpected handler failure (with its traceback) in ``stats.errors`` instead of printing it."""

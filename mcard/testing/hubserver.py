@@ -286,11 +286,12 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def _answers(host: str, port: int) -> bool:
+def answers(host: str, port: int, path: str = "/api/models/mcard-probe/none/refs") -> bool:
+    """Whether an HTTP server on ``host:port`` answers a GET of ``path`` (any status), within a second."""
     try:
         conn = http.client.HTTPConnection(host, port, timeout=1.0)
         try:
-            conn.request("GET", "/api/models/mcard-probe/none/refs")
+            conn.request("GET", path)
             conn.getresponse().read()
             return True
         finally:
@@ -361,11 +362,11 @@ class OlahServer:
                                     cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline and proc.poll() is None:
-                if _answers(self.host, port):
+                if answers(self.host, port):
                     self._proc, self._log, self.port = proc, log, port
                     return self
                 time.sleep(0.05)
-            _stop(proc)
+            stop_process(proc)
             log.close()
             last = self.log_path.read_text(errors="replace")[-2000:]
         raise RuntimeError(f"olah did not start on {self.host}: {last.strip() or 'no output'}")
@@ -373,7 +374,7 @@ class OlahServer:
     def stop(self) -> None:
         """Stop the server (idempotent) and clean up a scratch workdir."""
         if self._proc is not None:
-            _stop(self._proc)
+            stop_process(self._proc)
             self._proc = None
         if self._log is not None:
             self._log.close()
@@ -389,7 +390,8 @@ class OlahServer:
         self.stop()
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
+def stop_process(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a server process: SIGTERM, then SIGKILL after 5 s."""
     if proc.poll() is None:
         proc.terminate()
         try:

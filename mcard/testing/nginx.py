@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import os
 import secrets
@@ -41,12 +40,12 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Callable
 
-from .hubserver import free_port
+from .hubserver import answers, free_port, stop_process
 
 LFS_PATH = "/repos/{repo_id}/{oid}"
 
@@ -84,6 +83,11 @@ _LOG_FORMAT = ('{"conn":$connection,"n":$connection_requests,"method":"$request_
                '"auth":"$http_authorization","end":$msec,"took":$request_time}')
 
 
+# The LFS object path nginx serves, as a location regex: /repos/<org>/<name>/<oid> (the oid split as git-lfs stores it).
+_OBJECT_PATH = ('"^/repos/(?<org>[A-Za-z0-9._-]+)/(?<name>[A-Za-z0-9._-]+)/'
+                '(?<a>[0-9a-f]{2})(?<b>[0-9a-f]{2})(?<rest>[0-9a-f]{60})$"')
+
+
 def _config(prefix: Path, mirrors: Path, port: int, host: str, limit_rate: int, secret: str) -> str:
     temp = "".join(f"    {kind}_temp_path {prefix / 'tmp' / kind};\n"
                    for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
@@ -103,7 +107,7 @@ http {{
         server_name cdn;
         limit_rate {limit_rate};
         max_ranges 1;
-        location ~ "^/repos/(?<org>[A-Za-z0-9._-]+)/(?<name>[A-Za-z0-9._-]+)/(?<a>[0-9a-f]{{2}})(?<b>[0-9a-f]{{2}})(?<rest>[0-9a-f]{{60}})$" {{
+        location ~ {_OBJECT_PATH} {{
             secure_link $arg_md5,$arg_expires;
             secure_link_md5 "$secure_link_expires$uri {secret}";
             if ($secure_link = "") {{ return 403; }}
@@ -159,7 +163,7 @@ class NginxCdn:
         """The signed URL of an LFS object, valid for ``ttl`` seconds (negative: already expired)."""
         return self.endpoint + self.sign(self.object_path(repo_id, oid), int(time.time() + ttl), rate)
 
-    def start(self) -> "NginxCdn":
+    def start(self) -> NginxCdn:
         if self._proc is not None:
             return self
         binary = nginx_binary()
@@ -179,14 +183,14 @@ class NginxCdn:
             out.close()
             deadline = time.monotonic() + self.startup_timeout
             while time.monotonic() < deadline and proc.poll() is None:
-                if _answers(self.host, port):
+                if answers(self.host, port, "/"):
                     self._proc, self.port = proc, port
                     self.log_path.touch()
                     self.requests(until=bool, timeout=2.0)  # nginx logs the start-up probe a moment later
                     self.clear_log()
                     return self
                 time.sleep(0.02)
-            _stop(proc)
+            stop_process(proc)
             last = "".join(p.read_text(errors="replace")[-1500:] for p in
                            (self.prefix / "nginx.out", self.prefix / "error.log") if p.exists())
         raise RuntimeError(f"nginx did not start: {last.strip() or 'no output'}")
@@ -194,11 +198,11 @@ class NginxCdn:
     def stop(self) -> None:
         """Stop nginx (idempotent) and remove its scratch prefix."""
         if self._proc is not None:
-            _stop(self._proc)
+            stop_process(self._proc)
             self._proc = None
         shutil.rmtree(self.prefix, ignore_errors=True)
 
-    def __enter__(self) -> "NginxCdn":
+    def __enter__(self) -> NginxCdn:
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -232,26 +236,3 @@ class NginxCdn:
                                   item["range"], int(item["status"]), int(item["sent"]), item["auth"],
                                   end - float(item["took"]), end))
         return out
-
-
-def _answers(host: str, port: int) -> bool:
-    try:
-        conn = http.client.HTTPConnection(host, port, timeout=1.0)
-        try:
-            conn.request("GET", "/")
-            conn.getresponse().read()
-            return True
-        finally:
-            conn.close()
-    except (OSError, http.client.HTTPException):
-        return False
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)

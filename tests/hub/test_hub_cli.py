@@ -1,4 +1,4 @@
-"""The typer commands (mcard/cli_hub.py) on a throwaway app, in-process and as real subprocesses."""
+"""The typer commands (mcard/cli/hub.py) on a throwaway app, in-process and as real subprocesses."""
 
 from __future__ import annotations
 

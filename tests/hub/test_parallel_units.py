@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from mcard.core.pathguard import Target
 from mcard.hub import journal
 from mcard.hub.model import RemoteFile
 from mcard.hub.pieces import MAX_PIECE, Pieces, RangePlan, plan_ranges
 from mcard.hub.ratelimit import RateLimit
-from mcard.core.pathguard import Target
 
 MIB = 1 << 20
 
