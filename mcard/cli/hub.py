@@ -14,19 +14,21 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from ..core.errors import EXIT_FAILED, UnusableInput
 from ..core.safetext import echo, markup_safe as esc, plain
 from ..core.units import format_size
-from ..hub.branches import BranchListing, RefReport, list_branches
-from ..hub.download import FetchResult, fetch as fetch_revision
-from ..hub.progress import NullReporter, Reporter, RichReporter
 from .errors import PREFIX, guarded
 from .options import JsonOpt, RevisionOpt
 from .output import console, print_json
+
+if TYPE_CHECKING:  # the Hub modules (httpx, huggingface_hub) load when a Hub command runs, not with the CLI
+    from ..hub.branches import BranchListing, RefReport
+    from ..hub.download import FetchResult
+    from ..hub.progress import Reporter
 
 INTERRUPTED = "interrupted; partial downloads are kept and resume on the next run"
 
@@ -78,6 +80,8 @@ def branches(
     no_tags: Annotated[bool, typer.Option("--no-tags", help="List branches only.")] = False,
 ) -> None:
     """List a repo's branches and tags: commit, files, size, and quant parameters from the name vs the config."""
+    from ..hub.branches import list_branches
+
     listing: BranchListing = guarded(as_json, lambda: list_branches(repo, include_tags=not no_tags), INTERRUPTED)
     if as_json:
         print_json(listing.to_dict())
@@ -159,6 +163,9 @@ def fetch(
         "--max-rate", help="Cap on the total rate, e.g. 50MB (per second).")] = None,
 ) -> None:
     """Download one revision, pinned to one commit, verifying every file's hash as it streams in."""
+    from ..hub.download import fetch as fetch_revision
+    from ..hub.progress import NullReporter, RichReporter
+
     reporter: Reporter = RichReporter() if sys.stderr.isatty() and not quiet and not dry_run else NullReporter()
     result: FetchResult = guarded(as_json, lambda: fetch_revision(
         repo, revision=revision, files=files or (), include=include or (), exclude=exclude or (),

@@ -17,9 +17,10 @@ import struct
 from dataclasses import dataclass, field
 from math import prod
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where tensor data is read or written: `mcard plan` and header checks never load it
+    import numpy as np
 
 from .errors import UnusableInput
 from .jsonio import reject_duplicate_keys
@@ -194,6 +195,8 @@ def read_tensor(header: SafetensorsHeader, name: str) -> np.ndarray:
 
     BF16 is returned as float32; F8 types as raw uint8.
     """
+    import numpy as np
+
     t = header.tensors[name]
     expected = t.nbytes_expected
     if expected is None or expected != t.nbytes_declared or t.end > header.file_size - header.data_start:
@@ -211,6 +214,7 @@ def read_tensor(header: SafetensorsHeader, name: str) -> np.ndarray:
 
 def write(path: str | Path, tensors: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     """Write tensors with the reference ``safetensors`` library (the exact on-disk format)."""
+    import numpy as np
     from safetensors.numpy import save_file
 
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(path), metadata=metadata)

@@ -27,6 +27,7 @@ ask it.
 from __future__ import annotations
 
 import importlib
+import sys
 from abc import ABC
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -132,7 +133,8 @@ class FormatSpec(ABC):
     @property
     def module(self) -> ModuleType:
         """The format's package (``mcard.formats.<folder>``): detection, checks, sizes, builders."""
-        return importlib.import_module(f"mcard.formats.{self.folder}")
+        name = f"mcard.formats.{self.folder}"
+        return sys.modules.get(name) or importlib.import_module(name)  # asked per registry variant: skip the import lock
 
     def __repr__(self) -> str:
         return f"<FormatSpec {self.name}>"

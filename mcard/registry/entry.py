@@ -9,6 +9,7 @@ The schema (every table and key, its type, default and meaning) is stated once, 
 from __future__ import annotations
 
 import difflib
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -283,6 +284,16 @@ def _named(check: Any, value: str, key: str, path: Path) -> None:
         raise UnusableInput(f"{key}: {exc.message}", path) from None
 
 
+@functools.cache
+def _key_owners() -> dict[str, list[str]]:
+    """Each format-only registry key -> the format aliases that take it (asked once per key of every variant)."""
+    owners: dict[str, list[str]] = {}
+    for alias, spec in aliases().items():
+        for key in spec.own_keys:
+            owners.setdefault(key, []).append(alias)
+    return owners
+
+
 def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | None = None) -> RegistryVariant:
     where = f"variants[{i}]"
     check_keys(v, VARIANT_SPEC, where, path)
@@ -297,8 +308,9 @@ def _variant(v: dict[str, Any], i: int, path: Path, registry_root: str | Path | 
     for key in spec.required_keys:
         if key not in v:
             raise UnusableInput(f"{where}: missing required key {key!r} for format {fmt}", path)
+    key_owners = _key_owners()
     for key in v:
-        owners = [alias for alias, s in known.items() if key in s.own_keys]
+        owners = key_owners.get(key)
         if owners and key not in spec.own_keys:
             raise UnusableInput(f"{where}.{key}: only for format {' or '.join(owners)}, not {fmt}", path)
     checked = _format_params(fmt, v, where, path)

@@ -326,6 +326,20 @@ def _bench_plan():
     return module
 
 
+def test_mcard_plan_loads_no_hub_client(tmp_path):
+    """`mcard plan` (every CI run's first job) starts without the HTTP stack, the Hub client, torch or
+    the card templates: the registry loader asks only the Hub's name rules (mcard.hub loads its modules
+    on first use), so those imports stay out of the plan's time."""
+    reg = tmp_path / "registry"
+    _bench_plan().write_registry(reg, entries=2, variants=4)
+    probe = ("import sys\nfrom mcard.cli import main\ntry:\n    main()\nexcept SystemExit as exit:\n    code = exit.code\n"
+             "heavy = ('httpx', 'huggingface_hub', 'torch', 'jinja2', 'safetensors')\n"
+             "print('EXIT', code, sorted(m for m in heavy if m in sys.modules), file=sys.stderr)\n")
+    run = subprocess.run([sys.executable, "-c", probe, "plan", str(reg)], capture_output=True, text=True, timeout=120)
+    assert run.stderr.strip().splitlines()[-1] == "EXIT 0 []", run.stderr
+    assert json.loads(run.stdout)["include"], run.stdout
+
+
 def test_plan_batches_beyond_the_matrix_limit_and_stays_fast(tmp_path):
     """More variants than GitHub's 256 jobs a matrix: batches, each all-GPU or all-CPU, every variant once;
     and planning costs little more than parsing the TOML (a ratio, measured in one run)."""
