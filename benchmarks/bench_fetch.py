@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -45,6 +44,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe
 
 from mcard.testing.cdn import CdnHub
 from mcard.testing.hubserver import build_git_repo
@@ -253,29 +254,6 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _machine() -> str:
-    model = "unknown CPU"
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    mem = f", {int(Path('/proc/meminfo').read_text().split()[1]) / 1024 / 1024:.0f} GiB RAM"
-    from importlib.metadata import version
-
-    def tool_version(cmd: list[str]) -> str:
-        try:
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            return (done.stdout or done.stderr).splitlines()[0].strip().removeprefix("nginx version: ")
-        except (OSError, IndexError):
-            return "?"
-
-    return (f"{os.cpu_count()} cores ({model}){mem}, shared with other jobs, CPU only, {platform.system()} "
-            f"{platform.release()}; Python {platform.python_version()}, httpx {version('httpx')}, huggingface_hub "
-            f"{version('huggingface_hub')}, {tool_version(['nginx', '-v'])}, "
-            f"{tool_version(['aria2c', '--version'])}")
-
-
 def _report(args: argparse.Namespace, cases: list[Case], rates: list[int], tools: list[str],
             times: dict[tuple[str, int, str], list[tuple[float, float]]], resumes: dict[str, dict[str, float]]) -> str:
     rows, goals = [], []
@@ -298,7 +276,7 @@ def _report(args: argparse.Namespace, cases: list[Case], rates: list[int], tools
                f"--repeats {args.repeats} --out benchmarks/RESULTS_fetch.md")
     return f"""# `mcard fetch` on the Hub's download path: a 302 to a CDN
 
-Machine: {_machine()}.
+Machine: {describe(packages=('httpx', 'huggingface_hub'), commands=(['nginx', '-v'], ['aria2c', '--version']))}.
 
 Command (from the repo root, in the project venv):
 

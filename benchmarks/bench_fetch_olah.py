@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import signal
 import statistics
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests" / "tools"))
 
 from faultproxy import FaultProxy, Faults
+from machine import describe
 
 from mcard.testing.hubserver import OlahServer, build_git_repo, safetensors_bytes, sample_gptq_branches
 
@@ -165,30 +165,6 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _machine() -> str:
-    model = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    from importlib.metadata import version
-
-    import huggingface_hub
-
-    return (f"{os.cpu_count()} cores ({model}){mem}, CPU only, {platform.system()} {platform.release()}; "
-            f"Python {platform.python_version()}, huggingface_hub {huggingface_hub.__version__}, "
-            f"olah {version('olah')}, httpx {version('httpx')}")
-
-
 def _report(args: argparse.Namespace, total: int, times: dict[str, list[float]], mr: dict[str, float],
             hr: dict[str, float]) -> str:
     m, h = statistics.median(times["mcard"]), statistics.median(times["hf"])
@@ -204,7 +180,7 @@ def _report(args: argparse.Namespace, total: int, times: dict[str, list[float]],
               f"({100 * hr['overhead_ratio']:.1f} %) |")
     return f"""# `mcard fetch` benchmark on the olah path (olah serves every byte itself; see RESULTS_fetch.md for the CDN path)
 
-Machine: {_machine()}.
+Machine: {describe(packages=('huggingface_hub', 'olah', 'httpx'))}.
 
 Command (from the repo root, in the project venv):
 

@@ -12,8 +12,6 @@ TOML alone. Writes benchmarks/RESULTS_plan.md.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import resource
 import subprocess
 import sys
@@ -70,11 +68,11 @@ def main() -> None:
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cmd_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     n = args.entries * args.variants
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    load = os.getloadavg()[0]
+    from machine import describe  # benchmarks/ is on sys.path when the script runs (the tests import only write_registry)
+
     lines = [
         "# `mcard plan` on a large registry", "",
-        f"Machine: {machine}; load average {load:.2f} when measured. Command: "
+        f"Machine: {describe()}. Command: "
         f"`python benchmarks/bench_plan.py --entries {args.entries} --variants {args.variants}`.", "",
         "| what | seconds |", "|---|---|",
         f"| parse the TOML files alone (tomllib), {len(files)} files | {toml_s:.3f} |",

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -45,6 +44,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from machine import describe
 
 from mcard.core.arch import ModelShape, tiny_config
 from mcard.core.safetensors_io import write
@@ -113,22 +114,6 @@ def run(cmd: list[str], env: dict[str, str]) -> float:
 def received(hub: LocalHub) -> int:
     return hub.stats.lfs_total + hub.stats.commit_body_bytes
 
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    import huggingface_hub
-
-    git = subprocess.run(["git", "--version"], capture_output=True, text=True).stdout.strip()
-    return (f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, Linux {platform.release()}; Python "
-            f"{platform.python_version()}, huggingface_hub {huggingface_hub.__version__}, {git}")
 
 
 def main() -> None:
@@ -217,7 +202,7 @@ def main() -> None:
 
     lines = [
         "# `mcard publish` benchmark", "",
-        f"Machine: {machine()}.", "",
+        f"Machine: {describe(packages=('huggingface_hub',), commands=(['git', '--version'],))}.", "",
         "Command (from the repo root, in the project venv):", "",
         f"    python benchmarks/bench_publish.py --size-mb {args.size_mb} --branches {args.branches} "
         f"--repeats {args.repeats}"
