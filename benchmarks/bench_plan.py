@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,39 +47,53 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--entries", type=int, default=100)
     ap.add_argument("--variants", type=int, default=100)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path(__file__).with_name("RESULTS_plan.md"))
     args = ap.parse_args()
+    import compileall
+
+    import mcard
     from mcard.pipeline.plan import plan_jobs
+
+    # bytecode cached as an installed wheel has it (an editable install under PYTHONDONTWRITEBYTECODE=1
+    # would otherwise compile every mcard module on each start: about 0.1 s of the command's time)
+    compileall.compile_dir(Path(mcard.__file__).parent, quiet=1)
 
     with tempfile.TemporaryDirectory() as tmp:
         reg = Path(tmp) / "registry"
         write_registry(reg, args.entries, args.variants)
         files = sorted(reg.glob("*.toml"))
-        t = time.perf_counter()
-        for f in files:
-            tomllib.loads(f.read_text())
-        toml_s = time.perf_counter() - t
-        t = time.perf_counter()
-        jobs = plan_jobs(reg)
-        plan_s = time.perf_counter() - t
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "mcard.cli", "plan", str(reg)], check=True, stdout=subprocess.DEVNULL)
-        cmd_s = time.perf_counter() - t
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cmd_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        toml_runs, plan_runs, cmd_runs, cpu_runs = [], [], [], []
+        for _ in range(args.repeats):  # the first plan_jobs() call also imports the format modules
+            t = time.perf_counter()
+            for f in files:
+                tomllib.loads(f.read_text())
+            toml_runs.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            jobs = plan_jobs(reg)
+            plan_runs.append(time.perf_counter() - t)
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mcard.cli", "plan", str(reg)], check=True, stdout=subprocess.DEVNULL)
+            cmd_runs.append(time.perf_counter() - t)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu_runs.append((after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime))
     n = args.entries * args.variants
     from machine import describe  # benchmarks/ is on sys.path when the script runs (the tests import only write_registry)
 
+    def row(what: str, runs: list[float]) -> str:
+        return f"| {what} | {statistics.median(runs):.3f} | {', '.join(f'{x:.3f}' for x in runs)} |"
+
     lines = [
         "# `mcard plan` on a large registry", "",
-        f"Machine: {describe()}. Command: "
-        f"`python benchmarks/bench_plan.py --entries {args.entries} --variants {args.variants}`.", "",
-        "| what | seconds |", "|---|---|",
-        f"| parse the TOML files alone (tomllib), {len(files)} files | {toml_s:.3f} |",
-        f"| `plan_jobs()` (imports done): parse, check, batch {n} variants into {len(jobs)} jobs | {plan_s:.3f} |",
-        f"| `mcard plan` command, wall clock (interpreter start and imports included) | {cmd_s:.3f} |",
-        f"| `mcard plan` command, CPU time (user + system) | {cmd_cpu:.3f} |", "",
+        f"Machine: {describe()}. Command: `python benchmarks/bench_plan.py --entries {args.entries} "
+        f"--variants {args.variants} --repeats {args.repeats}`.", "",
+        f"| what | seconds (median of {args.repeats}) | runs |", "|---|---|---|",
+        row(f"parse the TOML files alone (tomllib), {len(files)} files", toml_runs),
+        row(f"`plan_jobs()`: parse, check, batch {n} variants into {len(jobs)} jobs (the first run imports the formats)",
+            plan_runs),
+        row("`mcard plan` command, wall clock (interpreter start and imports included)", cmd_runs),
+        row("`mcard plan` command, CPU time (user + system)", cpu_runs), "",
         f"{sum(j['gpu'] for j in jobs)} of the {len(jobs)} jobs go to a GPU runner.",
     ]
     args.out.write_text("\n".join(lines) + "\n")
