@@ -126,9 +126,11 @@ def publish(
                 raise UnusableInput(f"the package is for {pkg.repo}, the entry for {the_entry.model.repo}", packaged)
         else:
             pkg = build(entry, from_dir, out, registry_root=registry_root)
-        progress = sys.stderr.isatty() and not as_json
+        from ..hub.progress import RichReporter
+
+        reporter = RichReporter() if sys.stderr.isatty() and not as_json and not dry_run else None
         return push(pkg, repo=repo, endpoint=endpoint, branches=branch, dry_run=dry_run, create=create,
-                    private=private, delete_extra=delete_extra, progress=progress, xet=xet)
+                    private=private, delete_extra=delete_extra, reporter=reporter, xet=xet)
 
     result = guarded(as_json, run, INTERRUPTED)
     if as_json:

@@ -40,6 +40,7 @@ from typing import Any
 
 from ..core.errors import CheckFailed, McardError, UnusableInput
 from ..hub.env import HubEnv, resolve_env
+from ..hub.progress import Reporter
 from ..hub.rules import MAX_FILE_BYTES, check_repo_id
 from ..net import open_session, origin
 from .package import Package, PackagedBranch, PackagedFile, load_package
@@ -159,13 +160,14 @@ def _hub(env: HubEnv, what: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _client_settings(progress: bool, xet: bool) -> Iterator[None]:
-    """huggingface_hub's progress bars on or off, and LFS (not Xet) transfers, for the duration of a publish."""
+def _client_settings(xet: bool) -> Iterator[None]:
+    """huggingface_hub's own progress bars off (mcard draws its own: :mod:`.publish_progress`), and LFS
+    (not Xet) transfers unless asked, for the duration of a publish."""
     from huggingface_hub import constants
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     bars_were_off, xet_was_off = are_progress_bars_disabled(), constants.HF_HUB_DISABLE_XET
-    (enable_progress_bars if progress else disable_progress_bars)()
+    disable_progress_bars()
     constants.HF_HUB_DISABLE_XET = xet_was_off or not xet  # read by is_xet_available() at upload time
     try:
         yield
@@ -240,9 +242,13 @@ def _verify(b: PackagedBranch, plan: list[FileStatus], remote: dict[str, Any], c
 
 def publish(package: Package | str | Path, *, repo: str | None = None, endpoint: str | None = None,
             token: str | None = None, branches: list[str] | None = None, dry_run: bool = False,
-            create: bool = False, private: bool = False, delete_extra: bool = False, progress: bool = False,
-            xet: bool = False, num_threads: int = 5) -> PublishResult:
-    """Publish the package's branches to ``repo`` (default: the entry's); see the module doc for the steps."""
+            create: bool = False, private: bool = False, delete_extra: bool = False,
+            reporter: Reporter | None = None, xet: bool = False, num_threads: int = 5) -> PublishResult:
+    """Publish the package's branches to ``repo`` (default: the entry's); see the module doc for the steps.
+
+    ``reporter`` (e.g. :class:`mcard.hub.progress.RichReporter`) is told the bytes of each LFS object
+    as huggingface_hub reads them for the upload: a bar per file and one per branch's total.
+    """
     pkg = package if isinstance(package, Package) else load_package(package)
     repo_id = check_repo_id(repo or pkg.repo)
     pkg.verify()
@@ -262,7 +268,7 @@ def publish(package: Package | str | Path, *, repo: str | None = None, endpoint:
 
     api = HfApi(endpoint=env.endpoint, token=env.token or False, library_name="mcard", library_version=__version__)
     result = PublishResult(repo_id, env.endpoint, dry_run)
-    with open_session(env.endpoint, env.token), _client_settings(progress, xet):
+    with open_session(env.endpoint, env.token), _client_settings(xet):
         if env.token:
             with _hub(env, "checking the token"):
                 api.whoami()
@@ -302,13 +308,17 @@ def publish(package: Package | str | Path, *, repo: str | None = None, endpoint:
                 remote = _listing(api, repo_id, head if head is not None else root)
             plans.append((b, head, _plan_branch(b, remote, delete_extra)))
         for b, head, plan in plans:
-            result.branches.append(_publish_branch(api, env, pkg, repo_id, b, head, root, plan, dry_run, num_threads))
+            result.branches.append(_publish_branch(api, env, pkg, repo_id, b, head, root, plan, dry_run, num_threads,
+                                                   reporter))
     return result
 
 
 def _publish_branch(api: Any, env: HubEnv, pkg: Package, repo_id: str, b: PackagedBranch, head: str | None,
-                    root: str | None, plan: list[FileStatus], dry_run: bool, num_threads: int) -> BranchResult:
-    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+                    root: str | None, plan: list[FileStatus], dry_run: bool, num_threads: int,
+                    reporter: Reporter | None = None) -> BranchResult:
+    from huggingface_hub import CommitOperationDelete
+
+    from .publish_progress import ReportedAdd
 
     res = BranchResult(b.branch, plan, head, message=b.message)
     by_path = {f.path: f for f in b.files}
@@ -333,14 +343,22 @@ def _publish_branch(api: Any, env: HubEnv, pkg: Package, repo_id: str, b: Packag
     if res.changed:
         ops: list[Any] = []
         for f in sending:
-            op = CommitOperationAdd(path_in_repo=f.path, path_or_fileobj=str(pkg.root / b.folder / f.path))
+            op = ReportedAdd(path_in_repo=f.path, path_or_fileobj=str(pkg.root / b.folder / f.path))
             op.upload_info.sha256 = bytes.fromhex(f.sha256)  # verified against the package; no second read
+            op.reporter = reporter
             ops.append(op)
         ops += [CommitOperationDelete(path_in_repo=p.path) for p in plan if p.status == DELETED]
         description = "Files: " + ", ".join(f"{p.path} ({p.status})" for p in plan if p.status != UNCHANGED)
-        with _hub(env, f"committing to {where}"):
-            commit = api.create_commit(repo_id, ops, commit_message=b.message, commit_description=description,
-                                       revision=b.branch, parent_commit=head, num_threads=num_threads).oid
+        uploads = [f for f in lfs if f.sha256 in missing]
+        if reporter is not None:
+            reporter.begin(sum(f.size for f in uploads), len(uploads))
+        try:
+            with _hub(env, f"committing to {where}"):
+                commit = api.create_commit(repo_id, ops, commit_message=b.message, commit_description=description,
+                                           revision=b.branch, parent_commit=head, num_threads=num_threads).oid
+        finally:
+            if reporter is not None:
+                reporter.end()
     with _hub(env, f"reading back {where}@{commit[:12]}"):
         remote = _listing(api, repo_id, commit)
     _verify(b, plan, remote, commit)

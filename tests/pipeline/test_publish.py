@@ -346,3 +346,77 @@ def test_publish_takes_the_registry_root_for_a_source_outside_the_entry_folder(h
     assert refused.returncode == 2 and "variants[0].source" in _one_line(refused)
     run = _mcard(hub, *args, "--registry-root", str(tmp_path))
     assert run.returncode == 0 and "would send" in run.stdout, run.stderr
+
+
+class _Recorder:
+    """A Reporter that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.begun: list[tuple[int, int]] = []
+        self.sent: dict[str, int] = {}
+        self.done: list[str] = []
+
+    def begin(self, total_bytes: int, files: int) -> None:
+        self.begun.append((total_bytes, files))
+
+    def file_started(self, path: str, size: int) -> None:
+        self.sent.setdefault(path, 0)
+
+    def file_position(self, path: str, position: int) -> None:
+        self.sent[path] = position
+
+    def advance(self, path: str, nbytes: int) -> None:
+        self.sent[path] += nbytes
+
+    def file_done(self, path: str, status: str) -> None:
+        self.done.append(path)
+
+    def end(self) -> None:
+        pass
+
+
+def test_progress_counts_every_uploaded_lfs_byte_and_nothing_on_a_rerun(hub: LocalHub, tmp_path: Path,
+                                                                        tiny_cfg: dict) -> None:
+    pkg = package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out", max_shard_size=250_000)
+    lfs = {f.path: f.size for f in pkg.branches[0].files if f.lfs}
+    assert len(lfs) >= 3
+    first = _Recorder()
+    assert publish(tmp_path / "out", repo="alice/progress", create=True, endpoint=hub.endpoint, token=ALICE,
+                   reporter=first).ok
+    assert first.begun == [(sum(lfs.values()), len(lfs))] and first.sent == lfs and sorted(first.done) == sorted(lfs)
+    again = _Recorder()
+    assert publish(tmp_path / "out", repo="alice/progress", endpoint=hub.endpoint, token=ALICE, reporter=again).ok
+    assert again.sent == {} and again.begun == []  # unchanged: no commit, nothing read for an upload
+
+
+def test_a_terminal_shows_upload_bars_and_a_pipe_does_not(hub: LocalHub, tmp_path: Path, tiny_cfg: dict) -> None:
+    import pty
+    import select
+
+    pkg = package(custom_entry(tmp_path, tiny_cfg), out=tmp_path / "out", max_shard_size=250_000)
+    lfs = [f for f in pkg.branches[0].files if f.lfs]
+    args = [sys.executable, "-m", "mcard.cli", "publish", str(tmp_path / "entry.toml"), "--packaged",
+            str(tmp_path / "out"), "--create"]
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*args, "--repo", "alice/bars"], stdin=slave, stdout=slave, stderr=slave,
+                            env={**_env(hub), "COLUMNS": "160"})
+    os.close(slave)
+    screen = b""
+    while select.select([master], [], [], 120)[0]:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(master)
+    assert proc.wait(timeout=60) == 0, screen.decode(errors="replace")
+    text = screen.decode(errors="replace")
+    total = sum(f.size for f in lfs)
+    assert f"total ({len(lfs)} files)" in text and all(f.path in text for f in lfs)
+    done = f"{total / 1000:.1f}/{total / 1000:.1f} kB"  # rich's DownloadColumn, the last frame of the overall bar
+    assert done in text and "B/s" in text and ALICE not in text
+    piped = _mcard(hub, "publish", str(tmp_path / "entry.toml"), "--packaged", str(tmp_path / "out"), "--create",
+                   "--repo", "alice/no-bars")
+    assert piped.returncode == 0 and "total (" not in piped.stderr + piped.stdout and "━" not in piped.stderr
