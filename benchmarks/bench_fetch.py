@@ -152,11 +152,8 @@ def _check(tool: str, case: Case, out: Path) -> None:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 24):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def _speed(hub: CdnHub, cases: list[Case], rates: list[int], tools: list[str], repeats: int,

@@ -121,11 +121,8 @@ class FetchResult:
 
 
 def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _cached_result(layout: Layout, rf: RemoteFile, local: Path) -> FileResult:

@@ -206,11 +206,8 @@ def _files_in(folder: Path) -> dict[str, Path]:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # -- writing ----------------------------------------------------------------------------------------
