@@ -91,3 +91,18 @@ def test_without_transformers_the_range_says_so(folder):
             "print(kv.kv_prediction(d, cfg, ModelShape.from_config(cfg)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "(None, 'transformers is not installed (convert_hf_to_gguf reads the tokenizer with it)')"
+
+
+def test_a_tokenizer_with_its_own_code_is_never_loaded(folder, tmp_path):
+    """auto_map in tokenizer_config.json names code shipped with the folder: mcard does not run it (nor
+    ask transformers to), keeps the range and says why; the planted module would leave a marker if imported."""
+    odd = tmp_path / "llamabpe"
+    shutil.copytree(folder, odd)
+    marker = tmp_path / "ran"
+    (odd / "evil_tokenizer.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    tok_cfg = json.loads((odd / "tokenizer_config.json").read_text())
+    tok_cfg["auto_map"] = {"AutoTokenizer": ["evil_tokenizer.EvilTokenizer", "evil_tokenizer.EvilTokenizer"]}
+    (odd / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
+    cfg, shape = _config(odd)
+    kv = gguf.predict_size(shape, "F16", model_dir=odd, config_doc=cfg).params["kv"]
+    assert kv["exact"] is False and "auto_map" in kv["why"] and not marker.exists()

@@ -162,12 +162,19 @@ def tokenizer_kv(model_dir: Path, cfg: dict[str, Any], vocab_size: int) -> tuple
         return None, "tokenizer.json's model is not BPE"
     if model.get("byte_fallback") and isinstance(decoder, dict) and decoder.get("type") == "Sequence":
         return None, "a BPE tokenizer.json with byte fallback takes convert's llama_hf path, not modelled"
+    if isinstance(tok_cfg, dict) and "auto_map" in tok_cfg:  # code shipped with the folder: never run it
+        return None, "tokenizer_config.json names its own tokenizer code (auto_map), which mcard does not run"
     try:
         from transformers import AutoTokenizer
     except ImportError:
         return None, "transformers is not installed (convert_hf_to_gguf reads the tokenizer with it)"
     try:
-        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+        # a fast tokenizer only: built by the Rust `tokenizers` from the tokenizer.json read above (under the
+        # config cap), no remote code, nothing fetched, no slow tokenizer's own vocabulary files
+        tok = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, trust_remote_code=False,
+                                            use_fast=True)
+        if not tok.is_fast:
+            return None, "transformers would load a slow tokenizer for this folder; not modelled"
         found = chkhsh(tok.encode(CHKTXT))
     except Exception as exc:  # noqa: BLE001 - whatever stops transformers stops convert too: one line, keep the estimate
         return None, f"transformers cannot load the tokenizer ({type(exc).__name__}: {str(exc)[:120]})"
