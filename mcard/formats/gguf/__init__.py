@@ -201,7 +201,7 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
     """Predicted GGUF file size for ``shape`` quantized as ``type`` (an ftype: Q4_K_M, Q8_0...).
 
     Exact: tensor data bytes with 32-byte alignment padding, and the tensor-info table.
-    The kv section is exact when ``kv_bytes`` gives it (see :func:`.kv.kv_bytes`, from
+    The kv section is exact when ``kv_bytes`` gives it (see :func:`.kv.kv_prediction`, from
     the tokenizer files); otherwise estimated (:func:`kv_estimate`), and ``params`` says so
     with the bounds. ``imatrix``: quantized with an importance matrix (a few choices
     differ; the kv section then names its files, so it stays an estimate).
@@ -228,18 +228,22 @@ def predict_size(shape: ModelShape, type: str = "Q4_K_M", split_max_size: str | 
     if imatrix:
         params["imatrix"] = True
     notes = []
-    if kv_bytes is None and model_dir is not None and config_doc is not None and not imatrix:
-        from .kv import kv_size
+    why_estimate = None
+    if kv_bytes is None and model_dir is not None and config_doc is not None:
+        from .kv import kv_prediction
 
-        kv_bytes = kv_size(Path(model_dir), config_doc, shape)
+        kv_bytes, why_estimate = kv_prediction(Path(model_dir), config_doc, shape, imatrix)
     if kv_bytes is None:
         from .kv import bpe_kv_range
 
         ranged = bpe_kv_range(Path(model_dir), shape) if model_dir is not None else None
         kv, low, high = ranged or kv_estimate(shape)
         params["kv"] = {"exact": False, "bytes": kv, "low": low, "high": high}
+        if why_estimate:
+            params["kv"]["why"] = why_estimate
         notes.append(f"metadata: the kv section ({kv:,} bytes) is an estimate: a real one is {low:,} to {high:,} "
                      "bytes (the total moves with it); "
+                     + (f"not exact: {why_estimate}; " if why_estimate else "")
                      + ("tokens and merges counted from tokenizer.json; the pre-tokenizer name, special ids and "
                         "general.* fields are not" if ranged else
                         "put the tokenizer files (tokenizer.model or tokenizer.json, tokenizer_config.json) beside "

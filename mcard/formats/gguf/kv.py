@@ -1,21 +1,23 @@
 """The kv section llama.cpp's converter and quantizer write for a llama-family model, from its folder.
 
 ``convert_hf_to_gguf.py`` (llama.cpp commit in ``tests/fixtures/llamacpp/README.md``)
-writes, for a ``LlamaForCausalLM`` folder with a SentencePiece ``tokenizer.model``:
+writes, for a ``LlamaForCausalLM`` folder:
 
 * ``general.architecture``, ``general.type``, ``general.name`` (the folder name,
   title-cased), ``general.size_label`` (the parameter count, e.g. ``186K``, ``7.2B``);
 * the hyperparameters ``llama.*`` present in ``config.json``;
-* ``tokenizer.ggml.model`` = ``llama``, ``tokenizer.ggml.pre`` = ``default``, the
-  tokens (the model's pieces, ``[PAD<i>]`` up to ``vocab_size``), their scores and
-  types, special token ids from ``config.json``, ``add_bos``/``add_eos`` and the chat
-  template from ``tokenizer_config.json``;
+* ``tokenizer.ggml.add_space_prefix`` when ``tokenizer_config.json`` sets ``add_prefix_space``;
+* with a SentencePiece ``tokenizer.model``: ``tokenizer.ggml.model`` = ``llama``,
+  ``tokenizer.ggml.pre`` = ``default``, the tokens (the model's pieces, ``[PAD<i>]`` up to
+  ``vocab_size``), their scores and types, special token ids from ``config.json``,
+  ``add_bos``/``add_eos`` and the chat template from ``tokenizer_config.json``;
+* with a BPE ``tokenizer.json`` instead: its gpt2 path, counted by :mod:`.bpe`;
 
 and llama-quantize adds ``general.quantization_version`` and ``general.file_type``
 (and ``quantize.imatrix.*`` with an importance matrix, whose file names are the
-user's). :func:`kv_size` computes those bytes; where the folder holds what it does
-not model (a BPE ``tokenizer.json``, a model card whose fields the converter copies,
-a folder name it would split into base name, size and fine-tune) it returns None
+user's). :func:`kv_prediction` computes those bytes; where the folder holds what it does
+not model (a model card whose fields the converter copies, a folder name it would split
+into base name, size and fine-tune, a pre-tokenizer convert does not know...) it says why
 and the caller keeps its estimate.
 """
 
@@ -29,7 +31,12 @@ from ...core.arch import ModelShape
 from ...core.jsonio import MAX_CONFIG_BYTES, load_json_object
 from ...core.untrusted import read_capped
 
-_SPECIAL = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+# gguf-py's SpecialVocab token types, and the keys gguf's writer stores their ids under (cls has none: skipped)
+SPECIAL_TYPES = ("bos", "eos", "unk", "sep", "pad", "cls", "mask")
+ID_KEYS = {"bos": "tokenizer.ggml.bos_token_id", "eos": "tokenizer.ggml.eos_token_id",
+           "unk": "tokenizer.ggml.unknown_token_id", "sep": "tokenizer.ggml.seperator_token_id",
+           "pad": "tokenizer.ggml.padding_token_id", "mask": "tokenizer.ggml.mask_token_id"}
+ADD_TYPES = ("bos", "eos", "sep")  # tokenizer.ggml.add_<type>_token
 
 
 def _string(s: str) -> int:
@@ -121,30 +128,61 @@ def _first_architecture(cfg: dict[str, Any]) -> Any:
 
 def kv_size(model_dir: Path, cfg: dict[str, Any], shape: ModelShape, imatrix: bool = False) -> int | None:
     """Exact bytes of the kv pairs of a converted-and-quantized GGUF, or None when not modelled."""
+    return kv_prediction(model_dir, cfg, shape, imatrix)[0]
+
+
+def kv_prediction(model_dir: Path, cfg: dict[str, Any], shape: ModelShape,
+                  imatrix: bool = False) -> tuple[int | None, str | None]:
+    """(exact kv bytes, None), or (None, why the folder is not modelled; None when it holds no tokenizer)."""
     model_dir = Path(model_dir)
     spm = model_dir / "tokenizer.model"
+    bpe = model_dir / "tokenizer.json"
     name = model_dir.resolve().name
-    if (imatrix or not spm.is_file() or (model_dir / "tokenizer.json").is_file() or (model_dir / "README.md").is_file()
-            or (model_dir / "added_tokens.json").is_file() or not re.fullmatch(r"[A-Za-z]+[0-9]*", name)
-            or _first_architecture(cfg) != "LlamaForCausalLM"
-            or cfg.get("rope_scaling") or cfg.get("_name_or_path")):
-        return None
-    tok_cfg = load_json_object(model_dir / "tokenizer_config.json") if (model_dir / "tokenizer_config.json").is_file() else {}
-    if tok_cfg.get("added_tokens_decoder"):
-        return None
-    try:
-        pieces = sentencepiece_pieces(spm)
-    except (ValueError, IndexError):
-        return None
+    if not spm.is_file() and not bpe.is_file():
+        return None, None
+    for reason, unmodelled in (
+            ("an importance matrix (its file names go into the kv section)", imatrix),
+            ("a model card (README.md), whose fields convert copies", (model_dir / "README.md").is_file()),
+            ("added_tokens.json", (model_dir / "added_tokens.json").is_file()),
+            (f"the folder name {name!r}, which convert may split into name, size and fine-tune",
+             not re.fullmatch(r"[A-Za-z]+[0-9]*", name)),
+            ("an architecture other than LlamaForCausalLM", _first_architecture(cfg) != "LlamaForCausalLM"),
+            ("rope_scaling or _name_or_path in config.json", bool(cfg.get("rope_scaling") or cfg.get("_name_or_path"))),
+            ("a vocab_size convert treats specially (CodeLlama 32016, Granite 49152)", shape.vocab_size in (32016, 49152))):
+        if unmodelled:
+            return None, reason
+    tc_path = model_dir / "tokenizer_config.json"
+    tok_cfg = load_json_object(tc_path) if tc_path.is_file() else {}
     vocab = shape.vocab_size
-    tokens = [p for p in pieces[:vocab]] + [f"[PAD{i}]".encode() for i in range(len(pieces), vocab)]
-    total = 0
+    if spm.is_file():
+        if bpe.is_file() or tok_cfg.get("added_tokens_decoder"):
+            return None, "a tokenizer.model with tokenizer.json or added tokens beside it"
+        try:
+            pieces = sentencepiece_pieces(spm)
+        except (ValueError, IndexError):
+            return None, "tokenizer.model is not a SentencePiece model mcard can read"
+        tokens = [p for p in pieces[:vocab]] + [f"[PAD{i}]".encode() for i in range(len(pieces), vocab)]
+        strings = {"tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default"}
+        if isinstance(tok_cfg.get("chat_template"), str):
+            strings["tokenizer.chat_template"] = tok_cfg["chat_template"]
+        specials = [ID_KEYS[t] for t in ID_KEYS if isinstance(cfg.get(f"{t}_token_id"), int)]
+        bools = [f"tokenizer.ggml.add_{t}_token" for t in ADD_TYPES if isinstance(tok_cfg.get(f"add_{t}_token"), bool)]
+        tokenizer = (sum(_key(k) + _string(v) for k, v in strings.items()) + sum(_key(k) + 4 for k in specials)
+                     + sum(_key(k) + 1 for k in bools)
+                     + _key("tokenizer.ggml.tokens") + 12 + sum(8 + len(t) for t in tokens)
+                     + _key("tokenizer.ggml.scores") + 12 + 4 * vocab
+                     + _key("tokenizer.ggml.token_type") + 12 + 4 * vocab)
+    else:
+        from .bpe import tokenizer_kv
+
+        bpe_bytes, detail = tokenizer_kv(model_dir, cfg, vocab)
+        if bpe_bytes is None:
+            return None, detail
+        tokenizer = bpe_bytes
+    if isinstance(tok_cfg.get("add_prefix_space"), bool):  # convert's llama set_vocab, whatever the tokenizer
+        tokenizer += _key("tokenizer.ggml.add_space_prefix") + 1
     strings = {"general.architecture": "llama", "general.type": "model", "general.name": _title(name),
-               "general.size_label": size_label(shape.parameter_count()),
-               "tokenizer.ggml.model": "llama", "tokenizer.ggml.pre": "default"}
-    if isinstance(tok_cfg.get("chat_template"), str):
-        strings["tokenizer.chat_template"] = tok_cfg["chat_template"]
-    total += sum(_key(k) + _string(v) for k, v in strings.items())
+               "general.size_label": size_label(shape.parameter_count())}
     u32 = ["llama.block_count", "llama.embedding_length", "llama.feed_forward_length", "llama.attention.head_count",
            "llama.vocab_size", "llama.rope.dimension_count", "general.quantization_version", "general.file_type"]
     if cfg.get("max_position_embeddings") is not None:
@@ -153,15 +191,10 @@ def kv_size(model_dir: Path, cfg: dict[str, Any], shape: ModelShape, imatrix: bo
         u32.append("llama.attention.head_count_kv")
     if cfg.get("head_dim") is not None:
         u32 += ["llama.attention.key_length", "llama.attention.value_length"]
-    u32 += [f"tokenizer.ggml.{t}_token_id" for t in _SPECIAL if isinstance(cfg.get(f"{t}_token_id"), int)]
     f32 = [k for k, present in (("llama.rope.freq_base", "rope_theta" in cfg),
                                 ("llama.attention.layer_norm_rms_epsilon", "rms_norm_eps" in cfg)) if present]
-    bools = [f"tokenizer.ggml.{k}" for k in ("add_bos_token", "add_eos_token") if isinstance(tok_cfg.get(k), bool)]
-    total += sum(_key(k) + 4 for k in u32 + f32) + sum(_key(k) + 1 for k in bools)
-    total += _key("tokenizer.ggml.tokens") + 12 + sum(8 + len(t) for t in tokens)
-    total += _key("tokenizer.ggml.scores") + 12 + 4 * vocab
-    total += _key("tokenizer.ggml.token_type") + 12 + 4 * vocab
-    return total
+    return (tokenizer + sum(_key(k) + _string(v) for k, v in strings.items())
+            + sum(_key(k) + 4 for k in u32 + f32)), None
 
 
 def bpe_kv_range(model_dir: Path, shape: ModelShape) -> tuple[int, int, int] | None:
@@ -213,4 +246,4 @@ def bpe_kv_range(model_dir: Path, shape: ModelShape) -> tuple[int, int, int] | N
     return (low + high) // 2, low, high
 
 
-__all__ = ["kv_size", "sentencepiece_pieces", "size_label", "bpe_kv_range"]
+__all__ = ["kv_size", "kv_prediction", "sentencepiece_pieces", "size_label", "bpe_kv_range"]
